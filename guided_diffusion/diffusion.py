@@ -1,0 +1,396 @@
+"""Gaussian diffusion: the forward process, its posterior, the learned reverse step, losses and the VLB.
+
+All the diffusion maths of the toolkit lives here, in the reference notes' notation:
+
+    q(x_t | x_0)        = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)
+    q(x_{t-1} | x_t, x_0) = N(mu~_t(x_t, x_0), beta~_t I)
+    mu~_t  = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0 + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
+    beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
+
+Timesteps are indexed 0..T-1 (the notes' 1..T). The schedule's buffers are float64; each method
+computes in the dtype of its input tensors, so float64 inputs give float64 results.
+
+A model is called as ``model(x_t, t, **model_kwargs)`` and returns a tensor shaped like ``x_t``: the
+noise eps, the clean image x_0, or the velocity v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0,
+by ``prediction``. After :meth:`GaussianDiffusion.respace`, methods index the kept steps 0..K-1 while
+the model and ``cond_fn`` still receive the original timesteps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .schedule import space_timesteps
+
+PREDICTIONS = ("eps", "x0", "v")
+VARIANCES = ("fixed_small", "fixed_large")
+
+Model = Callable[..., torch.Tensor]
+CondFn = Callable[..., torch.Tensor]
+
+
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise, in nats (broadcasting)."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log p(x) elementwise, in nats, for data on 256 levels scaled to [-1, 1].
+
+    Each level x owns the bin [x - 1/255, x + 1/255] of N(mean, exp(log_scale)^2); the two edge bins
+    extend to -inf (x = -1) and +inf (x = 1), so the 256 probabilities sum to one (reference note 04).
+    """
+    inv_std = torch.exp(-log_scale)
+    upper = inv_std * (x - mean + 1.0 / 255.0)
+    lower = inv_std * (x - mean - 1.0 / 255.0)
+    # A bin's mass as a difference of the tail on the side where it is more accurate.
+    delta = torch.where(
+        lower > 0, torch.special.ndtr(-lower) - torch.special.ndtr(-upper), torch.special.ndtr(upper) - torch.special.ndtr(lower)
+    )
+    log_delta = torch.log(delta.clamp(min=torch.finfo(delta.dtype).tiny))
+    log_cdf_plus = torch.special.log_ndtr(upper)
+    log_one_minus_cdf_min = torch.special.log_ndtr(-lower)
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all dimensions but the first: [B, ...] -> [B]."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+class GaussianDiffusion:
+    """The diffusion process of a beta schedule, and everything computed from it.
+
+    Args:
+        betas: the schedule beta_t, [T], any float dtype (kept as float64).
+        prediction: what the model predicts: ``"eps"``, ``"x0"`` or ``"v"``.
+        variance: the reverse-step variance: ``"fixed_small"`` (beta~_t) or ``"fixed_large"`` (beta_t,
+            with beta~_1 at t=0).
+        clip_denoised: clamp the predicted x_0 to [-1, 1] before forming the posterior mean.
+        timestep_map: the original timestep of each step, [T] (set by :meth:`respace`; identity when None).
+    """
+
+    def __init__(
+        self,
+        betas: torch.Tensor | Sequence[float],
+        *,
+        prediction: str = "eps",
+        variance: str = "fixed_small",
+        clip_denoised: bool = True,
+        timestep_map: torch.Tensor | Sequence[int] | None = None,
+    ) -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        if variance not in VARIANCES:
+            raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        if betas.numel() == 0 or not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("betas must be a non-empty sequence of values in (0, 1)")
+        self.prediction = prediction
+        self.variance = variance
+        self.clip_denoised = clip_denoised
+        self.num_timesteps = betas.numel()
+        if timestep_map is None:
+            timestep_map = torch.arange(self.num_timesteps)
+        self.timestep_map = torch.as_tensor(timestep_map, dtype=torch.long)
+        if self.timestep_map.shape != (self.num_timesteps,):
+            raise ValueError("timestep_map must hold one original timestep per beta")
+
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        self.log_one_minus_alphas_cumprod = torch.log1p(-self.alphas_cumprod)
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        # beta~_0 is 0: clip its log to beta~_1 (when T > 1) so the log stays finite.
+        first = self.posterior_variance[1:2] if self.num_timesteps > 1 else self.betas[:1]
+        self.posterior_log_variance_clipped = torch.log(torch.cat([first, self.posterior_variance[1:]]))
+        self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
+        large = torch.cat([first, betas[1:]])
+        self.large_variance, self.large_log_variance = large, torch.log(large)
+
+    def __repr__(self) -> str:
+        return (
+            f"GaussianDiffusion(T={self.num_timesteps}, prediction={self.prediction!r}, "
+            f"variance={self.variance!r}, clip_denoised={self.clip_denoised})"
+        )
+
+    # ----------------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _extract(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """values[t] as [B, 1, ..., 1], in ``like``'s dtype and device."""
+        out = values[t.detach().to("cpu", torch.long)].to(device=like.device, dtype=like.dtype)
+        return out.reshape(-1, *([1] * (like.dim() - 1)))
+
+    def original_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """The original-scale timesteps [B] that the model and ``cond_fn`` receive for steps ``t`` [B]."""
+        return self.timestep_map[t.detach().to("cpu", torch.long)].to(t.device)
+
+    def _noise_like(self, x: torch.Tensor, noise: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+        if noise is not None:
+            if noise.shape != x.shape:
+                raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(x.shape)}")
+            return noise.to(device=x.device, dtype=x.dtype)
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    # ----------------------------------------------------------------------------- forward process
+
+    def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q(x_t | x_0): (mean [B, ...], variance [B, 1, ...], log_variance [B, 1, ...])."""
+        mean = self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
+        variance = self._extract(1.0 - self.alphas_cumprod, t, x0)
+        return mean, variance, self._extract(self.log_one_minus_alphas_cumprod, t, x0)
+
+    def q_sample(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Draw x_t ~ q(x_t | x_0) = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. Shapes [B, ...]."""
+        noise = self._noise_like(x0, noise, generator)
+        return self._extract(self.sqrt_alphas_cumprod, t, x0) * x0 + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def q_posterior_mean_variance(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q(x_{t-1} | x_t, x_0): (mu~ [B, ...], beta~ [B, 1, ...], log beta~ clipped at t=0 [B, 1, ...])."""
+        mean = self._extract(self.posterior_mean_coef1, t, x_t) * x0 + self._extract(self.posterior_mean_coef2, t, x_t) * x_t
+        variance = self._extract(self.posterior_variance, t, x_t)
+        return mean, variance, self._extract(self.posterior_log_variance_clipped, t, x_t)
+
+    # ----------------------------------------------------------------------------- parameterisations
+
+    def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+        return (x_t - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / self._extract(self.sqrt_alphas_cumprod, t, x_t)
+
+    def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
+        return (x_t - self._extract(self.sqrt_alphas_cumprod, t, x_t) * x0) / self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+    def v_from_x0_eps(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0."""
+        return self._extract(self.sqrt_alphas_cumprod, t, x0) * eps - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+    def x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v."""
+        return self._extract(self.sqrt_alphas_cumprod, t, x_t) * x_t - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+
+    def prediction_target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """What the model should output for (x_0, eps) at t, by ``prediction``. Shapes [B, ...]."""
+        if self.prediction == "eps":
+            return eps
+        if self.prediction == "x0":
+            return x0
+        return self.v_from_x0_eps(x0, t, eps)
+
+    def split_output(self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A model output at steps ``t`` -> (x_0, eps) estimates, unclipped. Shapes [B, ...]."""
+        if self.prediction == "eps":
+            return self.x0_from_eps(x_t, t, output), output
+        x0 = output if self.prediction == "x0" else self.x0_from_v(x_t, t, output)
+        return x0, self.eps_from_x0(x_t, t, x0)
+
+    # ----------------------------------------------------------------------------- reverse process
+
+    def p_mean_variance(
+        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict[str, Any] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """p_theta(x_{t-1} | x_t): the model's estimate of x_0 plugged into the posterior.
+
+        Returns dict(mean [B, ...], variance [B, 1, ...], log_variance [B, 1, ...], pred_x0 [B, ...],
+        eps [B, ...]); with ``clip_denoised`` pred_x0 is clamped to [-1, 1] and eps made consistent with it.
+        """
+        output = model(x_t, self.original_timesteps(t), **(model_kwargs or {}))
+        if output.shape != x_t.shape:
+            raise ValueError(f"model output has shape {tuple(output.shape)}, expected {tuple(x_t.shape)}")
+        pred_x0, eps = self.split_output(x_t, t, output)
+        if self.clip_denoised:
+            pred_x0 = pred_x0.clamp(-1.0, 1.0)
+            eps = self.eps_from_x0(x_t, t, pred_x0)
+        mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
+        if self.variance == "fixed_small":
+            variance = self._extract(self.posterior_variance, t, x_t)
+            log_variance = self._extract(self.posterior_log_variance_clipped, t, x_t)
+        else:
+            variance = self._extract(self.large_variance, t, x_t)
+            log_variance = self._extract(self.large_log_variance, t, x_t)
+        return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_x0": pred_x0, "eps": eps}
+
+    def p_sample(
+        self,
+        model: Model,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+        cond_fn: CondFn | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One ancestral step x_t -> x_{t-1} ~ p_theta(x_{t-1} | x_t); no noise is added at t=0.
+
+        With ``cond_fn`` (the scaled gradient of log p(y | x_t, t)), the mean becomes
+        ``mean + variance * cond_fn(x_t, t_original, **model_kwargs)`` (classifier guidance).
+        Returns dict(sample [B, ...], pred_x0 [B, ...]).
+        """
+        out = self.p_mean_variance(model, x_t, t, model_kwargs)
+        mean = out["mean"]
+        if cond_fn is not None:
+            mean = mean + out["variance"] * cond_fn(x_t, self.original_timesteps(t), **(model_kwargs or {}))
+        noise = self._noise_like(x_t, noise, generator)
+        nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+        sample = mean + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
+        return {"sample": sample, "pred_x0": out["pred_x0"]}
+
+    def ddim_sample(
+        self,
+        model: Model,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        eta: float = 0.0,
+        model_kwargs: dict[str, Any] | None = None,
+        cond_fn: CondFn | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One DDIM step x_t -> x_{t-1} (Song et al. 2021); ``eta=0`` is deterministic, ``eta=1`` has
+        the ancestral step's variance beta~_t.
+
+        With ``cond_fn``, the noise estimate takes the score form
+        ``eps - sqrt(1 - alpha_bar_t) * cond_fn(x_t, t_original, **model_kwargs)`` and x_0 is re-derived
+        from it. Returns dict(sample [B, ...], pred_x0 [B, ...]).
+        """
+        out = self.p_mean_variance(model, x_t, t, model_kwargs)
+        eps, pred_x0 = out["eps"], out["pred_x0"]
+        if cond_fn is not None:
+            eps = eps - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * cond_fn(
+                x_t, self.original_timesteps(t), **(model_kwargs or {})
+            )
+            pred_x0 = self.x0_from_eps(x_t, t, eps)
+        alpha_bar = self._extract(self.alphas_cumprod, t, x_t)
+        alpha_bar_prev = self._extract(self.alphas_cumprod_prev, t, x_t)
+        sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
+        mean = pred_x0 * alpha_bar_prev.sqrt() + torch.sqrt((1 - alpha_bar_prev - sigma**2).clamp(min=0)) * eps
+        sample = mean
+        if eta > 0:
+            noise = self._noise_like(x_t, noise, generator)
+            nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+            sample = mean + nonzero * sigma * noise
+        return {"sample": sample, "pred_x0": pred_x0}
+
+    # ----------------------------------------------------------------------------- losses
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t), float64 [B]."""
+        alpha_bar = self.alphas_cumprod[t.detach().to("cpu", torch.long)]
+        return (alpha_bar / (1 - alpha_bar)).to(t.device)
+
+    def training_losses(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+        noise: torch.Tensor | None = None,
+        snr_gamma: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """L_simple: the mean squared error between the model output and its target at x_t ~ q(x_t | x_0).
+
+        The target follows ``prediction`` (eps, x_0 or v). With ``snr_gamma`` the per-example loss is
+        weighted by min-SNR-gamma (Hang et al. 2023), expressed for the chosen target so that every
+        parameterisation weights the x_0 error by min(SNR_t, gamma).
+        Returns dict(loss [B], mse [B], x_t [B, ...], target [B, ...], output [B, ...]).
+        """
+        noise = self._noise_like(x0, noise, generator)
+        x_t = self.q_sample(x0, t, noise=noise)
+        output = model(x_t, self.original_timesteps(t), **(model_kwargs or {}))
+        target = self.prediction_target(x0, t, noise)
+        dtype = torch.promote_types(output.dtype, torch.float32)
+        mse = mean_flat((output.to(dtype) - target.to(dtype)) ** 2)
+        loss = mse
+        if snr_gamma is not None:
+            snr = self.snr(t)
+            clipped = snr.clamp(max=snr_gamma)
+            weight = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[self.prediction]
+            loss = mse * weight.to(mse.dtype)
+        return {"loss": loss, "mse": mse, "x_t": x_t, "target": target, "output": output}
+
+    # ----------------------------------------------------------------------------- likelihood
+
+    def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits per dimension, [B]."""
+        t = torch.full((x0.shape[0],), self.num_timesteps - 1, dtype=torch.long, device=x0.device)
+        mean, _, log_variance = self.q_mean_variance(x0, t)
+        return mean_flat(normal_kl(mean, log_variance, torch.zeros_like(mean), torch.zeros_like(mean))) / math.log(2.0)
+
+    def vb_terms_bpd(
+        self, model: Model, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict[str, Any] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The VLB term of step t in bits per dimension, [B]: KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))
+        for t > 0 and the discretised decoder's -log p(x_0 | x_1) at t = 0. Returns dict(output, pred_x0)."""
+        true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, x_t, t)
+        out = self.p_mean_variance(model, x_t, t, model_kwargs)
+        kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / math.log(2.0)
+        decoder_nll = -mean_flat(
+            discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"].expand_as(x0))
+        ) / math.log(2.0)
+        return {"output": torch.where(t == 0, decoder_nll, kl), "pred_x0": out["pred_x0"]}
+
+    @torch.no_grad()
+    def nll_bpd(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The variational bound on -log p(x_0) in bits per dimension, one model call per step.
+
+        ``x0`` [B, ...] in [-1, 1] on 256 levels; ``noise`` optional [T, B, ...], ``noise[t]`` drawing x_t.
+        Returns dict(total_bpd [B], prior_bpd [B], vb [B, T] with vb[:, t] the term of step t,
+        x0_mse [B, T]).
+        """
+        if noise is not None and noise.shape != (self.num_timesteps, *x0.shape):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {(self.num_timesteps, *x0.shape)}")
+        batch = x0.shape[0]
+        vb = torch.zeros(batch, self.num_timesteps, dtype=x0.dtype, device=x0.device)
+        x0_mse = torch.zeros_like(vb)
+        for step in reversed(range(self.num_timesteps)):
+            t = torch.full((batch,), step, dtype=torch.long, device=x0.device)
+            x_t = self.q_sample(x0, t, noise=None if noise is None else noise[step], generator=generator)
+            terms = self.vb_terms_bpd(model, x0, x_t, t, model_kwargs)
+            vb[:, step] = terms["output"]
+            x0_mse[:, step] = mean_flat((terms["pred_x0"] - x0) ** 2)
+        prior = self.prior_bpd(x0)
+        return {"total_bpd": vb.sum(dim=1) + prior, "prior_bpd": prior, "vb": vb, "x0_mse": x0_mse}
+
+    # ----------------------------------------------------------------------------- respacing
+
+    def respace(self, spec: str | int | Sequence[int]) -> "GaussianDiffusion":
+        """The process over the kept steps of ``spec`` (see :func:`space_timesteps`), indexed 0..K-1.
+
+        Its betas are recomputed from alpha_bar at the kept steps, beta_k = 1 - alpha_bar_k / alpha_bar_{k-1},
+        so alpha_bar is unchanged there; the model and ``cond_fn`` still receive the original timesteps.
+        """
+        kept = torch.tensor(space_timesteps(self.num_timesteps, spec), dtype=torch.long)
+        alpha_bar = self.alphas_cumprod[kept]
+        previous = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        return GaussianDiffusion(
+            1.0 - alpha_bar / previous,
+            prediction=self.prediction,
+            variance=self.variance,
+            clip_denoised=self.clip_denoised,
+            timestep_map=self.timestep_map[kept],
+        )

@@ -1,0 +1,101 @@
+"""Saving and loading one component (a module and its JSON config) as a folder.
+
+A component folder holds ``config.json`` and ``model.safetensors``. Loading never unpickles, and a
+missing or corrupt file is refused with an error that names it. Writes go to a temporary file that
+is renamed into place, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A saved component or pipeline is missing, corrupt or does not match its model."""
+
+
+def _replace_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def load_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON object from ``path``; a missing or malformed file raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing file: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"corrupt JSON file {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"corrupt JSON file {path}: expected an object, found {type(data).__name__}")
+    return data
+
+
+def save_component(directory: str | os.PathLike, module: torch.nn.Module, config: dict[str, Any]) -> None:
+    """Save ``module``'s weights and its ``config`` into ``directory`` (created if needed).
+
+    Tensors that share storage (tied weights) are saved once per name, as safetensors requires.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in module.state_dict().items()}
+    _replace_atomically(directory / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    save_json(directory / CONFIG_NAME, config)
+
+
+def load_component_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read ``directory/config.json``; refuses a missing folder or file by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"missing component folder: {directory}")
+    return load_json(directory / CONFIG_NAME)
+
+
+def load_component_weights(directory: str | os.PathLike, module: torch.nn.Module) -> torch.nn.Module:
+    """Load ``directory/model.safetensors`` into ``module`` strictly, casting to its dtypes.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, unreadable, or its tensors
+    do not match the module (missing, unexpected or wrongly shaped entries).
+    """
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(f"missing file: {path}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"corrupt weights file {path}: {err}") from None
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights file {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"weights file {path} does not match its config: {name} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[name].shape)}"
+            )
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return module

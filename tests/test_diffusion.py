@@ -1,0 +1,329 @@
+"""GaussianDiffusion against closed forms, in float64."""
+
+import math
+
+import pytest
+import torch
+
+from guided_diffusion import GaussianDiffusion, discretized_gaussian_log_likelihood, get_beta_schedule, normal_kl
+
+torch.manual_seed(0)
+F64 = torch.float64
+
+
+def make(T=50, schedule="linear", **kwargs):
+    return GaussianDiffusion(get_beta_schedule(schedule, T), **kwargs)
+
+
+def oracle_for(diffusion, x_star):
+    """The exact model for data that is a single image ``x_star`` [1, ...]: it returns the true noise
+    (or x_0, or v) of x_t, whatever t. Records the timesteps it was called with."""
+
+    calls = []
+
+    def model(x_t, t_original, **kwargs):
+        calls.append(t_original.clone())
+        t = torch.stack([(diffusion.timestep_map == s).nonzero()[0, 0] for s in t_original])
+        x0 = x_star.expand_as(x_t)
+        eps = diffusion.eps_from_x0(x_t, t, x0)
+        return diffusion.prediction_target(x0, t, eps)
+
+    model.calls = calls
+    return model
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_posterior_equals_bayes_rule(schedule):
+    d = make(100, schedule)
+    x0 = torch.randn(6, 3, dtype=F64)
+    x_t = torch.randn(6, 3, dtype=F64)
+    for step in (1, 2, 50, 99):
+        t = torch.full((6,), step)
+        a, ab_prev, beta = d.alphas[step], d.alphas_cumprod_prev[step], d.betas[step]
+        # q(x_{t-1} | x_t, x_0) is proportional to q(x_t | x_{t-1}) q(x_{t-1} | x_0), a product of Gaussians in x_{t-1}.
+        precision = a / beta + 1 / (1 - ab_prev)
+        expected_mean = (a.sqrt() / beta * x_t + ab_prev.sqrt() / (1 - ab_prev) * x0) / precision
+        mean, var, log_var = d.q_posterior_mean_variance(x0, x_t, t)
+        torch.testing.assert_close(mean, expected_mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(var.flatten(), torch.full((6,), 1 / precision.item(), dtype=F64), rtol=1e-12, atol=0)
+        torch.testing.assert_close(log_var, var.log(), rtol=1e-12, atol=1e-12)
+
+
+def test_posterior_by_numerical_integration():
+    d = make(20, "cosine")
+    x0, x_t, step = torch.tensor([0.3], dtype=F64), torch.tensor([-0.7], dtype=F64), 7
+    grid = torch.linspace(-6, 6, 200001, dtype=F64)
+    log_density = -((x_t - d.alphas[step].sqrt() * grid) ** 2) / (2 * d.betas[step]) - (
+        (grid - d.alphas_cumprod[step - 1].sqrt() * x0) ** 2
+    ) / (2 * (1 - d.alphas_cumprod[step - 1]))
+    w = torch.exp(log_density - log_density.max())
+    w = w / w.sum()
+    mean_num = (w * grid).sum()
+    var_num = (w * (grid - mean_num) ** 2).sum()
+    mean, var, _ = d.q_posterior_mean_variance(x0[None], x_t[None], torch.tensor([step]))
+    assert mean.item() == pytest.approx(mean_num.item(), abs=1e-8)
+    assert var.item() == pytest.approx(var_num.item(), rel=1e-6)
+
+
+def test_posterior_at_t0_returns_x0_and_clips_log_variance():
+    d = make(30, "cosine")
+    x0, x_t = torch.randn(2, 4, dtype=F64), torch.randn(2, 4, dtype=F64)
+    mean, var, log_var = d.q_posterior_mean_variance(x0, x_t, torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(mean, x0, rtol=0, atol=1e-15)
+    assert torch.all(var == 0)
+    assert torch.allclose(log_var, d.posterior_variance[1].log().expand_as(log_var), rtol=1e-14, atol=0)
+
+
+def test_q_sample_matches_closed_form_and_moments():
+    d = make(100)
+    x0 = torch.full((200000, 1), 0.5, dtype=F64)
+    t = torch.full((200000,), 40)
+    noise = torch.randn_like(x0)
+    x_t = d.q_sample(x0, t, noise=noise)
+    ab = d.alphas_cumprod[40]
+    torch.testing.assert_close(x_t, ab.sqrt() * x0 + (1 - ab).sqrt() * noise)
+    drawn = d.q_sample(x0, t, generator=torch.Generator().manual_seed(1))
+    assert drawn.mean().item() == pytest.approx((ab.sqrt() * 0.5).item(), abs=0.01)
+    assert drawn.var().item() == pytest.approx((1 - ab).item(), rel=0.02)
+    again = d.q_sample(x0, t, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(again, drawn, rtol=0, atol=0)
+
+
+def test_normal_kl_against_torch_distributions():
+    m1, m2 = torch.randn(10, dtype=F64), torch.randn(10, dtype=F64)
+    lv1, lv2 = torch.randn(10, dtype=F64), torch.randn(10, dtype=F64)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(m1, (0.5 * lv1).exp()), torch.distributions.Normal(m2, (0.5 * lv2).exp())
+    )
+    torch.testing.assert_close(normal_kl(m1, lv1, m2, lv2), expected, rtol=1e-12, atol=1e-12)
+    assert torch.all(normal_kl(m1, lv1, m1, lv1).abs() < 1e-15)
+
+
+def test_discretized_decoder_bins_sum_to_one_and_match_the_cdf_at_the_edges():
+    levels = torch.linspace(-1, 1, 256, dtype=F64)
+    for mean, log_scale in ((0.0, -2.0), (0.93, -4.0), (-1.2, -1.0), (0.1, -6.0)):
+        m = torch.full_like(levels, mean)
+        s = torch.full_like(levels, log_scale)
+        logp = discretized_gaussian_log_likelihood(levels, m, s)
+        assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+        sigma = math.exp(log_scale)
+
+        def phi(z):
+            return 0.5 * math.erfc(-z / math.sqrt(2))
+
+        assert logp[0].exp().item() == pytest.approx(phi((-1 + 1 / 255 - mean) / sigma), rel=1e-9, abs=1e-300)
+        assert logp[-1].exp().item() == pytest.approx(phi(-(1 - 1 / 255 - mean) / sigma), rel=1e-9, abs=1e-300)
+        k = 100
+        inner = phi((levels[k].item() + 1 / 255 - mean) / sigma) - phi((levels[k].item() - 1 / 255 - mean) / sigma)
+        assert logp[k].exp().item() == pytest.approx(inner, rel=1e-8, abs=1e-300)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_parameterisations_round_trip(prediction):
+    d = make(100, "cosine", prediction=prediction)
+    x0, eps = torch.randn(4, 3, 2, 2, dtype=F64), torch.randn(4, 3, 2, 2, dtype=F64)
+    t = torch.tensor([0, 10, 50, 99])
+    x_t = d.q_sample(x0, t, noise=eps)
+    torch.testing.assert_close(d.x0_from_eps(x_t, t, eps), x0)
+    torch.testing.assert_close(d.eps_from_x0(x_t, t, x0), eps)
+    v = d.v_from_x0_eps(x0, t, eps)
+    torch.testing.assert_close(d.x0_from_v(x_t, t, v), x0)
+    pred_x0, pred_eps = d.split_output(x_t, t, d.prediction_target(x0, t, eps))
+    torch.testing.assert_close(pred_x0, x0)
+    torch.testing.assert_close(pred_eps, eps)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_p_mean_variance_with_the_exact_model_is_the_posterior(prediction):
+    d = make(40, prediction=prediction)
+    x_star = torch.rand(1, 3, 4, 4, dtype=F64) * 1.6 - 0.8
+    t = torch.tensor([0, 1, 20, 39])
+    x_t = d.q_sample(x_star.expand(4, -1, -1, -1), t)
+    out = d.p_mean_variance(oracle_for(d, x_star), x_t, t)
+    mean, var, log_var = d.q_posterior_mean_variance(x_star.expand_as(x_t), x_t, t)
+    torch.testing.assert_close(out["pred_x0"], x_star.expand_as(x_t))
+    torch.testing.assert_close(out["mean"], mean)
+    torch.testing.assert_close(out["variance"], var)
+    torch.testing.assert_close(out["log_variance"], log_var)
+    torch.testing.assert_close(out["eps"], d.eps_from_x0(x_t, t, out["pred_x0"]))
+
+
+def test_fixed_large_variance_is_beta_with_posterior_variance_at_t0():
+    d = make(40, variance="fixed_large")
+    x_t = torch.randn(3, 2, dtype=F64)
+    t = torch.tensor([0, 1, 30])
+    out = d.p_mean_variance(lambda x, t: torch.zeros_like(x), x_t, t)
+    expected = torch.stack([d.posterior_variance[1], d.betas[1], d.betas[30]])
+    torch.testing.assert_close(out["variance"].flatten(), expected)
+    torch.testing.assert_close(out["log_variance"].flatten(), expected.log())
+
+
+def test_clipping_keeps_pred_x0_in_range_and_eps_consistent():
+    d = make(40)
+    x_t = torch.randn(2, 8, dtype=F64) * 3
+    t = torch.tensor([5, 35])
+    out = d.p_mean_variance(lambda x, t: -3 * torch.ones_like(x), x_t, t)
+    assert out["pred_x0"].abs().max() <= 1
+    torch.testing.assert_close(out["eps"], d.eps_from_x0(x_t, t, out["pred_x0"]))
+
+
+def test_p_sample_adds_variance_times_guidance_and_no_noise_at_t0():
+    d = make(40)
+    model = lambda x, t: 0.1 * x  # noqa: E731
+    x_t = torch.randn(3, 2, 2, dtype=F64)
+    t = torch.tensor([0, 3, 39])
+    noise = torch.randn_like(x_t)
+    seen = {}
+
+    def cond_fn(x, t_original, **kwargs):
+        seen["t"], seen["kwargs"] = t_original, kwargs
+        return torch.full_like(x, 2.0)
+
+    out = d.p_mean_variance(model, x_t, t)
+    step = d.p_sample(model, x_t, t, cond_fn=cond_fn, noise=noise, model_kwargs={})
+    mask = torch.tensor([0.0, 1.0, 1.0], dtype=F64).view(3, 1, 1)
+    expected = out["mean"] + out["variance"] * 2.0 + mask * (0.5 * out["log_variance"]).exp() * noise
+    torch.testing.assert_close(step["sample"], expected)
+    torch.testing.assert_close(step["pred_x0"], out["pred_x0"])
+    assert torch.equal(seen["t"], t)
+
+
+def test_ddim_with_eta_one_is_the_ancestral_step():
+    d = make(50)
+    model = lambda x, t: torch.tanh(x) * 0.5  # noqa: E731
+    x_t = torch.randn(4, 3, 2, 2, dtype=F64)
+    t = torch.tensor([0, 1, 25, 49])
+    noise = torch.randn_like(x_t)
+    ancestral = d.p_sample(model, x_t, t, noise=noise)
+    ddim = d.ddim_sample(model, x_t, t, eta=1.0, noise=noise)
+    torch.testing.assert_close(ddim["sample"], ancestral["sample"], rtol=1e-10, atol=1e-12)
+    ab, ab_prev = d.alphas_cumprod, d.alphas_cumprod_prev
+    sigma2 = (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
+    torch.testing.assert_close(sigma2[1:], d.posterior_variance[1:], rtol=1e-12, atol=0)
+
+
+def test_ddim_eta_zero_is_deterministic_and_guidance_uses_the_score_form():
+    d = make(50)
+    model = lambda x, t: 0.3 * x  # noqa: E731
+    x_t = torch.randn(2, 5, dtype=F64)
+    t = torch.tensor([10, 30])
+    out = d.p_mean_variance(model, x_t, t)
+    plain = d.ddim_sample(model, x_t, t)
+    ab_prev = d.alphas_cumprod_prev[t].view(2, 1)
+    torch.testing.assert_close(plain["sample"], ab_prev.sqrt() * out["pred_x0"] + (1 - ab_prev).sqrt() * out["eps"])
+    grad = torch.randn_like(x_t)
+    guided = d.ddim_sample(model, x_t, t, cond_fn=lambda x, t: grad)
+    eps = out["eps"] - (1 - d.alphas_cumprod[t].view(2, 1)).sqrt() * grad
+    x0 = d.x0_from_eps(x_t, t, eps)
+    torch.testing.assert_close(guided["pred_x0"], x0)
+    torch.testing.assert_close(guided["sample"], ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_training_loss_is_zero_for_the_exact_model_and_mse_otherwise(prediction):
+    d = make(40, prediction=prediction)
+    x_star = torch.rand(1, 3, 4, 4, dtype=F64) - 0.5
+    x0 = x_star.expand(5, -1, -1, -1)
+    t = torch.tensor([0, 5, 10, 20, 39])
+    noise = torch.randn_like(x0)
+    exact = d.training_losses(oracle_for(d, x_star), x0, t, noise=noise)
+    assert exact["loss"].abs().max() < 1e-20
+    zero = d.training_losses(lambda x, t: torch.zeros_like(x), x0, t, noise=noise)
+    target = d.prediction_target(x0, t, noise)
+    torch.testing.assert_close(zero["loss"], target.pow(2).mean(dim=(1, 2, 3)))
+
+
+def test_min_snr_weighting_weights_the_x0_error_the_same_for_every_target():
+    t = torch.tensor([1, 10, 25, 39])
+    x0 = torch.randn(4, 6, dtype=F64)
+    noise = torch.randn_like(x0)
+    wrong_x0 = x0 + 0.1 * torch.randn_like(x0)
+    losses = {}
+    for prediction in ("eps", "x0", "v"):
+        d = make(40, prediction=prediction)
+        x_t = d.q_sample(x0, t, noise=noise)
+        wrong_eps = d.eps_from_x0(x_t, t, wrong_x0)
+        output = d.prediction_target(wrong_x0, t, wrong_eps)
+        losses[prediction] = d.training_losses(lambda x, s: output, x0, t, noise=noise, snr_gamma=5.0)["loss"]
+    snr = d.snr(t)
+    expected = snr.clamp(max=5.0) * ((wrong_x0 - x0) ** 2).mean(dim=1)
+    for prediction, loss in losses.items():
+        torch.testing.assert_close(loss, expected.to(loss.dtype), rtol=1e-5, atol=1e-8, msg=prediction)
+
+
+def test_prior_bpd_is_the_kl_to_a_standard_normal():
+    d = make(30)
+    x0 = torch.rand(2, 3, 2, 2, dtype=F64) * 2 - 1
+    ab = d.alphas_cumprod[-1]
+    kl = 0.5 * (-1 - torch.log(1 - ab) + (1 - ab) + ab * x0**2)
+    torch.testing.assert_close(d.prior_bpd(x0), kl.mean(dim=(1, 2, 3)) / math.log(2))
+
+
+def test_nll_bpd_terms_are_the_kl_and_decoder_terms():
+    d = make(6, "cosine")
+    x0 = torch.randint(0, 256, (2, 3, 2, 2)).to(F64) / 127.5 - 1
+    noise = torch.randn(6, *x0.shape, dtype=F64)
+    model = lambda x, t: 0.5 * x  # noqa: E731
+    out = d.nll_bpd(model, x0, noise=noise)
+    assert out["vb"].shape == (2, 6)
+    for step in range(6):
+        t = torch.full((2,), step)
+        x_t = d.q_sample(x0, t, noise=noise[step])
+        p = d.p_mean_variance(model, x_t, t)
+        if step == 0:
+            expected = -discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * p["log_variance"].expand_as(x0))
+        else:
+            q_mean, _, q_log_var = d.q_posterior_mean_variance(x0, x_t, t)
+            expected = normal_kl(q_mean, q_log_var, p["mean"], p["log_variance"])
+        torch.testing.assert_close(out["vb"][:, step], expected.mean(dim=(1, 2, 3)) / math.log(2))
+    torch.testing.assert_close(out["total_bpd"], out["vb"].sum(1) + d.prior_bpd(x0))
+
+
+def test_nll_bpd_of_the_exact_model_has_no_kl_terms():
+    d = make(20, "cosine")
+    x_star = torch.randint(0, 256, (1, 3, 4, 4)).to(F64) / 127.5 - 1
+    out = d.nll_bpd(oracle_for(d, x_star), x_star)
+    assert out["vb"][:, 1:].abs().max() < 1e-9
+    assert out["vb"][0, 0] > 0
+
+
+def test_respacing_keeps_alpha_bar_and_passes_original_timesteps():
+    d = make(1000, "cosine")
+    r = d.respace("ddim50")
+    kept = torch.arange(0, 1000, 20)
+    torch.testing.assert_close(r.alphas_cumprod, d.alphas_cumprod[kept], rtol=1e-12, atol=0)
+    assert torch.equal(r.timestep_map, kept)
+    x_star = torch.rand(1, 2, dtype=F64) - 0.5
+    model = oracle_for(r, x_star)
+    x = torch.randn(1, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    for step in reversed(range(50)):
+        x = r.ddim_sample(model, x, torch.tensor([step]))["sample"]
+    torch.testing.assert_close(x, x_star)
+    assert [int(c) for c in torch.cat(model.calls)] == list(reversed(kept.tolist()))
+    twice = r.respace("10")
+    torch.testing.assert_close(twice.alphas_cumprod, d.alphas_cumprod[twice.timestep_map], rtol=1e-12, atol=0)
+
+
+def test_ancestral_sampling_with_the_exact_model_reaches_the_data():
+    d = make(100).respace("25")
+    x_star = torch.rand(1, 3, dtype=F64) - 0.5
+    model = oracle_for(d, x_star)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 3, dtype=F64, generator=gen)
+    for step in reversed(range(d.num_timesteps)):
+        x = d.p_sample(model, x, torch.tensor([step]), generator=gen)["sample"]
+    torch.testing.assert_close(x, x_star)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="eps, x0, v"):
+        make(10, "cosine", prediction="score")
+    with pytest.raises(ValueError, match="fixed_small, fixed_large"):
+        make(10, "cosine", variance="learned")
+    with pytest.raises(ValueError, match="more than 20 timesteps"):
+        get_beta_schedule("linear", 20)
+    d = make(10, "cosine")
+    with pytest.raises(ValueError, match="noise has shape"):
+        d.q_sample(torch.zeros(2, 3), torch.tensor([1, 2]), noise=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="model output has shape"):
+        d.p_mean_variance(lambda x, t: x[:, :1], torch.zeros(2, 3), torch.tensor([1, 2]))
