@@ -252,6 +252,22 @@ class GaussianDiffusion:
         sample = mean + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_x0": out["pred_x0"]}
 
+    def condition_score(
+        self,
+        out: dict[str, torch.Tensor],
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond_fn: CondFn | None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (eps, pred_x0) of a :meth:`p_mean_variance` output, guided in score form when ``cond_fn`` is
+        given: eps' = eps - sqrt(1 - alpha_bar_t) cond_fn(x_t, t_original), x_0 re-derived from eps'."""
+        if cond_fn is None:
+            return out["eps"], out["pred_x0"]
+        gradient = cond_fn(x_t, self.original_timesteps(t), **(model_kwargs or {}))
+        eps = out["eps"] - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * gradient
+        return eps, self.x0_from_eps(x_t, t, eps)
+
     def ddim_sample(
         self,
         model: Model,
@@ -271,12 +287,7 @@ class GaussianDiffusion:
         from it. Returns dict(sample [B, ...], pred_x0 [B, ...]).
         """
         out = self.p_mean_variance(model, x_t, t, model_kwargs)
-        eps, pred_x0 = out["eps"], out["pred_x0"]
-        if cond_fn is not None:
-            eps = eps - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * cond_fn(
-                x_t, self.original_timesteps(t), **(model_kwargs or {})
-            )
-            pred_x0 = self.x0_from_eps(x_t, t, eps)
+        eps, pred_x0 = self.condition_score(out, x_t, t, cond_fn, model_kwargs)
         alpha_bar = self._extract(self.alphas_cumprod, t, x_t)
         alpha_bar_prev = self._extract(self.alphas_cumprod_prev, t, x_t)
         sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
