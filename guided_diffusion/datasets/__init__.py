@@ -1,0 +1,43 @@
+"""Built-in datasets. ``shapes32`` is the generated dataset the default model is trained on."""
+
+from guided_diffusion.datasets.shapes import (
+    COLORS,
+    FEATURES,
+    HELDOUT_PAIRS,
+    PALETTE,
+    POSITION_XY,
+    POSITIONS,
+    SHAPES,
+    SIZE_PX,
+    SIZES,
+    SPLITS,
+    ShapeAttributes,
+    canonical_caption,
+    describe,
+    describe_batch,
+    make_shapes32,
+    make_shapes32_dataset_dict,
+    render_shape,
+    sample_attributes,
+)
+
+__all__ = [
+    "COLORS",
+    "FEATURES",
+    "HELDOUT_PAIRS",
+    "PALETTE",
+    "POSITION_XY",
+    "POSITIONS",
+    "SHAPES",
+    "SIZE_PX",
+    "SIZES",
+    "SPLITS",
+    "ShapeAttributes",
+    "canonical_caption",
+    "describe",
+    "describe_batch",
+    "make_shapes32",
+    "make_shapes32_dataset_dict",
+    "render_shape",
+    "sample_attributes",
+]
