@@ -24,9 +24,16 @@ from typing import Any
 
 import torch
 
-from .schedule import space_timesteps
+from .schedule import get_beta_schedule, space_timesteps
 
 PREDICTIONS = ("eps", "x0", "v")
+DIFFUSION_DEFAULTS: dict[str, Any] = {
+    "num_timesteps": 1000,
+    "beta_schedule": "linear",
+    "prediction": "eps",
+    "variance": "fixed_small",
+    "clip_denoised": True,
+}
 VARIANCES = ("fixed_small", "fixed_large")
 
 Model = Callable[..., torch.Tensor]
@@ -115,6 +122,21 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
         large = torch.cat([first, betas[1:]])
         self.large_variance, self.large_log_variance = large, torch.log(large)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "GaussianDiffusion":
+        """Build from a config section with keys among :data:`DIFFUSION_DEFAULTS` (missing ones take
+        their default; unknown ones are refused with the valid ones)."""
+        unknown = sorted(set(config) - set(DIFFUSION_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown diffusion config keys {unknown}; valid keys: {', '.join(DIFFUSION_DEFAULTS)}")
+        full = {**DIFFUSION_DEFAULTS, **config}
+        return cls(
+            get_beta_schedule(full["beta_schedule"], int(full["num_timesteps"])),
+            prediction=full["prediction"],
+            variance=full["variance"],
+            clip_denoised=bool(full["clip_denoised"]),
+        )
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,191 @@
+"""The text-conditioned UNet noise predictor ``eps_theta(x_t, t, text)``.
+
+Timesteps enter through a sinusoidal embedding and an MLP; the pooled text feature (masked mean over
+real tokens, projected) is added to that embedding, and the text tokens are attended to by
+cross-attention at the resolutions in ``attention_resolutions`` and in the middle block. Without text
+features the model is unconditional.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..serialization import CONFIG_NAME, CheckpointError, load_component_config, load_component_weights, save_component
+from .config import ModelConfig
+from .layers import (
+    ConditionedSequential,
+    CrossAttention,
+    Downsample,
+    ResBlock,
+    SelfAttention,
+    Upsample,
+    normalization,
+    timestep_embedding,
+    zero_module,
+)
+
+
+@dataclass
+class UNetConfig(ModelConfig):
+    """Architecture of :class:`UNet`.
+
+    ``channel_mult[i] * base_channels`` is the width of level ``i``; each level after the first halves
+    the resolution, so ``image_size`` must be divisible by ``2 ** (len(channel_mult) - 1)``.
+    ``attention_resolutions`` lists the feature-map sizes (in pixels) that get self- and cross-attention.
+    ``to_dict`` / ``from_dict`` (from :class:`ModelConfig`) convert to and from JSON-able dicts,
+    refusing unknown keys.
+    """
+
+    image_size: int
+    in_channels: int = 3
+    out_channels: int = 3
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16, 8)
+    num_heads: int = 4
+    text_dim: int = 512
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        positive = ("image_size", "in_channels", "out_channels", "base_channels", "num_heads", "text_dim")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"UNetConfig.{name} must be positive, got {getattr(self, name)}")
+        if not self.channel_mult or min(self.channel_mult) <= 0:
+            raise ValueError(
+                f"UNetConfig.channel_mult must be a non-empty list of positive ints, got {self.channel_mult}"
+            )
+        if self.num_res_blocks < 1:
+            raise ValueError(f"UNetConfig.num_res_blocks must be at least 1, got {self.num_res_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if self.image_size % factor:
+            raise ValueError(
+                f"UNetConfig.image_size ({self.image_size}) must be divisible by {factor} "
+                f"(2 ** (len(channel_mult) - 1)); change image_size or channel_mult"
+            )
+        for mult in self.channel_mult:
+            if (mult * self.base_channels) % self.num_heads:
+                raise ValueError(
+                    f"every level width (channel_mult * base_channels = {mult * self.base_channels}) must be "
+                    f"divisible by UNetConfig.num_heads ({self.num_heads})"
+                )
+
+
+class UNet(nn.Module):
+    """Noise predictor conditioned on the timestep and, optionally, on text tokens.
+
+    Call: ``unet(x [B, C_in, H, W], t [B], text_features [B, L, D] | None, text_mask [B, L] | None)``
+    -> ``[B, C_out, H, W]``. The output layer is zero-initialised, so a fresh model predicts zeros.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        base = config.base_channels
+        emb_dim = 4 * base
+        self.time_embed = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.text_pool_proj = nn.Linear(config.text_dim, emb_dim)
+
+        def res(in_ch: int, out_ch: int) -> ResBlock:
+            return ResBlock(in_ch, out_ch, emb_dim, config.dropout)
+
+        def attention(ch: int) -> list[nn.Module]:
+            return [SelfAttention(ch, config.num_heads), CrossAttention(ch, config.text_dim, config.num_heads)]
+
+        self.input_blocks = nn.ModuleList([ConditionedSequential(nn.Conv2d(config.in_channels, base, 3, padding=1))])
+        skip_channels = [base]
+        ch, resolution = base, config.image_size
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks):
+                layers: list[nn.Module] = [res(ch, mult * base)]
+                ch = mult * base
+                if resolution in config.attention_resolutions:
+                    layers += attention(ch)
+                self.input_blocks.append(ConditionedSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(config.channel_mult) - 1:
+                self.input_blocks.append(ConditionedSequential(Downsample(ch)))
+                skip_channels.append(ch)
+                resolution //= 2
+
+        self.middle_block = ConditionedSequential(res(ch, ch), *attention(ch), res(ch, ch))
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            for i in range(config.num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), mult * base)]
+                ch = mult * base
+                if resolution in config.attention_resolutions:
+                    layers += attention(ch)
+                if level and i == config.num_res_blocks:
+                    layers.append(Upsample(ch))
+                    resolution *= 2
+                self.output_blocks.append(ConditionedSequential(*layers))
+
+        self.out = nn.Sequential(
+            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1))
+        )
+
+    @property
+    def num_parameters(self) -> int:
+        """Total number of parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text_features: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict from ``x [B, C_in, H, W]`` at timesteps ``t [B]`` (original ``0..T-1`` scale).
+
+        ``text_features [B, L, D]`` are per-token text encoder states and ``text_mask`` bool ``[B, L]``
+        marks the real tokens (all real when None). Returns ``[B, C_out, H, W]``.
+        """
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.time_embed(timestep_embedding(t, self.config.base_channels).to(x.dtype))
+        if text_features is not None:
+            emb = emb + self.text_pool_proj(self._pool_text(text_features.to(x.dtype), text_mask))
+
+        h = x
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, text_features, text_mask)
+            skips.append(h)
+        h = self.middle_block(h, emb, text_features, text_mask)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, text_features, text_mask)
+        return self.out(h)
+
+    @staticmethod
+    def _pool_text(features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean of ``features [B, L, D]`` over the real tokens of ``mask [B, L]`` -> ``[B, D]`` (0 if none)."""
+        if mask is None:
+            return features.mean(dim=1)
+        weights = mask.to(features.dtype)
+        return torch.einsum("bld,bl->bd", features, weights) / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+        save_component(directory, self, self.config.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "UNet":
+        """Load a UNet saved by :meth:`save_pretrained` (on CPU); bad files raise ``CheckpointError``."""
+        config = load_component_config(directory)
+        try:
+            unet_config = UNetConfig.from_dict(config)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"bad UNet config in {os.path.join(directory, CONFIG_NAME)}: {err}") from None
+        return load_component_weights(directory, cls(unet_config))

@@ -1,0 +1,309 @@
+"""``GuidedDiffusionPipeline``: a text-conditioned diffusion model ready to sample, save and load.
+
+A saved pipeline is a folder::
+
+    pipeline.json          format, diffusion and sampling settings, the component folders
+    unet/                  config.json + model.safetensors
+    text_encoder/          config.json + model.safetensors (plus tokenizer files for transformers)
+    classifier/            config.json + model.safetensors, when the pipeline has a noise-aware classifier
+
+Nothing is unpickled on load, and a missing or corrupt file is refused by name. ``from_pretrained``
+also takes the name of a model shipped inside the package (``guided_diffusion/pretrained/<name>``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+from .diffusion import GaussianDiffusion
+from .guidance import ClassifierFreeGuidance, classifier_cond_fn, resolve_labels
+from .models.classifier import NoiseAwareClassifier
+from .models.unet import UNet, UNetConfig
+from .samplers import SAMPLERS, sample
+from .serialization import CheckpointError, load_json, save_json
+from .text import TextEncoder, build_text_encoder, load_text_encoder
+
+PIPELINE_FORMAT = "guided-diffusion-pipeline"
+PIPELINE_INDEX = "pipeline.json"
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+SAMPLING_DEFAULTS: dict[str, Any] = {"sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "eta": 0.0}
+CONFIG_SECTIONS = ("unet", "text_encoder", "diffusion", "sampling")
+OUTPUT_TYPES = ("pil", "pt", "np")
+
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def shipped_models() -> list[str]:
+    """Names of the pipelines shipped inside the package."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / PIPELINE_INDEX).is_file())
+
+
+def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """A YAML config file (or an already-parsed dict) as a dict; a bad file is refused by name."""
+    if isinstance(path_or_dict, Mapping):
+        return dict(path_or_dict)
+    path = Path(path_or_dict)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections")
+    return config
+
+
+def _checked_sampling(config: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(config) - set(SAMPLING_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown sampling config keys {unknown}; valid keys: {', '.join(SAMPLING_DEFAULTS)}")
+    return {**SAMPLING_DEFAULTS, **config}
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: nn.Module | None) -> Iterator[None]:
+    """Put modules in eval mode for the block, restoring each one's mode afterwards."""
+    present = [m for m in modules if m is not None]
+    modes = [m.training for m in present]
+    for m in present:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(present, modes):
+            m.train(mode)
+
+
+class GuidedDiffusionPipeline:
+    """A UNet, its text encoder, the diffusion process and (optionally) a noise-aware classifier.
+
+    Build one fresh with :meth:`from_config`, load one with :meth:`from_pretrained`, and call it with
+    prompts to get images.
+    """
+
+    def __init__(
+        self,
+        unet: UNet,
+        text_encoder: TextEncoder,
+        diffusion_config: Mapping[str, Any],
+        sampling_config: Mapping[str, Any] | None = None,
+        classifier: NoiseAwareClassifier | None = None,
+    ) -> None:
+        if unet.config.text_dim != text_encoder.width:
+            raise ValueError(
+                f"unet.text_dim ({unet.config.text_dim}) must equal the text encoder width ({text_encoder.width})"
+            )
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.diffusion_config = dict(diffusion_config)
+        self.diffusion = GaussianDiffusion.from_config(self.diffusion_config)
+        self.sampling_config = _checked_sampling(sampling_config or {})
+        self.classifier = classifier
+
+    # ------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, path_or_dict: str | os.PathLike | Mapping[str, Any]) -> "GuidedDiffusionPipeline":
+        """Fresh, randomly initialised components from a YAML config (sections ``unet``,
+        ``text_encoder``, ``diffusion``, ``sampling``; other sections such as ``data`` are ignored).
+        ``unet.text_dim`` defaults to the text encoder's width."""
+        config = load_config(path_or_dict)
+        missing = [s for s in ("unet", "text_encoder") if s not in config]
+        if missing:
+            raise ValueError(f"config has no {' or '.join(missing)} section; sections found: {', '.join(config) or 'none'}")
+        text_encoder = build_text_encoder(config["text_encoder"])
+        unet = UNet(UNetConfig.from_dict({"text_dim": text_encoder.width, **config["unet"]}))
+        return cls(unet, text_encoder, config.get("diffusion") or {}, config.get("sampling") or {})
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The full configuration, in the layout :meth:`from_config` reads (plus ``classifier`` when
+        the pipeline has one)."""
+        config = {
+            "unet": self.unet.config.to_dict(),
+            "text_encoder": dict(self.text_encoder.config),
+            "diffusion": dict(self.diffusion_config),
+            "sampling": dict(self.sampling_config),
+        }
+        if self.classifier is not None:
+            config["classifier"] = self.classifier.config.to_dict()
+        return config
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> "GuidedDiffusionPipeline":
+        """Load a pipeline folder written by :meth:`save_pretrained`, or a shipped model by name."""
+        directory = Path(name_or_path)
+        if not (directory / PIPELINE_INDEX).is_file() and (PRETRAINED_DIR / str(name_or_path) / PIPELINE_INDEX).is_file():
+            directory = PRETRAINED_DIR / str(name_or_path)
+        if not directory.is_dir():
+            shipped = ", ".join(shipped_models()) or "none"
+            raise CheckpointError(f"no pipeline folder {str(name_or_path)!r} (shipped models: {shipped})")
+        index = load_json(directory / PIPELINE_INDEX)
+        if index.get("format") != PIPELINE_FORMAT:
+            raise CheckpointError(f"{directory / PIPELINE_INDEX} is not a {PIPELINE_FORMAT} index")
+        try:
+            pipe = cls(
+                UNet.from_pretrained(directory / index["unet"]),
+                load_text_encoder(directory / index["text_encoder"]),
+                index.get("diffusion", {}),
+                index.get("sampling", {}),
+                NoiseAwareClassifier.from_pretrained(directory / index["classifier"]) if index.get("classifier") else None,
+            )
+        except KeyError as err:
+            raise CheckpointError(f"{directory / PIPELINE_INDEX} lacks the entry {err}") from None
+        except ValueError as err:
+            if isinstance(err, CheckpointError):
+                raise
+            raise CheckpointError(f"bad pipeline in {directory}: {err}") from None
+        for module in (pipe.unet, pipe.classifier):
+            if module is not None:
+                module.eval()
+        return pipe.to(device) if device is not None else pipe
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the pipeline folder; the index is written last, so a folder with an index is complete."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(directory / "unet")
+        self.text_encoder.save_pretrained(directory / "text_encoder")
+        if self.classifier is not None:
+            self.classifier.save_pretrained(directory / "classifier")
+        save_json(
+            directory / PIPELINE_INDEX,
+            {
+                "format": PIPELINE_FORMAT,
+                "format_version": 1,
+                "unet": "unet",
+                "text_encoder": "text_encoder",
+                "classifier": "classifier" if self.classifier is not None else None,
+                "diffusion": self.diffusion_config,
+                "sampling": self.sampling_config,
+            },
+        )
+
+    def to(self, device: str | torch.device) -> "GuidedDiffusionPipeline":
+        """Move every component to ``device``; returns self."""
+        for module in (self.unet, self.text_encoder, self.classifier):
+            if module is not None:
+                module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Number of parameters of each component."""
+        counts = {"unet": self.unet.num_parameters, "text_encoder": sum(p.numel() for p in self.text_encoder.parameters())}
+        if self.classifier is not None:
+            counts["classifier"] = sum(p.numel() for p in self.classifier.parameters())
+        return counts
+
+    # ------------------------------------------------------------------------------ sampling
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        *,
+        num_images_per_prompt: int = 1,
+        steps: int | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
+        classifier_scale: float = 0.0,
+        classifier_labels: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        callback: Callback | None = None,
+        output_type: str = "pil",
+        progress: bool = False,
+    ) -> list[Image.Image] | torch.Tensor | np.ndarray:
+        """Sample ``num_images_per_prompt`` images for each prompt (prompt-major order).
+
+        ``steps``, ``sampler``, ``eta`` and ``guidance_scale`` default to the pipeline's sampling config.
+        ``guidance_scale`` is classifier-free (1 plain conditional, 0 unconditional); ``classifier_scale``
+        > 0 steers towards ``classifier_labels`` (attribute -> class name or index) with the classifier.
+        ``seed`` (or ``generator``) makes the result reproducible on the same device. ``callback(step,
+        num_steps, x_t, pred_x0)`` sees each step's tensors [N, C, H, W] in [-1, 1].
+        Returns a list of PIL images, a tensor [N, 3, H, W] in [0, 1] (``"pt"``), or uint8 [N, H, W, 3] (``"np"``).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a non-empty list of strings")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
+        settings = self.sampling_config
+        sampler = settings["sampler"] if sampler is None else sampler
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        steps = int(settings["steps"] if steps is None else steps)
+        eta = float(settings["eta"] if eta is None else eta)
+        guidance_scale = float(settings["guidance_scale"] if guidance_scale is None else guidance_scale)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        device = self.device
+        if generator is None and seed is not None:
+            generator = torch.Generator(device=device).manual_seed(int(seed))
+
+        with _eval_mode(self.unet, self.text_encoder, self.classifier), torch.no_grad():
+            features, mask = self.text_encoder.encode(prompts)
+            model_kwargs = {"text_features": features, "text_mask": mask}
+            model: Callable[..., torch.Tensor] = self.unet
+            if guidance_scale != 1.0:
+                empty_features, empty_mask = self.text_encoder.encode([""])
+                uncond = {
+                    "text_features": empty_features.expand_as(features),
+                    "text_mask": empty_mask.expand_as(mask),
+                }
+                model = ClassifierFreeGuidance(self.unet, guidance_scale, uncond)
+            cond_fn = self._classifier_cond_fn(classifier_scale, classifier_labels, len(prompts), device)
+            config = self.unet.config
+            x = sample(
+                model,
+                self.diffusion,
+                (len(prompts), config.out_channels, config.image_size, config.image_size),
+                sampler=sampler,
+                steps=steps,
+                eta=eta,
+                model_kwargs=model_kwargs,
+                cond_fn=cond_fn,
+                generator=generator,
+                device=device,
+                dtype=next(self.unet.parameters()).dtype,
+                callback=callback,
+                progress=progress,
+            )
+        images = ((x.float() + 1) / 2).clamp(0, 1).cpu()
+        if output_type == "pt":
+            return images
+        array = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        if output_type == "np":
+            return array
+        return [Image.fromarray(a) for a in array]
+
+    def _classifier_cond_fn(
+        self, scale: float, labels: Mapping[str, Any] | None, batch_size: int, device: torch.device
+    ) -> Callable[..., torch.Tensor] | None:
+        if not scale:
+            return None
+        if self.classifier is None:
+            raise ValueError("classifier_scale needs a pipeline with a classifier; this one has none")
+        if not labels:
+            names = {attr: list(classes) for attr, classes in self.classifier.labels.items()}
+            raise ValueError(f"classifier_scale needs classifier_labels, e.g. one of {names}")
+        resolved = resolve_labels(self.classifier.labels, labels, batch_size, device)
+        return classifier_cond_fn(self.classifier, resolved, float(scale))

@@ -1,0 +1,379 @@
+"""Text encoders: prompts in, per-token features ``[B, L, D]`` and a mask ``[B, L]`` out.
+
+Two backends sit behind :class:`TextEncoder`, chosen by the ``backend`` key of the config:
+
+``open_clip``
+    Keys: ``model_name`` (an open_clip architecture such as ``"ViT-B-32"``, or null),
+    ``pretrained`` (an open_clip pretrained tag or a local weights file, or null), ``context_length``
+    (default: the architecture's, or 77), ``width``, ``heads``, ``layers``, ``vocab_size`` (default
+    49408), ``trainable``.
+    With ``model_name`` the architecture is built by ``open_clip.create_model`` (which downloads the
+    weights when ``pretrained`` is a tag) and only its text tower is kept; ``width``, ``heads``,
+    ``layers`` and ``vocab_size`` are then read from the architecture and the given values ignored.
+    Without ``model_name`` a small causal text transformer is built from those keys with open_clip's
+    own ``TextTransformer``. Prompts are tokenized by open_clip's ``SimpleTokenizer`` (pad id 0).
+
+``transformers``
+    Keys: ``name_or_path`` (a local folder or a hub id), ``trainable``, ``context_length`` (default:
+    the tokenizer's ``model_max_length`` capped by the model's ``max_position_embeddings``).
+    Loads ``CLIPTextModel`` and the tokenizer with ``from_pretrained``; features are
+    ``last_hidden_state``.
+
+Features are the hidden states of every token after the final layer norm. The mask is True on real
+tokens, start and end tokens included, and False on padding: a row is real up to and including its
+first end-of-text token. The empty prompt ``""`` (start and end tokens only) is the unconditional
+input. Encoders are frozen (no gradients, always in eval mode) unless ``trainable: true``.
+
+A saved encoder is a folder holding ``config.json`` and ``model.safetensors``:
+
+* ``open_clip``: ``config.json`` is the config above (with its ``backend``) and ``model.safetensors``
+  the text tower's weights. A named architecture is rebuilt without fetching ``pretrained``.
+* ``transformers``: the folder is a plain Hugging Face model folder (its ``config.json`` is the
+  ``CLIPTextConfig``, ``model.safetensors`` the weights, plus the tokenizer files) and the config
+  above goes to ``text_encoder.json``. Loading reads only that folder (no hub, safetensors only) and
+  leaves reading the weights to ``transformers`` itself, which knows its own weight names.
+
+Nothing is unpickled on load; a missing or corrupt file is refused by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from .serialization import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    load_component_config,
+    load_component_weights,
+    load_json,
+    save_component,
+    save_json,
+)
+
+_OPEN_CLIP_DEFAULTS: dict[str, Any] = {
+    "backend": "open_clip",
+    "model_name": None,
+    "pretrained": None,
+    "context_length": None,
+    "width": 512,
+    "heads": 8,
+    "layers": 12,
+    "vocab_size": 49408,
+    "trainable": False,
+}
+_TRANSFORMERS_DEFAULTS: dict[str, Any] = {
+    "backend": "transformers",
+    "name_or_path": None,
+    "context_length": None,
+    "trainable": False,
+}
+TRANSFORMERS_CONFIG_NAME = "text_encoder.json"
+
+
+def _complete_config(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated by ``config``; unknown keys or a non-bool ``trainable`` raise ValueError."""
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown text_encoder keys {unknown} for backend {defaults['backend']!r}; "
+            f"valid keys are {sorted(defaults)}"
+        )
+    full = {**defaults, **config}
+    if not isinstance(full["trainable"], bool):
+        raise ValueError(f"text_encoder.trainable must be true or false, got {full['trainable']!r}")
+    return full
+
+
+def _real_token_mask(tokens: torch.Tensor, eos_id: int | None, pad_id: int | None) -> torch.Tensor:
+    """Bool ``[B, L]``: True up to and including each row's first ``eos_id``.
+
+    Rows without an end token fall back to ``tokens != pad_id`` (all True when there is no pad id).
+    Using the end token rather than the pad id keeps the mask right when the two ids coincide.
+    """
+    fallback = tokens != pad_id if pad_id is not None else torch.ones_like(tokens, dtype=torch.bool)
+    if eos_id is None:
+        return fallback
+    is_eos = tokens == eos_id
+    first_eos = is_eos.int().argmax(dim=1, keepdim=True)
+    through_eos = torch.arange(tokens.shape[1], device=tokens.device)[None] <= first_eos
+    return torch.where(is_eos.any(dim=1, keepdim=True), through_eos, fallback)
+
+
+def _as_prompt_list(prompts: list[str] | str) -> list[str]:
+    if isinstance(prompts, str):
+        return [prompts]
+    prompts = list(prompts)
+    bad = [p for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"prompts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}")
+    return prompts
+
+
+class TextEncoder(nn.Module):
+    """Base of the text encoders.
+
+    Attributes:
+        width: feature size ``D``.
+        context_length: token sequence length ``L``.
+        trainable: whether the encoder is trained with the diffusion model; frozen otherwise.
+        config: the JSON-able config that rebuilds this encoder with :func:`build_text_encoder`.
+    """
+
+    width: int
+    context_length: int
+    trainable: bool
+    config: dict[str, Any]
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = config
+        self.trainable = config["trainable"]
+
+    def _finish_init(self) -> None:
+        """Freeze the encoder unless it is trainable; call at the end of a subclass ``__init__``."""
+        if not self.trainable:
+            self.requires_grad_(False)
+        self.train(self.trainable)
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        """Switch train/eval mode; a frozen encoder always stays in eval mode."""
+        return super().train(mode and self.trainable)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids ``[B, L]`` (long, CPU); over-long prompts are truncated keeping the end token."""
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokens [B, L]`` -> ``(features float [B, L, D], mask bool [B, L])``."""
+        raise NotImplementedError
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize ``prompts`` and run the encoder on its device (without gradients when frozen).
+
+        Returns ``(features [B, L, D], mask [B, L])``.
+        """
+        tokens = self.tokenize(prompts).to(self.device)
+        with contextlib.nullcontext() if self.trainable else torch.no_grad():
+            return self(tokens)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+        save_component(directory, self, self.config)
+
+
+class _OpenCLIPTextTower(nn.Module):
+    """The text parts of an open_clip model: embeddings, causal transformer, final layer norm."""
+
+    def __init__(self, source: nn.Module) -> None:
+        super().__init__()
+        self.token_embedding = source.token_embedding
+        self.positional_embedding = source.positional_embedding
+        self.transformer = source.transformer
+        self.ln_final = source.ln_final
+        self.register_buffer("attn_mask", source.attn_mask, persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens [B, L]`` -> per-token states ``[B, L, D]`` after ``ln_final``."""
+        length = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positional_embedding[:length]
+        attn_mask = None if self.attn_mask is None else self.attn_mask[:length, :length].to(x.dtype)
+        return self.ln_final(self.transformer(x, attn_mask=attn_mask))
+
+
+class OpenCLIPTextEncoder(TextEncoder):
+    """open_clip text tower (a named architecture or a small custom one); see the module docstring."""
+
+    def __init__(self, config: dict[str, Any], load_pretrained: bool = True) -> None:
+        """``load_pretrained=False`` builds a named architecture without fetching ``pretrained`` weights."""
+        import open_clip
+
+        config = _complete_config(config, _OPEN_CLIP_DEFAULTS)
+        super().__init__(config)
+        if config["model_name"]:
+            self.tower, self._tokenizer = self._build_named(config, load_pretrained)
+        else:
+            config["context_length"] = config["context_length"] or open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH
+            self.tower = _OpenCLIPTextTower(
+                open_clip.transformer.TextTransformer(
+                    context_length=config["context_length"],
+                    vocab_size=config["vocab_size"],
+                    width=config["width"],
+                    heads=config["heads"],
+                    layers=config["layers"],
+                    output_dim=None,
+                )
+            )
+            self._tokenizer = open_clip.SimpleTokenizer(context_length=config["context_length"])
+        if config["vocab_size"] < len(self._tokenizer.encoder):
+            raise ValueError(
+                f"text_encoder.vocab_size ({config['vocab_size']}) is smaller than the tokenizer's vocabulary "
+                f"({len(self._tokenizer.encoder)}); use vocab_size: {len(self._tokenizer.encoder)}"
+            )
+        self.width = config["width"]
+        self.context_length = config["context_length"]
+        self._finish_init()
+
+    @staticmethod
+    def _build_named(config: dict[str, Any], load_pretrained: bool) -> tuple[_OpenCLIPTextTower, Any]:
+        """Build ``config["model_name"]``, keep its text tower and fill the derived keys of ``config``."""
+        import open_clip
+
+        name = config["model_name"]
+        model_config = open_clip.get_model_config(name)
+        if model_config is None:
+            raise ValueError(f"unknown open_clip model_name {name!r}; open_clip.list_models() lists the known ones")
+        text_cfg = model_config.get("text_cfg", {})
+        if text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name"):
+            raise ValueError(
+                f"open_clip model {name!r} uses a Hugging Face text tower or tokenizer; use backend: transformers"
+            )
+        pretrained = config["pretrained"] if load_pretrained else None
+        model = open_clip.create_model(name, pretrained=pretrained or None)
+        source = getattr(model, "text", model)
+        if not all(hasattr(source, part) for part in ("token_embedding", "positional_embedding", "ln_final")):
+            raise ValueError(
+                f"open_clip model {name!r} has no CLIP-style text transformer; "
+                "use backend: transformers for Hugging Face text towers"
+            )
+        max_length = source.positional_embedding.shape[0]
+        config["context_length"] = config["context_length"] or max_length
+        if config["context_length"] > max_length:
+            raise ValueError(f"text_encoder.context_length must be at most {max_length} for {name!r}")
+        tokenizer = open_clip.get_tokenizer(name, context_length=config["context_length"])
+        if not isinstance(tokenizer, open_clip.SimpleTokenizer):
+            raise ValueError(
+                f"open_clip model {name!r} uses {type(tokenizer).__name__}; only SimpleTokenizer models are supported"
+            )
+        tower = _OpenCLIPTextTower(source)
+        config["width"] = tower.transformer.width
+        config["layers"] = tower.transformer.layers
+        config["heads"] = text_cfg.get("heads", _OPEN_CLIP_DEFAULTS["heads"])
+        config["vocab_size"] = tower.token_embedding.num_embeddings
+        return tower, tokenizer
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids ``[B, L]``: start token, BPE tokens, end token, zero padding."""
+        return self._tokenizer(_as_prompt_list(prompts), context_length=self.context_length)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokens [B, L]`` -> ``(features [B, L, D], mask [B, L])``."""
+        mask = _real_token_mask(tokens, self._tokenizer.eot_token_id, pad_id=0)
+        return self.tower(tokens), mask
+
+
+class TransformersTextEncoder(TextEncoder):
+    """Hugging Face ``CLIPTextModel`` with its tokenizer; see the module docstring."""
+
+    def __init__(self, config: dict[str, Any], source: str | os.PathLike | None = None) -> None:
+        """Load the model and tokenizer from ``source`` (default: ``config["name_or_path"]``).
+
+        A ``source`` other than the default is a folder written by :meth:`save_pretrained`; its
+        weights are read from safetensors only.
+        """
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        config = _complete_config(config, _TRANSFORMERS_DEFAULTS)
+        if not config["name_or_path"]:
+            raise ValueError("text_encoder.name_or_path is required for backend: transformers (a folder or hub id)")
+        super().__init__(config)
+        saved = source is not None
+        source = source if saved else config["name_or_path"]
+        self.model = CLIPTextModel.from_pretrained(source, use_safetensors=True if saved else None).float()
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        max_positions = self.model.config.max_position_embeddings
+        config["context_length"] = config["context_length"] or min(self.tokenizer.model_max_length, max_positions)
+        if config["context_length"] > max_positions:
+            raise ValueError(f"text_encoder.context_length must be at most {max_positions} for this model")
+        self.width = self.model.config.hidden_size
+        self.context_length = config["context_length"]
+        self._finish_init()
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids ``[B, L]``, padded to ``context_length`` and truncated keeping the end token."""
+        encoded = self.tokenizer(
+            _as_prompt_list(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors="pt",
+        )
+        return encoded["input_ids"]
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokens [B, L]`` -> ``(last_hidden_state [B, L, D], mask [B, L])``."""
+        mask = _real_token_mask(tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        features = self.model(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
+        return features, mask
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write a Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer files) plus
+        ``text_encoder.json`` (this encoder's config) into ``directory``."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory, max_shard_size="1000GB")
+        self.tokenizer.save_pretrained(directory)
+        save_json(directory / TRANSFORMERS_CONFIG_NAME, self.config)
+
+    @classmethod
+    def from_folder(cls, directory: str | os.PathLike, config: dict[str, Any]) -> "TransformersTextEncoder":
+        """Rebuild an encoder saved by :meth:`save_pretrained` from its folder alone."""
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise CheckpointError(f"missing file: {directory / name}")
+        try:
+            with safe_open(directory / WEIGHTS_NAME, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"corrupt weights file {directory / WEIGHTS_NAME}: {err}") from None
+        try:
+            return cls(config, source=directory)
+        except (OSError, ValueError, TypeError) as err:
+            raise CheckpointError(f"cannot load the Hugging Face model or tokenizer in {directory}: {err}") from None
+
+
+_BACKENDS = {"open_clip": OpenCLIPTextEncoder, "transformers": TransformersTextEncoder}
+
+
+def _backend(config: dict[str, Any]) -> str:
+    backend = config.get("backend")
+    if backend not in _BACKENDS:
+        raise ValueError(f"text_encoder.backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def build_text_encoder(config: dict[str, Any]) -> TextEncoder:
+    """Build the encoder that ``config`` describes (e.g. the ``text_encoder`` section of a YAML config)."""
+    return _BACKENDS[_backend(config)](dict(config))
+
+
+def load_text_encoder(directory: str | os.PathLike) -> TextEncoder:
+    """Load an encoder saved by :meth:`TextEncoder.save_pretrained`, without network or unpickling.
+
+    A missing or corrupt file raises :class:`~guided_diffusion.serialization.CheckpointError` naming it.
+    """
+    directory = Path(directory)
+    if (directory / TRANSFORMERS_CONFIG_NAME).is_file():
+        config_path = directory / TRANSFORMERS_CONFIG_NAME
+        config = load_json(config_path)
+    else:
+        config_path = directory / CONFIG_NAME
+        config = load_component_config(directory)
+    try:
+        backend = _backend(config)
+    except ValueError as err:
+        raise CheckpointError(f"bad text encoder config in {config_path}: {err}") from None
+    if backend == "transformers":
+        return TransformersTextEncoder.from_folder(directory, config)
+    return load_component_weights(directory, OpenCLIPTextEncoder(config, load_pretrained=False))

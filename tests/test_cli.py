@@ -1,0 +1,43 @@
+"""gd-sample: writes a grid; user errors print one line and exit non-zero."""
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from guided_diffusion.cli import sample_main
+
+
+def test_gd_sample_writes_a_grid(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    status = sample_main(["--model", str(tiny_pipeline_dir), "a red circle", "a blue square", "-n", "3", "--steps", "3",
+                          "--seed", "0", "--device", "cpu", "-o", str(out)])
+    assert status == 0
+    grid = Image.open(out)
+    assert grid.size == (3 * 17 + 1, 2 * 17 + 1)
+    assert "wrote 6 images" in capsys.readouterr().out
+
+
+def test_a_user_error_exits_2_with_one_line_and_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "guided_diffusion.cli", "--model", str(tmp_path / "missing"), "x", "--device", "cpu"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gd-sample: error: no pipeline folder"), result.stderr
+
+
+def test_user_errors_are_reported_in_one_line(tiny_pipeline_dir, tmp_path, capsys):
+    cases = [
+        (["x", "--label", "shape"], "ATTRIBUTE=CLASS"),
+        (["x", "--classifier-scale", "2", "--label", "shape=circle"], "has none"),
+        (["x", "-o", str(tmp_path / "grid.jpg")], ".png"),
+        (["x", "-n", "0"], "-n must be at least 1"),
+    ]
+    for argv, message in cases:
+        status = sample_main(["--model", str(tiny_pipeline_dir), *argv, "--device", "cpu", "--steps", "2"])
+        err = capsys.readouterr().err
+        assert status == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("gd-sample: error:") and message in lines[0], err

@@ -1,0 +1,111 @@
+"""GuidedDiffusionPipeline: sampling, seeding, guidance plumbing, save/load and refusals."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from guided_diffusion import GuidedDiffusionPipeline
+from guided_diffusion.serialization import CheckpointError
+
+from .conftest import TINY_CONFIG
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir):
+    return GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+
+
+def test_from_config_builds_the_configured_components():
+    pipe = GuidedDiffusionPipeline.from_config(TINY_CONFIG)
+    assert pipe.unet.config.image_size == 16
+    assert pipe.unet.config.text_dim == pipe.text_encoder.width
+    assert pipe.diffusion.num_timesteps == 1000
+    counts = pipe.parameter_counts()
+    assert 100_000 < counts["unet"] < 1_000_000
+    assert set(pipe.config) == {"unet", "text_encoder", "diffusion", "sampling"}
+
+
+def test_images_have_the_configured_size_and_same_seed_gives_same_images(pipe):
+    images = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, steps=5, seed=1)
+    assert len(images) == 4 and all(isinstance(im, Image.Image) and im.size == (16, 16) for im in images)
+    again = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, steps=5, seed=1)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, again))
+    other = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, steps=5, seed=2)
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(other[0]))
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_output_types_agree_and_the_callback_sees_every_step(pipe, sampler):
+    seen = []
+    tensor = pipe("a circle", steps=4, sampler=sampler, seed=0, output_type="pt", callback=lambda *a: seen.append(a))
+    assert tensor.shape == (1, 3, 16, 16) and 0 <= tensor.min() and tensor.max() <= 1
+    array = pipe("a circle", steps=4, sampler=sampler, seed=0, output_type="np")
+    assert array.dtype == np.uint8 and array.shape == (1, 16, 16, 3)
+    np.testing.assert_array_equal(array[0], (tensor[0].permute(1, 2, 0) * 255).round().byte().numpy())
+    assert [s[0] for s in seen] == [0, 1, 2, 3] and all(s[1] == 4 for s in seen)
+    assert seen[-1][2].shape == seen[-1][3].shape == (1, 3, 16, 16)
+
+
+def test_prompt_and_guidance_scale_change_the_images(pipe):
+    a = pipe("a red circle", steps=5, seed=0, output_type="pt")
+    b = pipe("a blue square", steps=5, seed=0, output_type="pt")
+    assert not torch.allclose(a, b)
+    plain = pipe("a red circle", steps=5, seed=0, guidance_scale=1.0, output_type="pt")
+    assert not torch.allclose(a, plain)
+    uncond_a = pipe("a red circle", steps=5, seed=0, guidance_scale=0.0, output_type="pt")
+    uncond_b = pipe("a blue square", steps=5, seed=0, guidance_scale=0.0, output_type="pt")
+    torch.testing.assert_close(uncond_a, uncond_b)
+    empty = pipe("", steps=5, seed=0, guidance_scale=1.0, output_type="pt")
+    torch.testing.assert_close(uncond_a, empty)
+
+
+def test_save_and_load_reproduce_images_exactly(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "copy")
+    loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "copy")
+    assert loaded.config == pipe.config
+    first = pipe(["a small blue triangle in the top right"], steps=6, seed=3, output_type="pt")
+    second = loaded(["a small blue triangle in the top right"], steps=6, seed=3, output_type="pt")
+    assert torch.equal(first, second)
+
+
+def test_missing_and_corrupt_files_are_refused_by_name(tiny_pipeline_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_pipeline_dir, broken)
+    (broken / "unet" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"unet/model\.safetensors"):
+        GuidedDiffusionPipeline.from_pretrained(broken)
+    (broken / "unet" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"missing file: .*unet/model\.safetensors"):
+        GuidedDiffusionPipeline.from_pretrained(broken)
+    shutil.rmtree(broken / "text_encoder")
+    shutil.copytree(tiny_pipeline_dir / "unet", broken / "unet", dirs_exist_ok=True)
+    with pytest.raises(CheckpointError, match="text_encoder"):
+        GuidedDiffusionPipeline.from_pretrained(broken)
+    (broken / "pipeline.json").write_text("{ truncated")
+    with pytest.raises(CheckpointError, match=r"corrupt JSON file .*pipeline\.json"):
+        GuidedDiffusionPipeline.from_pretrained(broken)
+    with pytest.raises(CheckpointError, match="no pipeline folder 'nowhere'"):
+        GuidedDiffusionPipeline.from_pretrained("nowhere")
+
+
+def test_bad_arguments_are_refused(pipe):
+    with pytest.raises(ValueError, match="string or a non-empty list"):
+        pipe([])
+    with pytest.raises(ValueError, match="ddpm, ddim, dpm"):
+        pipe("a circle", sampler="euler")
+    with pytest.raises(ValueError, match="has none"):
+        pipe("a circle", classifier_scale=2.0, classifier_labels={"shape": "circle"})
+    with pytest.raises(ValueError, match="between 1 and 1000"):
+        pipe("a circle", steps=0)
+    with pytest.raises(ValueError, match="unknown diffusion config keys"):
+        GuidedDiffusionPipeline.from_config({**GuidedDiffusionPipeline.from_config(TINY_CONFIG).config, "diffusion": {"steps": 3}})
+
+
+def test_training_mode_is_restored_after_sampling(pipe):
+    pipe.unet.train()
+    pipe("a circle", steps=2, seed=0)
+    assert pipe.unet.training
+    pipe.unet.eval()

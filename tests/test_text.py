@@ -1,0 +1,210 @@
+import json
+
+import open_clip
+import pytest
+import torch
+from open_clip.tokenizer import bytes_to_unicode
+from safetensors.torch import save_file
+
+from guided_diffusion.serialization import CheckpointError
+from guided_diffusion.text import TextEncoder, build_text_encoder, load_text_encoder
+
+OPEN_CLIP_TINY = {
+    "backend": "open_clip",
+    "model_name": None,
+    "pretrained": None,
+    "context_length": 12,
+    "width": 32,
+    "heads": 2,
+    "layers": 1,
+}
+PROMPTS = ["a red circle", "", "a very long prompt that has many more words than the context can hold"]
+
+
+@pytest.fixture(scope="module")
+def frozen() -> TextEncoder:
+    torch.manual_seed(0)
+    return build_text_encoder(OPEN_CLIP_TINY)
+
+
+def test_open_clip_shapes_and_mask(frozen):
+    assert (frozen.width, frozen.context_length) == (32, 12)
+    features, mask = frozen.encode(PROMPTS)
+    assert features.shape == (3, 12, 32) and features.dtype == torch.float32
+    assert mask.shape == (3, 12) and mask.dtype == torch.bool
+    tokens = frozen.tokenize(PROMPTS)
+    sot, eot = 49406, 49407
+    assert tokens[:, 0].eq(sot).all()
+    # "" is start + end tokens, then padding (id 0) which the mask excludes
+    assert tokens[1, :2].tolist() == [sot, eot] and tokens[1, 2:].eq(0).all()
+    assert mask[1].tolist() == [True, True] + [False] * 10
+    # a real prompt is masked through its end token, contiguously
+    n = int(mask[0].sum())
+    assert tokens[0, n - 1] == eot and mask[0, :n].all() and not mask[0, n:].any()
+
+
+def test_open_clip_truncates_keeping_end_token(frozen):
+    tokens = frozen.tokenize([PROMPTS[2]])
+    assert tokens.shape == (1, 12) and tokens[0, -1] == 49407
+    _, mask = frozen(tokens)
+    assert mask.all()
+
+
+def test_open_clip_mask_follows_end_token_not_pad_id(frozen):
+    # id 0 is also a real BPE token ("!"); only what follows the end token is padding
+    tokens = torch.tensor([[49406, 0, 320, 49407, 0, 0]])
+    _, mask = frozen(tokens)
+    assert mask.tolist() == [[True, True, True, True, False, False]]
+
+
+def test_frozen_has_no_grad_and_stays_in_eval(frozen):
+    assert not frozen.trainable
+    assert not any(p.requires_grad for p in frozen.parameters())
+    frozen.train()
+    assert not frozen.training
+    features, _ = frozen.encode(["x"])
+    assert not features.requires_grad
+
+
+def test_trainable_gets_gradients():
+    encoder = build_text_encoder({**OPEN_CLIP_TINY, "trainable": True})
+    assert encoder.training and all(p.requires_grad for p in encoder.parameters())
+    features, mask = encoder.encode(["a red circle"])
+    features[mask].sum().backward()
+    assert encoder.tower.transformer.resblocks[0].mlp.c_fc.weight.grad is not None
+
+
+def test_open_clip_save_load_round_trip(tmp_path, frozen):
+    frozen.save_pretrained(tmp_path / "text")
+    loaded = load_text_encoder(tmp_path / "text")
+    assert loaded.config == frozen.config
+    assert json.loads((tmp_path / "text" / "config.json").read_text())["backend"] == "open_clip"
+    assert torch.equal(loaded.encode(PROMPTS)[0], frozen.encode(PROMPTS)[0])
+
+
+def test_missing_or_corrupt_files_are_refused_by_name(tmp_path, frozen):
+    folder = tmp_path / "text"
+    frozen.save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_text_encoder(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_text_encoder(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_text_encoder(folder)
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="backend"):
+        build_text_encoder({"backend": "clip"})
+    with pytest.raises(ValueError, match="valid keys"):
+        build_text_encoder({**OPEN_CLIP_TINY, "widht": 8})
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_text_encoder({**OPEN_CLIP_TINY, "vocab_size": 1000})
+    with pytest.raises(ValueError, match="list_models"):
+        build_text_encoder({**OPEN_CLIP_TINY, "model_name": "ViT-Nope"})
+    with pytest.raises(ValueError, match="backend: transformers"):
+        build_text_encoder({**OPEN_CLIP_TINY, "model_name": "ViT-B-16-SigLIP"})
+    with pytest.raises(ValueError, match="name_or_path"):
+        build_text_encoder({"backend": "transformers"})
+
+
+def test_open_clip_named_architecture_from_local_weights(tmp_path):
+    """The ``model_name`` path with a local weights file: per-token features match open_clip's own."""
+    name = "ViT-S-32-alt"  # the smallest built-in architecture with a CLIP text tower
+    reference = open_clip.create_model(name).eval()
+    weights = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
+
+    encoder = build_text_encoder({"backend": "open_clip", "model_name": name, "pretrained": str(weights)})
+    assert encoder.width == 256 and encoder.context_length == 77 and encoder.config["layers"] == 10
+    tokens = encoder.tokenize(["a red circle"])
+    features, mask = encoder(tokens)
+    eot_index = int(mask[0].sum()) - 1
+    with torch.no_grad():
+        expected = reference.encode_text(tokens)
+    assert torch.allclose(features[0, eot_index] @ reference.text_projection, expected[0], atol=1e-5)
+
+    encoder.save_pretrained(tmp_path / "text")
+    loaded = load_text_encoder(tmp_path / "text")  # rebuilds the architecture without fetching weights
+    assert torch.equal(loaded(tokens)[0], features)
+
+
+# --- transformers backend -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """A tiny CLIPTextModel and a CLIP BPE tokenizer (bytes + two merges) saved as a local folder."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("hf")
+    chars = list(bytes_to_unicode().values())
+    merges = [("r", "e"), ("re", "d</w>")]
+    tokens = chars + [c + "</w>" for c in chars] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    (root / "vocab").mkdir()
+    (root / "vocab" / "vocab.json").write_text(json.dumps(vocab))
+    (root / "vocab" / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    tokenizer = CLIPTokenizer.from_pretrained(root / "vocab")
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    model = CLIPTextModel(config)
+    folder = root / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf_encoder(hf_folder) -> TextEncoder:
+    return build_text_encoder({"backend": "transformers", "name_or_path": str(hf_folder)})
+
+
+def test_transformers_shapes_and_mask(hf_encoder):
+    assert (hf_encoder.width, hf_encoder.context_length) == (32, 16)
+    features, mask = hf_encoder.encode(PROMPTS)
+    assert features.shape == (3, 16, 32) and mask.shape == (3, 16)
+    tokens = hf_encoder.tokenize(PROMPTS)
+    eos = hf_encoder.tokenizer.eos_token_id
+    # pad and end tokens share an id here, so the end token must still count as real
+    assert mask[1].tolist() == [True, True] + [False] * 14
+    assert mask[2].all() and tokens[2, -1] == eos
+    n = int(mask[0].sum())
+    assert tokens[0, n - 1] == eos and tokens[0, n:].eq(eos).all()
+    assert not features.requires_grad
+
+
+def test_transformers_save_load_round_trip(tmp_path, hf_encoder):
+    folder = tmp_path / "text"
+    hf_encoder.save_pretrained(folder)
+    assert json.loads((folder / "text_encoder.json").read_text())["backend"] == "transformers"
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert not list(folder.rglob("*.bin"))
+    loaded = load_text_encoder(folder)
+    assert loaded.config == hf_encoder.config
+    assert torch.equal(loaded.encode(PROMPTS)[0], hf_encoder.encode(PROMPTS)[0])
+
+
+def test_transformers_missing_or_corrupt_files_are_refused_by_name(tmp_path, hf_encoder):
+    folder = tmp_path / "text"
+    hf_encoder.save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_text_encoder(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_text_encoder(folder)
