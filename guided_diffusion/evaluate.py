@@ -1,0 +1,422 @@
+"""Evaluation of a Shapes32 model: prompt adherence, classifier guidance, bits/dim, samplers.
+
+Generated images are judged by :func:`guided_diffusion.datasets.shapes.describe`, which reads a
+sample's shape, colour, size and position back from its pixels. ``gd-eval`` (or
+``python -m guided_diffusion.evaluate``) writes a markdown report with a sample grid and plots::
+
+    gd-eval --model shapes32 --out docs/evaluation
+
+- prompt adherence: for canonical prompts ("a small blue triangle in the top right"), the share of
+  images whose shape, colour, size, position (and all four) match, for seen and held-out
+  colour-shape pairs;
+- classifier guidance: with the empty prompt, for each target class of one attribute, the hit rate
+  and the normalised entropy of the other attributes against the classifier scale;
+- bits/dim (the variational bound of :meth:`GaussianDiffusion.nll_bpd`) on held-out images;
+- optionally, quality (all-four accuracy) against sampler and number of steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .datasets.shapes import (
+    COLORS,
+    HELDOUT_PAIRS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    canonical_caption,
+    describe_batch,
+    make_shapes32,
+)
+from .pipeline import GuidedDiffusionPipeline
+from .serialization import CheckpointError
+
+ATTRIBUTES = ("shape", "color", "size", "position")
+CLASSES = {"shape": SHAPES, "color": COLORS, "size": SIZES, "position": POSITIONS}
+
+
+@dataclass
+class Sampling:
+    """How images are drawn for an evaluation."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    guidance_scale: float = 3.0
+    batch_size: int = 64
+    seed: int = 0
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale}
+
+
+@dataclass
+class Report:
+    """Everything the markdown report shows."""
+
+    model: str
+    sampling: Sampling
+    adherence: dict[str, dict[str, float]] = field(default_factory=dict)
+    guidance_scales: list[dict[str, Any]] = field(default_factory=list)
+    classifier: list[dict[str, Any]] = field(default_factory=list)
+    bpd: dict[str, float] | None = None
+    samplers: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def canonical_targets(num_prompts: int, *, heldout: bool, seed: int = 0) -> list[dict[str, str]]:
+    """``num_prompts`` attribute combinations whose colour-shape pair is held out (or not): the allowed
+    pairs in turn, each with a random size and position."""
+    held = set(HELDOUT_PAIRS)
+    pairs = [(c, s) for c in COLORS for s in SHAPES if ((c, s) in held) == heldout]
+    rng = np.random.default_rng([seed, int(heldout)])
+    return [
+        {"shape": shape, "color": color, "size": SIZES[rng.integers(len(SIZES))], "position": POSITIONS[rng.integers(len(POSITIONS))]}
+        for color, shape in (pairs[i % len(pairs)] for i in range(num_prompts))
+    ]
+
+
+def generate(pipe: GuidedDiffusionPipeline, prompts: Sequence[str], sampling: Sampling, **extra: Any) -> np.ndarray:
+    """Images for ``prompts`` (one each) as uint8 [N, H, W, 3], in batches, seeded per batch."""
+    chunks = []
+    for i, start in enumerate(range(0, len(prompts), sampling.batch_size)):
+        batch = list(prompts[start : start + sampling.batch_size])
+        chunks.append(pipe(batch, seed=sampling.seed + i, output_type="np", **sampling.kwargs(), **extra))
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def attribute_accuracy(targets: Sequence[dict[str, str]], found: Sequence[dict[str, str]]) -> dict[str, float]:
+    """Share of images whose attribute matches its target, per attribute and for all four at once."""
+    if len(targets) != len(found) or not targets:
+        raise ValueError(f"need as many descriptions as targets (got {len(found)} and {len(targets)}), and at least one")
+    scores = {a: float(np.mean([t[a] == f[a] for t, f in zip(targets, found)])) for a in ATTRIBUTES}
+    scores["all"] = float(np.mean([all(t[a] == f[a] for a in ATTRIBUTES) for t, f in zip(targets, found)]))
+    return scores
+
+
+def normalized_entropy(values: Sequence[str], classes: Sequence[str]) -> float:
+    """Entropy of the empirical distribution of ``values`` over ``classes``, divided by log(K): 1 is
+    uniform, 0 a single class."""
+    counts = Counter(values)
+    p = np.array([counts[c] for c in classes], dtype=np.float64) / max(len(values), 1)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum() / math.log(len(classes)))
+
+
+def prompt_adherence(
+    pipe: GuidedDiffusionPipeline, *, heldout: bool, num_prompts: int, images_per_prompt: int, sampling: Sampling
+) -> tuple[dict[str, float], np.ndarray, list[str]]:
+    """Accuracy of canonical prompts (see :func:`attribute_accuracy`), the images and their prompts."""
+    targets = [t for t in canonical_targets(num_prompts, heldout=heldout, seed=sampling.seed) for _ in range(images_per_prompt)]
+    prompts = [canonical_caption(**t) for t in targets]
+    images = generate(pipe, prompts, sampling)
+    return attribute_accuracy(targets, describe_batch(images)), images, prompts
+
+
+def classifier_guidance_sweep(
+    pipe: GuidedDiffusionPipeline,
+    *,
+    attribute: str,
+    scales: Sequence[float],
+    images_per_target: int,
+    sampling: Sampling,
+    prompt: str = "",
+) -> list[dict[str, Any]]:
+    """For each scale and each class of ``attribute``: the hit rate of samples guided to that class
+    and the normalised entropy of every other attribute (diversity). Rows are dicts."""
+    if pipe.classifier is None:
+        raise ValueError("the pipeline has no classifier to guide with")
+    if attribute not in pipe.classifier.labels:
+        raise ValueError(f"the classifier has no {attribute!r} head; it has {', '.join(pipe.classifier.labels)}")
+    rows = []
+    for scale in scales:
+        for target in pipe.classifier.labels[attribute]:
+            images = generate(
+                pipe, [prompt] * images_per_target, sampling, classifier_scale=float(scale), classifier_labels={attribute: target}
+            )
+            found = describe_batch(images)
+            row = {"scale": float(scale), "target": target, "hit_rate": float(np.mean([f[attribute] == target for f in found]))}
+            for other in ATTRIBUTES:
+                if other != attribute:
+                    row[f"entropy_{other}"] = normalized_entropy([f[other] for f in found], CLASSES[other])
+            rows.append(row)
+    return rows
+
+
+def bits_per_dim(pipe: GuidedDiffusionPipeline, *, num_images: int, batch_size: int, seed: int = 0) -> dict[str, float]:
+    """The variational bound in bits/dim on held-out Shapes32 images, conditioned on their captions."""
+    data = make_shapes32(num_images, seed=seed + 1000, split="heldout")
+    totals = []
+    generator = torch.Generator(device=pipe.device).manual_seed(seed)
+    for start in range(0, num_images, batch_size):
+        rows = data[start : start + batch_size]
+        x0 = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)) for im in rows["image"]])
+        x0 = (x0.permute(0, 3, 1, 2) / 127.5 - 1).to(pipe.device)
+        with torch.no_grad():
+            features, mask = pipe.text_encoder.encode(rows["text"])
+            out = pipe.diffusion.nll_bpd(pipe.unet, x0, {"text_features": features, "text_mask": mask}, generator=generator)
+        totals.append(out["total_bpd"].cpu())
+    total = torch.cat(totals).double()
+    return {"mean": float(total.mean()), "std": float(total.std()) if len(total) > 1 else 0.0, "n": int(len(total))}
+
+
+def sampler_table(
+    pipe: GuidedDiffusionPipeline,
+    *,
+    samplers: Sequence[str],
+    steps: Sequence[int],
+    num_prompts: int,
+    images_per_prompt: int,
+    sampling: Sampling,
+) -> list[dict[str, Any]]:
+    """All-four accuracy on seen-pair canonical prompts for each sampler and number of steps."""
+    rows = []
+    for name in samplers:
+        for n in steps:
+            started = time.perf_counter()
+            scores, _, _ = prompt_adherence(
+                pipe,
+                heldout=False,
+                num_prompts=num_prompts,
+                images_per_prompt=images_per_prompt,
+                sampling=Sampling(name, n, sampling.guidance_scale, sampling.batch_size, sampling.seed),
+            )
+            rows.append({"sampler": name, "steps": n, **scores, "seconds": time.perf_counter() - started})
+    return rows
+
+
+def _save_grid(images: np.ndarray, prompts: Sequence[str], per_row: int, path: Path, scale: int = 3) -> None:
+    from PIL import Image
+
+    n, h, w, _ = images.shape
+    rows = math.ceil(n / per_row)
+    canvas = np.full((rows * (h + 1) + 1, per_row * (w + 1) + 1, 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, per_row)
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = image
+    Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def _plot_classifier(rows: list[dict[str, Any]], attribute: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = sorted({r["scale"] for r in rows})
+    others = [a for a in ATTRIBUTES if a != attribute]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(scales, [np.mean([r["hit_rate"] for r in rows if r["scale"] == s]) for s in scales], "o-", label=f"{attribute} hit rate")
+    for other in others:
+        ax.plot(scales, [np.mean([r[f"entropy_{other}"] for r in rows if r["scale"] == s]) for s in scales], "s--", label=f"{other} entropy")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("classifier scale")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title("classifier guidance: fidelity vs diversity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_samplers(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name in dict.fromkeys(r["sampler"] for r in rows):
+        mine = [r for r in rows if r["sampler"] == name]
+        ax.plot([r["steps"] for r in mine], [100 * r["all"] for r in mine], "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("steps")
+    ax.set_ylabel("all four attributes right (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def render_markdown(report: Report, attribute: str) -> str:
+    """The report as markdown (images referenced relative to the report's folder)."""
+    s = report.sampling
+    lines = [
+        f"# Evaluation of `{report.model}`",
+        "",
+        f"Sampler `{s.sampler}`, {s.steps} steps, classifier-free guidance scale {s.guidance_scale}, seed {s.seed}. "
+        f"Samples judged by `guided_diffusion.datasets.shapes.describe`. Took {report.seconds / 60:.1f} min.",
+        "",
+        "![samples](samples.png)",
+        "",
+        "## Prompt adherence (canonical prompts)",
+        "",
+        "| colour-shape pairs | images | shape | color | size | position | all four |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, scores in report.adherence.items():
+        lines.append(f"| {name} | {scores['n']:.0f} | " + " | ".join(_pct(scores[a]) for a in (*ATTRIBUTES, "all")) + " |")
+    if report.guidance_scales:
+        lines += ["", "## Classifier-free guidance scale (seen pairs)", "", "| guidance scale | all four (seen) |", "|---|---|"]
+        lines += [f"| {r['guidance_scale']} | {_pct(r['all'])} |" for r in report.guidance_scales]
+    if report.classifier:
+        scales = sorted({r["scale"] for r in report.classifier})
+        others = [a for a in ATTRIBUTES if a != attribute]
+        lines += [
+            "",
+            f"## Classifier guidance on `{attribute}` with the empty prompt",
+            "",
+            f"Hit rate: share of samples whose {attribute} is the target (chance: {_pct(1 / len(CLASSES[attribute]))}). "
+            "Entropy: of each other attribute over its classes, normalised to 1 for uniform.",
+            "",
+            "| classifier scale | hit rate | " + " | ".join(f"{o} entropy" for o in others) + " |",
+            "|---|---|" + "---|" * len(others),
+        ]
+        for scale in scales:
+            mine = [r for r in report.classifier if r["scale"] == scale]
+            lines.append(
+                f"| {scale:g} | {_pct(np.mean([r['hit_rate'] for r in mine]))} | "
+                + " | ".join(f"{np.mean([r[f'entropy_{o}'] for r in mine]):.2f}" for o in others)
+                + " |"
+            )
+        lines += ["", "![classifier guidance](classifier_guidance.png)"]
+    if report.bpd:
+        lines += ["", "## Likelihood", "", f"Bits/dim on {report.bpd['n']} held-out images: {report.bpd['mean']:.3f} (std {report.bpd['std']:.3f})."]
+    if report.samplers:
+        lines += ["", "## Samplers: quality against steps (seen pairs, all four right)", "", "| sampler | steps | all four | seconds |", "|---|---|---|---|"]
+        lines += [f"| {r['sampler']} | {r['steps']} | {_pct(r['all'])} | {r['seconds']:.0f} |" for r in report.samplers]
+        lines += ["", "![samplers](samplers.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(
+    pipe: GuidedDiffusionPipeline,
+    out_dir: str | Path,
+    *,
+    model_name: str,
+    sampling: Sampling,
+    num_prompts: int = 54,
+    images_per_prompt: int = 4,
+    guidance_scales: Sequence[float] = (),
+    classifier_attribute: str = "shape",
+    classifier_scales: Sequence[float] = (0, 1, 3, 10),
+    images_per_target: int = 48,
+    bpd_images: int = 64,
+    samplers: Sequence[str] = (),
+    sampler_steps: Sequence[int] = (5, 10, 20, 50, 100, 1000),
+) -> Report:
+    """Run the evaluation and write ``report.md``, ``report.json``, ``samples.png`` and plots into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    report = Report(model=model_name, sampling=sampling)
+    grid_images, grid_prompts = [], []
+    for name, heldout in (("seen", False), ("held out", True)):
+        scores, images, prompts = prompt_adherence(
+            pipe, heldout=heldout, num_prompts=num_prompts, images_per_prompt=images_per_prompt, sampling=sampling
+        )
+        report.adherence[name] = {**scores, "n": len(prompts)}
+        grid_images.append(images[: 4 * images_per_prompt])
+        grid_prompts += prompts[: 4 * images_per_prompt]
+    for scale in guidance_scales:
+        scores, _, _ = prompt_adherence(
+            pipe,
+            heldout=False,
+            num_prompts=num_prompts,
+            images_per_prompt=images_per_prompt,
+            sampling=Sampling(sampling.sampler, sampling.steps, float(scale), sampling.batch_size, sampling.seed),
+        )
+        report.guidance_scales.append({"guidance_scale": float(scale), **scores})
+    if pipe.classifier is not None and classifier_scales:
+        report.classifier = classifier_guidance_sweep(
+            pipe, attribute=classifier_attribute, scales=classifier_scales, images_per_target=images_per_target, sampling=sampling
+        )
+        _plot_classifier(report.classifier, classifier_attribute, out / "classifier_guidance.png")
+    if bpd_images:
+        report.bpd = bits_per_dim(pipe, num_images=bpd_images, batch_size=sampling.batch_size, seed=sampling.seed)
+    if samplers:
+        report.samplers = sampler_table(
+            pipe, samplers=samplers, steps=sampler_steps, num_prompts=num_prompts, images_per_prompt=1, sampling=sampling
+        )
+        _plot_samplers(report.samplers, out / "samplers.png")
+    _save_grid(np.concatenate(grid_images), grid_prompts, images_per_prompt * 2, out / "samples.png")
+    (out / "prompts.txt").write_text("".join(f"{i}: {p}\n" for i, p in enumerate(dict.fromkeys(grid_prompts))))
+    report.seconds = time.perf_counter() - started
+    (out / "report.md").write_text(render_markdown(report, classifier_attribute))
+    (out / "report.json").write_text(json.dumps({**report.__dict__, "sampling": report.sampling.__dict__}, indent=2) + "\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gd-eval``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="gd-eval", description="Evaluate a Shapes32 pipeline and write a markdown report.")
+    parser.add_argument("--model", default="shapes32", help="a pipeline folder or a shipped model name")
+    parser.add_argument("--out", type=Path, default=Path("docs/evaluation"), help="report folder")
+    parser.add_argument("--sampler", default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--guidance-scale", type=float, default=None)
+    parser.add_argument("--num-prompts", type=int, default=54, help="canonical prompts per pair group")
+    parser.add_argument("--images-per-prompt", type=int, default=4)
+    parser.add_argument("--guidance-scales", type=float, nargs="*", default=[], help="also score these CFG scales")
+    parser.add_argument("--classifier-attribute", default="shape")
+    parser.add_argument("--classifier-scales", type=float, nargs="*", default=[0, 1, 3, 10])
+    parser.add_argument("--images-per-target", type=int, default=48)
+    parser.add_argument("--bpd-images", type=int, default=64)
+    parser.add_argument("--samplers", nargs="*", default=[], help="add the sampler table for these samplers")
+    parser.add_argument("--sampler-steps", type=int, nargs="*", default=[5, 10, 20, 50, 100, 1000])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    try:
+        pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device=args.device)
+        if pipe.unet.config.image_size != 32:
+            raise ValueError(f"gd-eval judges 32x32 Shapes32 samples; this model makes {pipe.unet.config.image_size}x{pipe.unet.config.image_size}")
+        defaults = pipe.sampling_config
+        sampling = Sampling(
+            args.sampler or defaults["sampler"],
+            args.steps or int(defaults["steps"]),
+            defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale,
+            args.batch_size,
+            args.seed,
+        )
+        report = evaluate(
+            pipe,
+            args.out,
+            model_name=str(args.model),
+            sampling=sampling,
+            num_prompts=args.num_prompts,
+            images_per_prompt=args.images_per_prompt,
+            guidance_scales=args.guidance_scales,
+            classifier_attribute=args.classifier_attribute,
+            classifier_scales=args.classifier_scales,
+            images_per_target=args.images_per_target,
+            bpd_images=args.bpd_images,
+            samplers=args.samplers,
+            sampler_steps=args.sampler_steps,
+        )
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        print(f"gd-eval: error: {err}", file=sys.stderr)
+        return 2
+    print(render_markdown(report, args.classifier_attribute))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The Shapes32 evaluation: scoring against real data, entropy, and an end-to-end report."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from guided_diffusion import GuidedDiffusionPipeline
+from guided_diffusion.datasets.shapes import FEATURES, HELDOUT_PAIRS, describe_batch, make_shapes32
+from guided_diffusion.evaluate import (
+    Sampling,
+    attribute_accuracy,
+    canonical_targets,
+    evaluate,
+    main,
+    normalized_entropy,
+)
+from guided_diffusion.models.classifier import ClassifierConfig, NoiseAwareClassifier
+
+from .conftest import TINY_CONFIG
+
+
+def labels_of(data):
+    return [{a: FEATURES[a].int2str(row[a]) for a in ("shape", "color", "size", "position")} for row in data]
+
+
+def test_real_images_score_perfectly_and_shuffled_ones_do_not():
+    data = make_shapes32(200, seed=7, split="test")
+    targets = labels_of(data)
+    found = describe_batch(data["image"])
+    assert attribute_accuracy(targets, found) == {"shape": 1.0, "color": 1.0, "size": 1.0, "position": 1.0, "all": 1.0}
+    shuffled = attribute_accuracy(targets[1:] + targets[:1], found)
+    assert shuffled["all"] < 0.2 and shuffled["shape"] < 0.6
+
+
+def test_normalized_entropy_is_one_for_uniform_and_zero_for_a_single_class():
+    assert normalized_entropy(["a", "b", "c"] * 5, ["a", "b", "c"]) == pytest.approx(1.0)
+    assert normalized_entropy(["a"] * 9, ["a", "b", "c"]) == 0.0
+    assert normalized_entropy(["a", "a", "b", "b"], ["a", "b", "c", "d"]) == pytest.approx(0.5)
+
+
+def test_canonical_targets_keep_seen_and_held_out_pairs_apart():
+    held = set(HELDOUT_PAIRS)
+    seen = canonical_targets(45, heldout=False)
+    assert all((t["color"], t["shape"]) not in held for t in seen)
+    assert len({(t["color"], t["shape"]) for t in seen}) == 15
+    out = canonical_targets(9, heldout=True)
+    assert {(t["color"], t["shape"]) for t in out} == held
+    assert canonical_targets(9, heldout=True, seed=1) != canonical_targets(9, heldout=True, seed=2)
+
+
+def test_accuracy_refuses_mismatched_lengths():
+    with pytest.raises(ValueError, match="as many descriptions"):
+        attribute_accuracy([{"shape": "circle"}], [])
+
+
+@pytest.fixture(scope="module")
+def tiny32(tmp_path_factory):
+    """A tiny untrained 32x32 pipeline over 40 timesteps, with a Shapes32 classifier."""
+    torch.manual_seed(0)
+    config = GuidedDiffusionPipeline.from_config(TINY_CONFIG).config
+    config["unet"]["image_size"] = 32
+    config["diffusion"]["num_timesteps"] = 40
+    pipe = GuidedDiffusionPipeline.from_config(config)
+    labels = {a: list(FEATURES[a].names) for a in ("shape", "color", "size", "position")}
+    pipe.classifier = NoiseAwareClassifier(
+        ClassifierConfig(image_size=32, labels=labels, base_channels=16, channel_mult=(1, 2), attention_resolutions=(), num_heads=2)
+    ).eval()
+    directory = tmp_path_factory.mktemp("eval") / "tiny32"
+    pipe.save_pretrained(directory)
+    return directory
+
+
+def test_evaluate_writes_a_complete_report(tiny32, tmp_path):
+    pipe = GuidedDiffusionPipeline.from_pretrained(tiny32)
+    report = evaluate(
+        pipe, tmp_path, model_name="tiny32", sampling=Sampling("ddim", 2, 3.0, 16, 0), num_prompts=3, images_per_prompt=2,
+        guidance_scales=(1.0,), classifier_scales=(0, 10), images_per_target=2, bpd_images=2,
+        samplers=("ddim", "dpm++"), sampler_steps=(1, 2),
+    )
+    assert set(report.adherence) == {"seen", "held out"} and report.adherence["seen"]["n"] == 6
+    assert len(report.classifier) == 2 * 3 and {r["target"] for r in report.classifier} == {"circle", "square", "triangle"}
+    assert report.bpd["n"] == 2 and np.isfinite(report.bpd["mean"]) and report.bpd["mean"] > 0
+    assert [(r["sampler"], r["steps"]) for r in report.samplers] == [("ddim", 1), ("ddim", 2), ("dpm++", 1), ("dpm++", 2)]
+    for name in ("report.md", "report.json", "samples.png", "classifier_guidance.png", "samplers.png"):
+        assert (tmp_path / name).is_file(), name
+    text = (tmp_path / "report.md").read_text()
+    assert "| seen | 6 |" in text and "## Classifier guidance on `shape`" in text and "Bits/dim on 2" in text
+    assert json.loads((tmp_path / "report.json").read_text())["adherence"]["held out"]["n"] == 6
+
+
+def test_gd_eval_refuses_models_of_the_wrong_size(tiny_pipeline_dir, tmp_path, capsys):
+    assert main(["--model", str(tiny_pipeline_dir), "--out", str(tmp_path), "--device", "cpu"]) == 2
+    assert "judges 32x32" in capsys.readouterr().err
