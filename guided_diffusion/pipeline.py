@@ -50,6 +50,18 @@ def shipped_models() -> list[str]:
     return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / PIPELINE_INDEX).is_file())
 
 
+def resolve_pipeline_folder(name_or_path: str | os.PathLike) -> Path:
+    """The folder :meth:`GuidedDiffusionPipeline.from_pretrained` reads: ``name_or_path`` itself when it
+    holds a pipeline, else the shipped model of that name; refused when neither exists."""
+    directory = Path(name_or_path)
+    shipped = PRETRAINED_DIR / str(name_or_path)
+    if not (directory / PIPELINE_INDEX).is_file() and (shipped / PIPELINE_INDEX).is_file():
+        return shipped
+    if not directory.is_dir():
+        raise CheckpointError(f"no pipeline folder {str(name_or_path)!r} (shipped models: {', '.join(shipped_models()) or 'none'})")
+    return directory
+
+
 def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     """A YAML config file (or an already-parsed dict) as a dict; a bad file is refused by name."""
     if isinstance(path_or_dict, Mapping):
@@ -112,6 +124,7 @@ class GuidedDiffusionPipeline:
         self.diffusion = GaussianDiffusion.from_config(self.diffusion_config)
         self.sampling_config = _checked_sampling(sampling_config or {})
         self.classifier = classifier
+        self.folder: Path | None = None
 
     # ------------------------------------------------------------------------------ construction
 
@@ -144,13 +157,9 @@ class GuidedDiffusionPipeline:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> "GuidedDiffusionPipeline":
-        """Load a pipeline folder written by :meth:`save_pretrained`, or a shipped model by name."""
-        directory = Path(name_or_path)
-        if not (directory / PIPELINE_INDEX).is_file() and (PRETRAINED_DIR / str(name_or_path) / PIPELINE_INDEX).is_file():
-            directory = PRETRAINED_DIR / str(name_or_path)
-        if not directory.is_dir():
-            shipped = ", ".join(shipped_models()) or "none"
-            raise CheckpointError(f"no pipeline folder {str(name_or_path)!r} (shipped models: {shipped})")
+        """Load a pipeline folder written by :meth:`save_pretrained`, or a shipped model by name.
+        The folder it came from is kept as ``pipe.folder`` (``None`` for pipelines built in memory)."""
+        directory = resolve_pipeline_folder(name_or_path)
         index = load_json(directory / PIPELINE_INDEX)
         if index.get("format") != PIPELINE_FORMAT:
             raise CheckpointError(f"{directory / PIPELINE_INDEX} is not a {PIPELINE_FORMAT} index")
@@ -171,6 +180,7 @@ class GuidedDiffusionPipeline:
         for module in (pipe.unet, pipe.classifier):
             if module is not None:
                 module.eval()
+        pipe.folder = directory
         return pipe.to(device) if device is not None else pipe
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:

@@ -34,7 +34,7 @@ def save_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+    _replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def load_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -159,6 +159,11 @@ class TextEncoder(nn.Module):
         """``tokens [B, L]`` -> ``(features float [B, L, D], mask bool [B, L])``."""
         raise NotImplementedError
 
+    def token_count(self, prompt: str) -> int:
+        """Tokens ``prompt`` takes before truncation, start and end tokens included; more than
+        ``context_length`` means :meth:`tokenize` truncates it."""
+        raise NotImplementedError
+
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize ``prompts`` and run the encoder on its device (without gradients when frozen).
 
@@ -267,6 +272,9 @@ class OpenCLIPTextEncoder(TextEncoder):
         """Token ids ``[B, L]``: start token, BPE tokens, end token, zero padding."""
         return self._tokenizer(_as_prompt_list(prompts), context_length=self.context_length)
 
+    def token_count(self, prompt: str) -> int:
+        return len(self._tokenizer.encode(prompt)) + 2
+
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``tokens [B, L]`` -> ``(features [B, L, D], mask [B, L])``."""
         mask = _real_token_mask(tokens, self._tokenizer.eot_token_id, pad_id=0)
@@ -310,6 +318,9 @@ class TransformersTextEncoder(TextEncoder):
             return_tensors="pt",
         )
         return encoded["input_ids"]
+
+    def token_count(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, truncation=False)["input_ids"])
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``tokens [B, L]`` -> ``(last_hidden_state [B, L, D], mask [B, L])``."""

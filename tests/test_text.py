@@ -50,6 +50,14 @@ def test_open_clip_truncates_keeping_end_token(frozen):
     assert mask.all()
 
 
+def test_open_clip_token_count_tells_when_tokenize_truncates(frozen):
+    assert frozen.token_count("") == 2
+    fits = " ".join(["red"] * (frozen.context_length - 2))
+    assert frozen.token_count(fits) == frozen.context_length
+    assert frozen.tokenize([fits])[0, -1] == 49407  # the end token is the last one kept
+    assert frozen.token_count(fits + " red") == frozen.context_length + 1
+
+
 def test_open_clip_mask_follows_end_token_not_pad_id(frozen):
     # id 0 is also a real BPE token ("!"); only what follows the end token is padding
     tokens = torch.tensor([[49406, 0, 320, 49407, 0, 0]])
@@ -186,6 +194,12 @@ def test_transformers_shapes_and_mask(hf_encoder):
     n = int(mask[0].sum())
     assert tokens[0, n - 1] == eos and tokens[0, n:].eq(eos).all()
     assert not features.requires_grad
+
+
+def test_transformers_token_count_includes_start_and_end(hf_encoder):
+    tokens = hf_encoder.tokenize(["a red circle"])
+    _, mask = hf_encoder(tokens)
+    assert hf_encoder.token_count("a red circle") == int(mask.sum())
 
 
 def test_transformers_save_load_round_trip(tmp_path, hf_encoder):

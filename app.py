@@ -1,0 +1,108 @@
+"""The Gradio demo: generate, guide, and watch the diffusion happen.
+
+Run it from the repository root::
+
+    python app.py                       # the shipped default model (shapes32) on http://127.0.0.1:7860
+    python app.py --model DIR           # any folder written by GuidedDiffusionPipeline.save_pretrained
+    python app.py --host 0.0.0.0 --port 8080 --device cuda --share
+
+Tabs: **Generate** (prompt, sampler, steps, classifier-free and classifier guidance, seed; live x_t and
+predicted x_0 previews, then the images and the denoising trajectory), **Forward process**
+(q(x_t | x_0) samples and the linear and cosine schedules) and **Model** (configuration, parameter
+counts, and the folder's README.md and evaluation.md when present).
+
+The generation function is also an API endpoint, ``/generate``. Every parameter but ``prompt`` has a
+default (the page's initial values; ``seed=None`` draws a random seed); it returns the images at the
+model's own resolution, as a list of ``{"image": path_to_png, "caption": ...}``::
+
+    from gradio_client import Client
+    from PIL import Image
+
+    client = Client("http://127.0.0.1:7860/")
+    result = client.predict(
+        prompt="a large red circle in the center",
+        num_images=4,
+        steps=25,
+        sampler="ddim",                 # ddpm | ddim | dpm++
+        guidance_scale=3.0,             # classifier-free: 0 unconditional, 1 plain conditional
+        classifier_attribute="shape",   # classifier guidance, for models with a classifier
+        classifier_label="circle",
+        classifier_scale=0.0,           # 0: off
+        seed=0,
+        api_name="/generate",
+    )
+    images = [Image.open(item["image"]) for item in result]
+
+Bad values raise ``gradio_client.exceptions.AppError`` with the server's message; when the queue is
+full the client raises ``gradio_client.utils.QueueError`` ("Queue is full! Please try again.") and
+the page says "This application is currently busy. Please try again."
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from guided_diffusion import GuidedDiffusionPipeline
+from guided_diffusion.demo import build_demo, launch_demo
+from guided_diffusion.demo.ui import DEFAULT_MAX_QUEUE
+from guided_diffusion.serialization import CheckpointError
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of ``python app.py``."""
+    parser = argparse.ArgumentParser(prog="app.py", description="Serve the guided diffusion demo with Gradio.")
+    parser.add_argument("--model", default="shapes32", help="a pipeline folder or a shipped model name (default: shapes32)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a temporary public Gradio link")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available, else cpu)"
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        help=f"requests that may wait for the sampler before new ones are refused as busy (default: {DEFAULT_MAX_QUEUE})",
+    )
+    return parser.parse_args(argv)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Load the model and serve the demo until interrupted; user errors print one line and return 2."""
+    args = parse_args(argv)
+    try:
+        if args.queue_size < 1:
+            raise ValueError(f"--queue-size must be at least 1, got {args.queue_size}")
+        device = _device(args.device)
+        pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device=device)
+    except (CheckpointError, FileNotFoundError) as err:
+        print(f"app.py: error: cannot load the model: {err}; pass --model DIR with a folder written by save_pretrained", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as err:
+        print(f"app.py: error: {err}", file=sys.stderr)
+        return 2
+    demo = build_demo(pipe, folder=pipe.folder, max_queue=args.queue_size)
+    try:
+        launch_demo(demo, host=args.host, port=args.port, share=args.share)
+    except OSError as err:
+        print(f"app.py: error: cannot serve on {args.host}:{args.port}: {err}; pick another --port", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""What the Model tab says about the loaded pipeline: its configuration, size, data and evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ..pipeline import GuidedDiffusionPipeline
+
+NOT_AVAILABLE = "_Not available: the pipeline folder has no {name}._"
+
+
+def _document(folder: Path | None, name: str) -> str:
+    path = folder / name if folder is not None else None
+    if path is None or not path.is_file():
+        return NOT_AVAILABLE.format(name=name)
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def parameter_table(pipe: GuidedDiffusionPipeline) -> str:
+    """A Markdown table of the parameter count of each component, and their total."""
+    counts = pipe.parameter_counts()
+    rows = [f"| {name} | {count:,} |" for name, count in counts.items()]
+    return "\n".join(["| component | parameters |", "| --- | ---: |", *rows, f"| **total** | **{sum(counts.values()):,}** |"])
+
+
+def model_card(pipe: GuidedDiffusionPipeline, folder: Path | None) -> dict[str, str]:
+    """Markdown sections for the Model tab: ``summary``, ``config`` (YAML), ``training`` (the folder's
+    README.md) and ``evaluation`` (its evaluation.md); the last two say "not available" when absent."""
+    unet = pipe.unet.config
+    classifier = (
+        ", ".join(f"{attribute} ({', '.join(names)})" for attribute, names in pipe.classifier.labels.items())
+        if pipe.classifier is not None
+        else "none"
+    )
+    summary = "\n".join(
+        [
+            f"- **Folder:** `{folder}`" if folder is not None else "- **Folder:** (built in memory)",
+            f"- **Images:** {unet.image_size}x{unet.image_size}, {unet.out_channels} channels",
+            f"- **Text encoder:** {pipe.text_encoder.config['backend']}, context {pipe.text_encoder.context_length} tokens",
+            f"- **Diffusion:** {pipe.diffusion!r}",
+            f"- **Classifier labels:** {classifier}",
+            f"- **Device:** {pipe.device}",
+            "",
+            parameter_table(pipe),
+        ]
+    )
+    return {
+        "summary": summary,
+        "config": "```yaml\n" + yaml.safe_dump(pipe.config, sort_keys=False) + "```",
+        "training": _document(folder, "README.md"),
+        "evaluation": _document(folder, "evaluation.md"),
+    }
