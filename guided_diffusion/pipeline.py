@@ -184,9 +184,12 @@ class GuidedDiffusionPipeline:
         return pipe.to(device) if device is not None else pipe
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the pipeline folder; the index is written last, so a folder with an index is complete."""
+        """Write the pipeline folder. The index is removed first and written last, so a write that is
+        interrupted leaves a folder that :meth:`from_pretrained` refuses (missing ``pipeline.json``)
+        rather than one that mixes old and new components."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / PIPELINE_INDEX).unlink(missing_ok=True)
         self.unet.save_pretrained(directory / "unet")
         self.text_encoder.save_pretrained(directory / "text_encoder")
         if self.classifier is not None:

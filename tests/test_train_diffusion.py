@@ -1,0 +1,327 @@
+"""train.diffusion end to end on a tiny imagefolder: outputs, exact resume, SIGKILL, two processes,
+user errors; and the training helpers (config, EMA, text conditioning) in process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from guided_diffusion.pipeline import GuidedDiffusionPipeline
+from guided_diffusion.text import build_text_encoder
+from train.conditioning import CachedTextFeatures, TextConditionedUNet, TextConditioning
+from train.config import parse_run_config
+from train.ema import EMA
+from train.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+STEPS = 8
+BATCH = 4
+COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
+CHECKPOINT_FILES = ("trainer_state.json", "model.safetensors", "optimizer.bin", "random_states_0.pkl")
+
+
+def make_imagefolder(root: Path, num_images: int, broken: tuple[int, ...] = ()) -> Path:
+    """16x16 PNGs of a coloured square on grey with captions in metadata.jsonl; ``broken`` ones are
+    not images."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with open(root / "metadata.jsonl", "w") as meta:
+        for i in range(num_images):
+            name = list(COLORS)[i % len(COLORS)]
+            if i in broken:
+                (root / f"{i:03d}.png").write_bytes(b"\x89PNG broken")
+            else:
+                pixels = np.full((16, 16, 3), 128, dtype=np.uint8)
+                top, left = rng.integers(0, 8, size=2)
+                pixels[top : top + 8, left : left + 8] = COLORS[name]
+                Image.fromarray(pixels).save(root / f"{i:03d}.png")
+            meta.write(json.dumps({"file_name": f"{i:03d}.png", "text": f"a {name} square"}) + "\n")
+    return root
+
+
+def flags(data: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--config",
+        "configs/tiny.yaml",
+        "--train_data_dir",
+        str(data),
+        "--output_dir",
+        str(output_dir),
+        "--train_batch_size",
+        str(BATCH),
+        "--max_train_steps",
+        str(STEPS),
+        "--checkpointing_steps",
+        "4",
+        "--validation_prompts",
+        "a red square",
+        "a blue square",
+        "--validation_steps",
+        "4",
+        "--validation_sampling_steps",
+        "5",
+        *extra,
+    ]
+
+
+def command(args: list[str], processes: int = 1) -> list[str]:
+    if processes == 1:
+        return [sys.executable, "-m", "train.diffusion", *args]
+    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+    quiet = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [sys.executable, *launcher, *quiet, "-m", "train.diffusion", *args]
+
+
+def train(args: list[str], processes: int = 1, expect_ok: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(args, processes), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    if expect_ok:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    return sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def assert_complete(checkpoint: Path) -> None:
+    names = {p.name for p in checkpoint.iterdir()}
+    assert set(CHECKPOINT_FILES) <= names, (checkpoint, names)
+    assert {"custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"} <= names  # LR scheduler, EMA
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_imagefolder(tmp_path_factory.mktemp("data") / "images", 33, broken=(5,))
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted single-process run of STEPS updates."""
+    output_dir = tmp_path_factory.mktemp("runs") / "reference"
+    train(flags(data, output_dir))
+    return output_dir
+
+
+# ---------------------------------------------------------------------------------- end to end
+
+
+def test_run_writes_checkpoints_logs_validation_and_pipeline(reference: Path) -> None:
+    assert [p.name for p in checkpoints(reference)] == ["checkpoint-4", "checkpoint-8"]
+    for checkpoint in checkpoints(reference):
+        assert_complete(checkpoint)
+    records = metrics(reference)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    assert all(np.isfinite(r["loss"]) and r["images_per_sec"] > 0 and "lr" in r for r in records)
+    assert records[-1]["images_seen"] + records[-1]["skipped_images"] == STEPS * BATCH
+    assert (reference / "loss_curve.png").is_file() and (reference / "config.yaml").is_file()
+    assert sorted(p.name for p in (reference / "validation").iterdir()) == ["step-000004.png", "step-000008.png"]
+
+    pipe = GuidedDiffusionPipeline.from_pretrained(reference)
+    images = pipe(["a red square", "a blue square"], steps=4, seed=0, output_type="pt")
+    assert images.shape == (2, 3, 16, 16) and 0.0 <= images.min() and images.max() <= 1.0
+
+
+def test_exported_pipeline_holds_the_ema_weights(reference: Path) -> None:
+    ema = torch.load(reference / "checkpoint-8" / "custom_checkpoint_1.pkl", weights_only=True)["shadow"]
+    trained = load_file(str(reference / "checkpoint-8" / "model.safetensors"))
+    exported = load_file(str(reference / "unet" / "model.safetensors"))
+    name = next(iter(exported))
+    assert torch.equal(exported[name], ema[f"unet.{name}"])
+    assert not torch.equal(exported[name], trained[f"unet.{name}"])
+
+
+def test_resume_reproduces_the_losses_exactly(reference: Path, data: Path, tmp_path: Path) -> None:
+    result = train(flags(data, tmp_path / "resumed", "--resume_from_checkpoint", str(reference / "checkpoint-4")))
+    assert "resumed from" in result.stdout + result.stderr
+    resumed = metrics(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == [5, 6, 7, 8]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in metrics(reference)[4:]]
+    final, expected = (load_file(str(d / "unet" / "model.safetensors")) for d in (tmp_path / "resumed", reference))
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_sigkill_mid_training_resumes_from_the_last_checkpoint(reference: Path, data: Path, tmp_path: Path) -> None:
+    output_dir = tmp_path / "killed"
+    args = flags(
+        data, output_dir, "--checkpointing_steps", "2", "--checkpoints_total_limit", "2", "--validation_steps", "100"
+    )
+    process = subprocess.Popen(
+        command([*args, "--max_train_steps", "40"]),
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not checkpoints(output_dir) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    killed_at = checkpoints(output_dir)
+    assert killed_at and int(killed_at[-1].name.split("-")[1]) < STEPS
+    for checkpoint in killed_at:
+        assert_complete(checkpoint)
+
+    result = train([*args, "--resume_from_checkpoint", "latest"])
+    assert f"resumed from {killed_at[-1]}" in result.stdout + result.stderr
+    assert [r["loss"] for r in metrics(output_dir)] == [r["loss"] for r in metrics(reference)]
+    assert [p.name for p in checkpoints(output_dir)] == ["checkpoint-6", "checkpoint-8"]
+    assert not list(output_dir.glob(".tmp-*")) and not list(output_dir.glob(".old-*"))
+
+
+def test_two_processes_frozen_text_encoder_accumulation_exact_resume(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    frozen = tmp_path / "frozen_text_encoder.yaml"  # the UNet alone is data-parallel; text features are cached
+    frozen.write_text((REPO / "configs" / "tiny.yaml").read_text().replace("trainable: true", "trainable: false"))
+    args = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--gradient_accumulation_steps", "2"]
+    args += ["--config", str(frozen)]
+    train(flags(data, tmp_path / "ddp", *args), processes=2)
+    checkpoint = tmp_path / "ddp" / "checkpoint-2"
+    assert_complete(checkpoint)
+    assert (checkpoint / "random_states_1.pkl").is_file()
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2 and len(state["positions"]) == 2
+    records = metrics(tmp_path / "ddp")
+    assert records[-1]["images_seen"] + records[-1]["skipped_images"] == 4 * 2 * BATCH * 2
+    GuidedDiffusionPipeline.from_pretrained(tmp_path / "ddp")
+
+    train(flags(data, tmp_path / "ddp_resumed", *args, "--resume_from_checkpoint", str(checkpoint)), processes=2)
+    assert [r["loss"] for r in metrics(tmp_path / "ddp_resumed")] == [r["loss"] for r in records[2:]]
+
+    refused = error_in_process(
+        flags(data, tmp_path / "one", *args, "--resume_from_checkpoint", str(checkpoint)), capsys
+    )
+    assert "written by 2 processes" in refused
+
+
+# ---------------------------------------------------------------------------------- user errors
+
+
+def error_in_process(args: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run ``train.diffusion.main(args)`` in this process, expecting a user error; returns its line.
+    accelerate's process-wide state is reset afterwards, for the tests that follow."""
+    from accelerate.state import AcceleratorState
+
+    from train.diffusion import main
+
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ")
+    return lines[-1]
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_wrong_column_is_refused_with_the_columns(data: Path, tmp_path: Path) -> None:
+    result = train(flags(data, tmp_path / "run", "--caption_column", "caption"), expect_ok=False)
+    line = _one_error_line(result)
+    assert "'caption'" in line and "image, text" in line
+    assert not (tmp_path / "run" / "checkpoint-4").exists()
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(data: Path, tmp_path: Path) -> None:
+    extra = ["--learning_rate", "1e30", "--lr_scheduler", "constant", "--checkpointing_steps", "1"]
+    extra += ["--mixed_precision", "bf16"]
+    line = _one_error_line(train(flags(data, tmp_path / "run", *extra), expect_ok=False))
+    assert "loss became" in line and "checkpoint-1" in line
+    assert_complete(tmp_path / "run" / "checkpoint-1")
+
+
+def test_starting_over_existing_checkpoints_is_refused(
+    reference: Path, data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert "--resume_from_checkpoint latest" in error_in_process(flags(data, reference), capsys)
+
+
+# ---------------------------------------------------------------------------------- helpers in process
+
+
+def test_config_flags_override_yaml_and_bad_keys_are_refused(tmp_path: Path) -> None:
+    run = parse_run_config(
+        ["--config", "configs/tiny.yaml", "--learning_rate", "0.5", "--prediction_type", "v", "--no-use_ema"], "test"
+    )
+    assert run.training.learning_rate == 0.5 and run.training.use_ema is False
+    assert run.model["diffusion"]["prediction"] == "v" and run.data.dataset_name == "shapes32"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {dataset_name: shapes32}\ntraining: {learning_rat: 1.0}\n")
+    with pytest.raises(ConfigError, match="unknown key 'learning_rat' in the training section.*learning_rate"):
+        parse_run_config(["--config", str(bad)], "test")
+    bad.write_text("data: {dataset_name: shapes32}\ntraining: {max_train_steps: many}\n")
+    with pytest.raises(ConfigError, match="training.max_train_steps must be an integer"):
+        parse_run_config(["--config", str(bad)], "test")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "laion_vitb32"])
+def test_gpu_example_configs_parse(name: str) -> None:
+    run = parse_run_config(["--config", f"configs/{name}.yaml"], "test")
+    assert {"unet", "text_encoder", "diffusion", "sampling"} <= set(run.model)
+
+
+def test_ema_warmup_average_and_swap() -> None:
+    module = torch.nn.Linear(2, 1)
+    ema = EMA(module, decay=0.9, warmup=True)
+    assert ema.current_decay() == pytest.approx(0.1)
+    start = module.weight.detach().clone()
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    ema.update()
+    assert torch.allclose(ema.shadow["weight"], start + 0.9)
+    trained = module.weight.detach().clone()
+    with ema.applied():
+        assert torch.equal(module.weight, ema.shadow["weight"])
+    assert torch.equal(module.weight, trained)
+
+
+def _small_encoder(trainable: bool):
+    return build_text_encoder(
+        {"backend": "open_clip", "context_length": 8, "width": 16, "heads": 2, "layers": 1, "trainable": trainable}
+    )
+
+
+def test_frozen_features_are_cached_and_match_the_encoder() -> None:
+    encoder = _small_encoder(trainable=False)
+    cached = CachedTextFeatures(encoder, max_entries=2)
+    captions = ["a red square", "", "a red square"]
+    features, mask = cached(captions)
+    direct_features, direct_mask = encoder.encode(captions)
+    assert torch.allclose(features, direct_features, atol=1e-6) and torch.equal(mask, direct_mask)
+    cached(["a blue square"])
+    assert list(cached.cache) == ["a red square", "a blue square"]
+
+
+def test_trainable_encoder_trains_inside_one_module() -> None:
+    unet = torch.nn.Identity()
+    conditioning = TextConditioning(unet, _small_encoder(trainable=True), cache_size=16)
+    assert isinstance(conditioning.module, TextConditionedUNet)
+    assert set(conditioning.model_kwargs(["a"], torch.device("cpu"))) == {"tokens"}
+    frozen = TextConditioning(unet, _small_encoder(trainable=False), cache_size=16)
+    assert frozen.module is unet
+    assert set(frozen.model_kwargs(["a"], torch.device("cpu"))) == {"text_features", "text_mask"}

@@ -1,0 +1,122 @@
+"""Train a text-conditioned diffusion model on a Hugging Face dataset.
+
+    accelerate launch -m train.diffusion --config configs/tiny.yaml [--flag value ...]
+    python -m train.diffusion --config configs/tiny.yaml                 # one process
+
+The YAML config holds the model (``unet``, ``text_encoder``, ``diffusion``, ``sampling``), the
+``data`` and the ``training`` sections; flags override single keys (``--help`` lists them). On a
+machine without CUDA, ``accelerate launch --multi_gpu --num_processes 2`` runs two data-parallel CPU
+processes (gloo).
+
+``output_dir`` receives ``checkpoint-{step}/`` folders (resume with ``--resume_from_checkpoint
+latest``), ``logs/metrics.jsonl`` (and TensorBoard events when installed), ``validation/`` grids,
+``loss_curve.png``, ``config.yaml``, and, at every checkpoint, the pipeline itself with the EMA
+weights: ``GuidedDiffusionPipeline.from_pretrained(output_dir)`` loads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torchvision.utils import save_image
+
+from guided_diffusion.pipeline import GuidedDiffusionPipeline
+
+from .conditioning import TextConditioning
+from .config import RunConfig, parse_run_config
+from .errors import ConfigError, exit_on_user_errors
+from .loop import LossFn, Trainer, make_accelerator, open_training_data
+
+PIPELINE_SECTIONS = ("unet", "text_encoder", "diffusion", "sampling")
+
+
+def build_pipeline(run: RunConfig) -> GuidedDiffusionPipeline:
+    """Fresh pipeline components from the run's model sections; a bad section is a ConfigError."""
+    config = {name: run.model[name] for name in PIPELINE_SECTIONS if name in run.model}
+    try:
+        return GuidedDiffusionPipeline.from_config(config)
+    except ValueError as err:
+        raise ConfigError(f"bad model config in {run.path}: {err}") from None
+
+
+def training_resolution(run: RunConfig, pipe: GuidedDiffusionPipeline) -> int:
+    """The image side to train at: ``data.resolution``, which must match ``unet.image_size``."""
+    image_size = pipe.unet.config.image_size
+    if run.data.resolution not in (None, image_size):
+        raise ConfigError(
+            f"data.resolution ({run.data.resolution}) differs from unet.image_size ({image_size}); "
+            "the pipeline samples at unet.image_size, so set both to the same value"
+        )
+    return image_size
+
+
+def make_loss_fn(
+    accelerator: Accelerator, pipe: GuidedDiffusionPipeline, conditioning: TextConditioning, run: RunConfig
+) -> LossFn:
+    """``loss_fn(model, batch)``: the mean diffusion loss of ``batch["images"] [B, 3, H, W]`` under
+    their captions, at timesteps drawn uniformly from 0..T-1 (min-SNR-gamma weighted when set)."""
+    diffusion, snr_gamma = pipe.diffusion, run.training.snr_gamma
+
+    def loss_fn(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        x0 = batch["images"].to(accelerator.device, non_blocking=True)
+        with accelerator.autocast():
+            model_kwargs = conditioning.model_kwargs(batch["captions"], accelerator.device)
+        t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
+        return diffusion.training_losses(model, x0, t, model_kwargs, snr_gamma=snr_gamma)["loss"].mean()
+
+    return loss_fn
+
+
+def save_validation_grid(
+    pipe: GuidedDiffusionPipeline, prompts: list[str], *, seed: int, steps: int | None, path: Path
+) -> None:
+    """Sample one image per prompt into a grid PNG, in prompt order (8 per row); ``steps`` None
+    uses the pipeline's sampling settings."""
+    images = pipe(prompts, seed=seed, steps=steps, output_type="pt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=min(len(prompts), 8), padding=1)
+
+
+@exit_on_user_errors
+def main(argv: Sequence[str] | None = None) -> None:
+    run = parse_run_config(argv, description="Train a text-conditioned diffusion model.")
+    training = run.training
+    accelerator = make_accelerator(training)
+    set_seed(training.seed)
+    pipe = build_pipeline(run).to(accelerator.device)
+    data = open_training_data(run, accelerator, training_resolution(run, pipe))
+    conditioning = TextConditioning(pipe.unet, pipe.text_encoder, cache_size=training.text_feature_cache)
+    output_dir = Path(training.output_dir)
+
+    def publish(step: int) -> None:
+        pipe.save_pretrained(output_dir)
+
+    def validate(step: int) -> None:
+        save_validation_grid(
+            pipe,
+            training.validation_prompts,
+            seed=training.seed,
+            steps=training.validation_sampling_steps,
+            path=output_dir / "validation" / f"step-{step:06d}.png",
+        )
+
+    trainer = Trainer(
+        accelerator,
+        run,
+        conditioning.module,
+        data,
+        make_loss_fn(accelerator, pipe, conditioning, run),
+        publish,
+        validate,
+    )
+    trainer.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""The optimisation loop shared by the training commands, on top of ``accelerate``.
+
+A command builds its model, its data (:class:`~guided_diffusion.data.TrainData`) and a loss function
+``loss_fn(model, batch) -> scalar``, and hands them to :class:`Trainer`, which does the rest:
+data-parallel processes, gradient accumulation, mixed precision, clipping, the LR schedule, the EMA,
+checkpoints and resume, validation, progress and logs. Each optimizer update (a "step") reads
+``gradient_accumulation_steps`` batches on every process.
+
+Randomness: the model is built before :class:`Trainer` under ``set_seed(seed)`` (the same weights on
+every process); training then draws from per-process seeds (``set_seed(seed, device_specific=True)``),
+whose states the checkpoints save. Data order and augmentations depend only on the seed and the data
+position. Validation runs in a forked RNG. So a resumed run repeats the losses of an uninterrupted
+one bit for bit on the CPU (on GPUs, up to the non-determinism of some CUDA kernels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch import nn
+from transformers import get_scheduler
+
+from guided_diffusion.data import DataError, DataPosition, TrainData, check_columns, load_source
+
+from .checkpoints import list_checkpoints, load_checkpoint, remove_partial_checkpoints, resolve_resume, save_checkpoint
+from .config import RunConfig, TrainingConfig
+from .ema import EMA
+from .errors import ConfigError, TrainingError
+from .tracking import Tracker, tracker_backends
+
+Batch = dict[str, Any]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+MAX_EMPTY_BATCHES = 100
+
+
+def make_accelerator(config: TrainingConfig) -> Accelerator:
+    """The run's ``Accelerator``: mixed precision from the config (else from ``accelerate launch``),
+    TensorBoard when installed.
+
+    fp16 on the CPU is refused. Several processes on a machine without CUDA (``accelerate launch
+    --multi_gpu --num_processes 2`` on a CPU box) run data-parallel on the CPU with the gloo backend.
+    """
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
+        mixed_precision=config.mixed_precision,
+        log_with=tracker_backends() or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError(
+            "fp16 mixed precision needs a GPU (on the CPU it would silently train in float32); use bf16 or no"
+        )
+    return accelerator
+
+
+def open_training_data(run: RunConfig, accelerator: Accelerator, resolution: int) -> TrainData:
+    """This process's share of the configured dataset, its columns checked.
+
+    Every process opens the source itself (``datasets`` locks its cache), so that a bad path or
+    column stops all of them with the same error instead of leaving some waiting at a barrier.
+    """
+    dataset = load_source(run.data)
+    check_columns(dataset, run.data)
+    return TrainData(
+        dataset,
+        run.data,
+        resolution=resolution,
+        batch_size=run.training.train_batch_size,
+        seed=run.training.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint records beside the weights: the step, each process's data position, counters."""
+
+    step: int = 0
+    positions: list[DataPosition] = field(default_factory=list)
+    images_seen: int = 0
+    skipped_images: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "num_processes": len(self.positions),
+            "positions": [p.to_dict() for p in self.positions],
+            "images_seen": self.images_seen,
+            "skipped_images": self.skipped_images,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+        return cls(
+            step=int(d["step"]),
+            positions=[DataPosition.from_dict(p) for p in d["positions"]],
+            images_seen=int(d["images_seen"]),
+            skipped_images=int(d["skipped_images"]),
+        )
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` by minimising ``loss_fn`` under ``accelerator``.
+
+    Args:
+        accelerator: from :func:`make_accelerator`.
+        run: the run's config (its ``training`` section drives the loop; all of it is saved with the run).
+        model: the module to train (every parameter that requires grad is optimised).
+        data: this process's training data.
+        loss_fn: ``loss_fn(prepared_model, batch) -> scalar tensor``, the mean loss of one batch.
+        publish: ``publish(step)`` writes the model users load into ``output_dir``; called on the
+            main process, with the EMA weights in place, at every checkpoint.
+        validate: ``validate(step)`` samples for inspection; called on the main process with the EMA
+            weights in place, every ``validation_steps`` and at the end, when there are prompts.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        run: RunConfig,
+        model: nn.Module,
+        data: TrainData,
+        loss_fn: LossFn,
+        publish: Callable[[int], None],
+        validate: Callable[[int], None] | None = None,
+    ) -> None:
+        self.accelerator = accelerator
+        self.run_config = run
+        self.config = config = run.training
+        self.data = data
+        self.loss_fn = loss_fn
+        self.publish = publish
+        self.validate = validate
+        self.output_dir = Path(config.output_dir)
+        self.max_steps = self._max_steps()
+
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay,
+            eps=config.adam_epsilon,
+        )
+        self.scheduler = get_scheduler(
+            config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=self.max_steps
+        )
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.ema: EMA | None = None
+        if config.use_ema:
+            self.ema = EMA(accelerator.unwrap_model(self.model), decay=config.ema_decay, warmup=config.ema_warmup)
+            accelerator.register_for_checkpointing(self.ema)
+        self.last_checkpoint: Path | None = None
+        self.position = DataPosition()  # this process's place in its data, after the last batch read
+
+    def _max_steps(self) -> int:
+        config = self.config
+        if config.max_train_steps is not None:
+            return config.max_train_steps
+        if self.data.batches_per_epoch is None:
+            raise ConfigError("streaming data has no epoch length: set training.max_train_steps (--max_train_steps)")
+        return math.ceil(config.num_train_epochs * self.data.batches_per_epoch / config.gradient_accumulation_steps)
+
+    def averaged_weights(self) -> contextlib.AbstractContextManager:
+        """A context with the EMA weights in the model (the trained ones without EMA)."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+
+    # ------------------------------------------------------------------------------------ the run
+
+    def run(self) -> None:
+        """Train from scratch or from the configured checkpoint up to the last step."""
+        accelerator = self.accelerator
+        state = self._start()
+        tracker = Tracker(accelerator, self.output_dir, self.max_steps, state.step)
+        if state.step:
+            tracker.write(f"resumed from {self.last_checkpoint} at step {state.step}")
+        self.position = state.positions[accelerator.process_index]
+        batches = self.data.batches(self.position)
+        try:
+            while state.step < self.max_steps:
+                tracker.log(state.step + 1, self._update(batches, state))
+                if state.step % self.config.checkpointing_steps == 0 or state.step == self.max_steps:
+                    self._checkpoint(state)
+                    tracker.write(f"saved {self.last_checkpoint} and the pipeline in {self.output_dir}")
+                if self._validation_due(state.step):
+                    self._validate(state.step)
+        finally:
+            tracker.close()
+            accelerator.end_training()
+
+    def _start(self) -> TrainState:
+        accelerator, config = self.accelerator, self.config
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            remove_partial_checkpoints(self.output_dir)
+        accelerator.wait_for_everyone()
+        set_seed(config.seed, device_specific=True)
+        folder = resolve_resume(self.output_dir, config.resume_from_checkpoint)
+        if folder is None and config.resume_from_checkpoint is None and list_checkpoints(self.output_dir):
+            newest = list_checkpoints(self.output_dir)[-1][1]
+            raise ConfigError(
+                f"{self.output_dir} already holds checkpoints (newest {newest.name}); pass "
+                "--resume_from_checkpoint latest to continue, or choose another --output_dir"
+            )
+        state = TrainState(positions=[DataPosition()] * accelerator.num_processes)
+        if folder is None and config.resume_from_checkpoint == "latest":
+            accelerator.print(f"no checkpoint in {self.output_dir} yet: starting from scratch")
+        if folder is not None:
+            state = TrainState.from_dict(load_checkpoint(accelerator, folder))
+            self.last_checkpoint = folder
+        if accelerator.is_main_process:
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config.to_dict(), sort_keys=False))
+        hyperparameters = {
+            k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (bool, int, float, str))
+        }
+        accelerator.init_trackers(self.output_dir.name or "run", config=hyperparameters)
+        return state
+
+    def _next_batch(self, batches: Iterator[Batch]) -> tuple[Batch, int]:
+        """The next batch with at least one readable image, and the number of unreadable images read
+        on the way (its own included); records the data position."""
+        skipped = 0
+        for _ in range(MAX_EMPTY_BATCHES):
+            batch = next(batches)
+            self.position = batch["position"]
+            skipped += batch["skipped"]
+            if len(batch["captions"]):
+                return batch, skipped
+        raise DataError(f"{MAX_EMPTY_BATCHES} batches in a row held no readable image; check the image column")
+
+    def _update(self, batches: Iterator[Batch], state: TrainState) -> dict[str, float]:
+        """One optimizer update from ``gradient_accumulation_steps`` batches; returns its metrics."""
+        accelerator, config = self.accelerator, self.config
+        accumulation = config.gradient_accumulation_steps
+        started = time.perf_counter()
+        lr = self.scheduler.get_last_lr()[0]
+        loss_sum = torch.zeros((), device=accelerator.device)
+        images, skipped = 0, 0
+        for micro in range(accumulation):
+            batch, skipped_now = self._next_batch(batches)
+            images += len(batch["captions"])
+            skipped += skipped_now
+            last = micro == accumulation - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(self.model):
+                loss = self.loss_fn(self.model, batch)
+                accelerator.backward(loss / accumulation)
+            loss_sum += loss.detach().float()
+        totals = accelerator.reduce(
+            torch.stack([loss_sum / accumulation, loss_sum.new_tensor(images), loss_sum.new_tensor(skipped)]),
+            reduction="sum",
+        )
+        loss_value = totals[0].item() / accelerator.num_processes
+        if not math.isfinite(loss_value):
+            last_good = self.last_checkpoint or "none yet"
+            raise TrainingError(
+                f"the loss became {loss_value} at step {state.step + 1}; training stopped. Last good checkpoint: "
+                f"{last_good}. Lower the learning rate, set max_grad_norm, or use mixed_precision no/bf16"
+            )
+        if config.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+        self.optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        state.step += 1
+        state.images_seen += int(totals[1].item())
+        state.skipped_images += int(totals[2].item())
+        return {
+            "loss": loss_value,
+            "lr": lr,
+            "images_per_sec": totals[1].item() / (time.perf_counter() - started),
+            "epoch": self.position.epoch,
+            "images_seen": state.images_seen,
+            "skipped_images": state.skipped_images,
+        }
+
+    def _checkpoint(self, state: TrainState) -> None:
+        accelerator = self.accelerator
+        mine = torch.tensor([[self.position.epoch, self.position.offset]], device=accelerator.device)
+        state.positions = [DataPosition(int(e), int(o)) for e, o in accelerator.gather(mine).tolist()]
+        self.last_checkpoint = save_checkpoint(
+            accelerator, self.output_dir, state.step, state.to_dict(), self.config.checkpoints_total_limit
+        )
+        if accelerator.is_main_process:
+            with self.averaged_weights():
+                self.publish(state.step)
+        accelerator.wait_for_everyone()
+
+    def _validation_due(self, step: int) -> bool:
+        config = self.config
+        if self.validate is None or not config.validation_prompts:
+            return False
+        return step == self.max_steps or (config.validation_steps is not None and step % config.validation_steps == 0)
+
+    def _validate(self, step: int) -> None:
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), self.averaged_weights():
+                self.validate(step)
+        accelerator.wait_for_everyone()
