@@ -8,9 +8,12 @@ columns before training starts, and :class:`TrainData` turns it into an endless 
 for one process of a data-parallel run::
 
     {"images": [B, 3, H, W] in [-1, 1], "captions": list[str], "labels": [B] (with label_column),
+     "attributes": {column: [B]} (with label_columns),
      "skipped": int (unreadable images left out of this batch), "position": DataPosition}
 
 ``labels`` is present when ``label_column`` holds integer class ids (e.g. a ``ClassLabel``).
+``attributes`` holds, for each of ``label_columns`` (the targets of a classifier), LongTensor class
+indices into that column's class names (see :func:`label_classes`).
 
 Every random choice (epoch order, crop, flip, caption dropout, which of several captions) is drawn
 from ``seed`` and the sample's place in the stream, so a run restarted at a saved
@@ -22,11 +25,12 @@ re-reads, without decoding, the part of the epoch already seen).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import random
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,9 @@ class DataConfig:
     ``caption_template`` (e.g. ``"a photo of a {label}"``) builds captions from columns instead of
     reading ``caption_column``: ``{label}`` is the name of ``label_column``'s class, and any other
     ``{column}`` is that column's value (class name for ``ClassLabel`` columns).
+    ``label_columns`` are the attributes a classifier learns (``ClassLabel``, string or integer
+    columns); with them, captions may be left out (``caption_column`` and ``caption_template`` None:
+    every caption is "").
     ``train_data_dir`` wins over ``dataset_name`` when both are set. ``resolution`` None means the
     model's image size. ``num_images`` sizes ``shapes32``;
     ``num_workers`` applies to map-style datasets (streams are read in the main process).
@@ -67,6 +74,7 @@ class DataConfig:
     image_column: str = "image"
     caption_column: str | None = "text"
     label_column: str | None = None
+    label_columns: list[str] = dataclasses.field(default_factory=list)
     caption_template: str | None = None
     num_images: int = 4096
     resolution: int | None = None
@@ -85,8 +93,13 @@ class DataConfig:
             raise DataError(f"resolution must be a positive number of pixels, got {self.resolution}")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise DataError(f"caption_dropout must be a probability in [0, 1], got {self.caption_dropout}")
-        if self.caption_column is None and self.caption_template is None:
-            raise DataError("set caption_column, or caption_template to build captions from other columns")
+        if self.caption_column is None and self.caption_template is None and not self.label_columns:
+            raise DataError(
+                "set caption_column, or caption_template to build captions from other columns "
+                "(or label_columns, the classes of a classifier, which reads no captions)"
+            )
+        if len(set(self.label_columns)) != len(self.label_columns):
+            raise DataError(f"label_columns names a column twice: {', '.join(self.label_columns)}")
         if self.num_images < 1 or self.shuffle_buffer_size < 1 or self.num_workers < 0:
             raise DataError("num_images and shuffle_buffer_size must be positive, num_workers non-negative")
 
@@ -193,8 +206,54 @@ def check_columns(dataset: HFDataset, config: DataConfig) -> None:
                 f"{option} {column!r} is not a column of the dataset; its columns are: {', '.join(columns)} "
                 f"(set {flag})"
             )
+    missing = [column for column in config.label_columns if column not in columns]
+    if missing:
+        raise DataError(
+            f"label_columns {', '.join(map(repr, missing))} {'is' if len(missing) == 1 else 'are'} not "
+            f"{'a column' if len(missing) == 1 else 'columns'} of the dataset; its columns are: {', '.join(columns)} "
+            "(set --label_columns)"
+        )
     if isinstance(dataset, datasets.Dataset) and dataset.num_rows == 0:
         raise DataError("the dataset is empty")
+
+
+def label_classes(dataset: HFDataset, columns: Sequence[str]) -> dict[str, list[str]]:
+    """Each label column's class names, in class-index order.
+
+    A ``ClassLabel`` column gives its own names; a column of strings (or integers) gives its distinct
+    values, sorted (integers by value, then written as strings). Class names cannot be collected from a
+    stream, so streamed label columns must be ``ClassLabel``. Refuses a column with empty cells, with
+    other kinds of values, or with fewer than two classes.
+    """
+    features = dataset.features or {}
+    classes = {}
+    for column in columns:
+        feature = features.get(column)
+        if isinstance(feature, datasets.ClassLabel):
+            names = [str(name) for name in feature.names]
+        elif isinstance(dataset, datasets.IterableDataset):
+            raise DataError(
+                f"label column {column!r} is not a ClassLabel, and its class names cannot be collected from a "
+                "stream; turn off streaming, or cast the column to datasets.ClassLabel(names=[...])"
+            )
+        else:
+            values = dataset.unique(column)
+            if any(value is None for value in values):
+                raise DataError(f"label column {column!r} has rows without a value")
+            if all(isinstance(value, str) for value in values):
+                names = sorted(values)
+            elif all(isinstance(value, int) and not isinstance(value, bool) for value in values):
+                names = [str(value) for value in sorted(values)]
+            else:
+                kinds = sorted({type(value).__name__ for value in values})
+                raise DataError(
+                    f"label column {column!r} holds {', '.join(kinds)} values; class labels must be strings, "
+                    "integers or a ClassLabel"
+                )
+        if len(names) < 2:
+            raise DataError(f"label column {column!r} has a single class {names}; a classifier needs at least two")
+        classes[column] = names
+    return classes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,15 +304,29 @@ def decode_image(value: Any) -> Image.Image | None:
 
 
 class SampleReader:
-    """One dataset row -> ``{"image": [3, H, W], "caption": str, "label": int}``, or None when the
-    image is unreadable. ``label`` is there for an integer ``label_column``; captions are dropped to
-    "" with probability ``config.caption_dropout``."""
+    """One dataset row -> ``{"image": [3, H, W], "caption": str, "label": int, "attributes": {column:
+    int}}``, or None when the image is unreadable. ``label`` is there for an integer ``label_column``,
+    ``attributes`` for ``label_columns``: each value's index in ``class_names[column]`` (a value that
+    is not among them is refused). Captions are dropped to "" with probability ``config.caption_dropout``."""
 
-    def __init__(self, config: DataConfig, features: datasets.Features | None, resolution: int) -> None:
+    def __init__(
+        self,
+        config: DataConfig,
+        features: datasets.Features | None,
+        resolution: int,
+        class_names: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.config = config
         self.transform = ImageTransform(resolution, center_crop=config.center_crop, random_flip=config.random_flip)
         self.class_names = {
             name: feature for name, feature in (features or {}).items() if isinstance(feature, datasets.ClassLabel)
+        }
+        class_names = class_names or {}
+        missing = [column for column in config.label_columns if column not in class_names]
+        if missing:
+            raise ValueError(f"SampleReader needs the class names of label columns {missing}")
+        self.class_index = {
+            column: {name: i for i, name in enumerate(class_names[column])} for column in config.label_columns
         }
 
     def _field(self, row: dict[str, Any], column: str) -> Any:
@@ -261,8 +334,20 @@ class SampleReader:
         feature = self.class_names.get(column)
         return feature.int2str(value) if feature is not None and isinstance(value, int) else value
 
+    def _attribute(self, row: dict[str, Any], column: str) -> int:
+        name = str(self._field(row, column))
+        index = self.class_index[column].get(name)
+        if index is None:
+            raise DataError(
+                f"label column {column!r} holds {name!r}, which is not one of its classes "
+                f"({', '.join(self.class_index[column])})"
+            )
+        return index
+
     def _caption(self, row: dict[str, Any], rng: random.Random) -> str:
         config = self.config
+        if config.caption_column is None and config.caption_template is None:
+            return ""
         if config.caption_template is not None:
             fields = {name: self._field(row, name) for name in config.template_fields() if name != "label"}
             if config.label_column is not None:
@@ -283,6 +368,8 @@ class SampleReader:
         label = None if self.config.label_column is None else row[self.config.label_column]
         if isinstance(label, (int, np.integer)):
             sample["label"] = int(label)
+        if self.config.label_columns:
+            sample["attributes"] = {column: self._attribute(row, column) for column in self.config.label_columns}
         return sample
 
 
@@ -302,6 +389,11 @@ def collate(samples: list[tuple[dict[str, Any] | None, DataPosition]]) -> dict[s
     }
     if readable and "label" in readable[0]:
         batch["labels"] = torch.tensor([s["label"] for s in readable], dtype=torch.long)
+    if readable and "attributes" in readable[0]:
+        batch["attributes"] = {
+            column: torch.tensor([s["attributes"][column] for s in readable], dtype=torch.long)
+            for column in readable[0]["attributes"]
+        }
     return batch
 
 
@@ -389,8 +481,11 @@ class TrainData:
         batch_size: images per batch on this process.
         seed: the seed of the data order, augmentations and caption dropout.
         rank, world_size: this process and the number of processes.
+        class_names: the class names of ``config.label_columns`` (default: :func:`label_classes` of
+            ``dataset``); pass the training data's to read other data with the same class indices.
 
-    ``batches_per_epoch`` is the number of batches each process reads per epoch (None when streaming).
+    ``batches_per_epoch`` is the number of batches each process reads per epoch (None when streaming);
+    ``class_names`` maps each label column to its class names.
     """
 
     def __init__(
@@ -403,13 +498,17 @@ class TrainData:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        class_names: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.config = config
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.reader = SampleReader(config, dataset.features, resolution)
+        if class_names is None:
+            class_names = label_classes(dataset, config.label_columns)
+        self.class_names = {column: list(names) for column, names in class_names.items()}
+        self.reader = SampleReader(config, dataset.features, resolution, self.class_names)
         self.dataset = dataset
         if isinstance((dataset.features or {}).get(config.image_column), datasets.Image):
             self.dataset = dataset.cast_column(config.image_column, datasets.Image(decode=False))

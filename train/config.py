@@ -37,6 +37,7 @@ class TrainingConfig:
     data needs it. ``resume_from_checkpoint`` is a checkpoint folder or ``"latest"``. Validation
     samples ``validation_prompts`` every ``validation_steps`` updates and at the end, with
     ``validation_sampling_steps`` sampler steps (default: the config's ``sampling.steps``).
+    Commands without prompts (the classifier) evaluate on held-out data on the same schedule instead.
     ``text_feature_cache`` is the number of captions whose frozen text features are kept (0: none).
     ``mixed_precision`` None takes accelerate's setting (``accelerate launch --mixed_precision`` or
     ``accelerate config``), "no" when there is none.
@@ -136,7 +137,7 @@ TRAINING_FLAGS: dict[str, dict[str, Any]] = {
     "checkpoints_total_limit": {"type": int, "help": "keep only the newest N checkpoints"},
     "resume_from_checkpoint": {"help": "a checkpoint folder, or 'latest' in output_dir"},
     "validation_prompts": {"nargs": "+", "help": "prompts sampled into output_dir/validation/"},
-    "validation_steps": {"type": int, "help": "sample the validation prompts every N updates"},
+    "validation_steps": {"type": int, "help": "sample the validation prompts (or evaluate) every N updates"},
     "validation_sampling_steps": {"type": int, "help": "sampler steps of validation (default: sampling.steps)"},
     "use_ema": {"action": argparse.BooleanOptionalAction, "help": "keep an EMA of the weights and export it"},
     "ema_decay": {"type": float},
@@ -227,12 +228,15 @@ def parse_run_config(
     argv: Sequence[str] | None,
     description: str,
     extra_flags: Mapping[str, Mapping[str, dict[str, Any]]] | None = None,
+    training_config: type[TrainingConfig] = TrainingConfig,
 ) -> RunConfig:
     """Parse ``--config`` and the override flags, and build the run's config from them.
 
     ``extra_flags`` maps a section name to more flags (argparse keyword arguments by name) that
-    override keys of that section; other training commands add theirs this way. Every override flag
-    defaults to None, meaning "keep the YAML value". ``--prediction_type`` sets ``diffusion.prediction``.
+    override keys of that section; other training commands add theirs this way, with the keys of their
+    ``training`` section in a subclass of :class:`TrainingConfig` passed as ``training_config``. Every
+    override flag defaults to None, meaning "keep the YAML value". ``--prediction_type`` sets
+    ``diffusion.prediction``.
     """
     sections_of_flags = {"data": DATA_FLAGS, "training": TRAINING_FLAGS, "diffusion": MODEL_FLAGS}
     for section, flags in (extra_flags or {}).items():
@@ -254,6 +258,6 @@ def parse_run_config(
             if value is not None:
                 sections[section]["prediction" if name == "prediction_type" else name] = value
     data = build_section(DataConfig, sections["data"], "data", str(path))
-    training = build_section(TrainingConfig, sections["training"], "training", str(path))
+    training = build_section(training_config, sections["training"], "training", str(path))
     model = {name: sections[name] for name in MODEL_SECTIONS if name in config or sections[name]}
     return RunConfig(path=path, model=model, data=data, training=training)

@@ -3,8 +3,8 @@
 A command builds its model, its data (:class:`~guided_diffusion.data.TrainData`) and a loss function
 ``loss_fn(model, batch) -> scalar``, and hands them to :class:`Trainer`, which does the rest:
 data-parallel processes, gradient accumulation, mixed precision, clipping, the LR schedule, the EMA,
-checkpoints and resume, validation, progress and logs. Each optimizer update (a "step") reads
-``gradient_accumulation_steps`` batches on every process.
+checkpoints and resume, validation or evaluation, progress and logs. Each optimizer update (a "step")
+reads ``gradient_accumulation_steps`` batches on every process.
 
 Randomness: the model is built before :class:`Trainer` under ``set_seed(seed)`` (the same weights on
 every process); training then draws from per-process seeds (``set_seed(seed, device_specific=True)``),
@@ -42,6 +42,7 @@ from .tracking import Tracker, tracker_backends
 
 Batch = dict[str, Any]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+EvaluateFn = Callable[[int], dict[str, float]]
 MAX_EMPTY_BATCHES = 100
 
 
@@ -126,6 +127,9 @@ class Trainer:
             main process, with the EMA weights in place, at every checkpoint.
         validate: ``validate(step)`` samples for inspection; called on the main process with the EMA
             weights in place, every ``validation_steps`` and at the end, when there are prompts.
+        evaluate: ``evaluate(step) -> metrics`` measures the model on held-out data; called on the main
+            process with the EMA weights in place, every ``validation_steps`` and at the end. Its
+            metrics join that update's record in the logs.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class Trainer:
         loss_fn: LossFn,
         publish: Callable[[int], None],
         validate: Callable[[int], None] | None = None,
+        evaluate: EvaluateFn | None = None,
     ) -> None:
         self.accelerator = accelerator
         self.run_config = run
@@ -145,6 +150,7 @@ class Trainer:
         self.loss_fn = loss_fn
         self.publish = publish
         self.validate = validate
+        self.evaluate = evaluate
         self.output_dir = Path(config.output_dir)
         self.max_steps = self._max_steps()
 
@@ -192,12 +198,15 @@ class Trainer:
         batches = self.data.batches(self.position)
         try:
             while state.step < self.max_steps:
-                tracker.log(state.step + 1, self._update(batches, state))
+                metrics = self._update(batches, state)
+                if self.evaluate is not None and self._on_validation_schedule(state.step):
+                    metrics.update(self._on_main_with_averaged_weights(self.evaluate, state.step) or {})
+                tracker.log(state.step, metrics)
                 if state.step % self.config.checkpointing_steps == 0 or state.step == self.max_steps:
                     self._checkpoint(state)
-                    tracker.write(f"saved {self.last_checkpoint} and the pipeline in {self.output_dir}")
+                    tracker.write(f"saved {self.last_checkpoint} and published the model in {self.output_dir}")
                 if self._validation_due(state.step):
-                    self._validate(state.step)
+                    self._on_main_with_averaged_weights(self.validate, state.step)
         finally:
             tracker.close()
             accelerator.end_training()
@@ -302,16 +311,23 @@ class Trainer:
                 self.publish(state.step)
         accelerator.wait_for_everyone()
 
-    def _validation_due(self, step: int) -> bool:
-        config = self.config
-        if self.validate is None or not config.validation_prompts:
-            return False
-        return step == self.max_steps or (config.validation_steps is not None and step % config.validation_steps == 0)
+    def _on_validation_schedule(self, step: int) -> bool:
+        every = self.config.validation_steps
+        return step == self.max_steps or (every is not None and step % every == 0)
 
-    def _validate(self, step: int) -> None:
+    def _validation_due(self, step: int) -> bool:
+        if self.validate is None or not self.config.validation_prompts:
+            return False
+        return self._on_validation_schedule(step)
+
+    def _on_main_with_averaged_weights(self, callback: Callable[[int], Any], step: int) -> Any:
+        """``callback(step)`` on the main process (None elsewhere), with the EMA weights in place and
+        the RNG states restored afterwards, so that training goes on as if it had not run."""
         accelerator = self.accelerator
+        result = None
         if accelerator.is_main_process:
             devices = [accelerator.device] if accelerator.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices), self.averaged_weights():
-                self.validate(step)
+                result = callback(step)
         accelerator.wait_for_everyone()
+        return result
