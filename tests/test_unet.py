@@ -1,12 +1,22 @@
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from guided_diffusion.models import UNet, UNetConfig
-from guided_diffusion.models.layers import CrossAttention, timestep_embedding
+from guided_diffusion.models.layers import (
+    CrossAttention,
+    Downsample,
+    ResBlock,
+    SelfAttention,
+    Upsample,
+    group_norm_act,
+    timestep_embedding,
+)
 from guided_diffusion.serialization import CheckpointError
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -146,3 +156,189 @@ def test_32x32_config():
     with torch.no_grad():
         assert unet(x, t, features, mask).shape == (2, 3, 32, 32)
     assert unet.num_parameters == sum(p.numel() for p in unet.parameters())
+
+
+# ---------------------------------------------------------------- the unoptimised computation, for reference
+
+
+def _reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep_keys: torch.Tensor | None = None):
+    """softmax(q k^T / sqrt(d)) v over ``[B, heads, N, d]``; ``keep_keys`` bool ``[B, L]`` masks keys."""
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if keep_keys is not None:
+        scores = scores.masked_fill(~keep_keys[:, None, None, :], float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def _reference_block(layer, h, emb, context, context_mask):
+    """One block of a ``ConditionedSequential``, in NCHW with torch's GroupNorm/SiLU and explicit attention."""
+    if isinstance(layer, ResBlock):
+        out = layer.in_layers(h)  # GroupNorm, SiLU, conv
+        scale, shift = layer.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
+        out = torch.addcmul(shift, layer.out_norm(out), 1 + scale)
+        return layer.skip(h) + layer.out_layers(out)
+    if isinstance(layer, (SelfAttention, CrossAttention)):
+        if isinstance(layer, CrossAttention) and context is None:
+            return h
+        b, c, height, width = h.shape
+        heads = layer.num_heads
+        tokens = layer.norm(h).flatten(2).transpose(1, 2)  # [B, HW, C]
+
+        def split(x):
+            return x.view(b, x.shape[1], heads, -1).transpose(1, 2)
+
+        keep = None
+        if isinstance(layer, SelfAttention):
+            q, k, v = (split(part) for part in layer.qkv(tokens).chunk(3, dim=-1))
+            attended = _reference_attention(q, k, v)
+        else:
+            q = split(layer.q(tokens))
+            k, v = (split(part) for part in layer.kv(context).chunk(2, dim=-1))
+            mask = torch.ones(context.shape[:2], dtype=torch.bool) if context_mask is None else context_mask
+            keep = mask.any(dim=1)
+            attended = _reference_attention(q, k, v, mask | ~keep[:, None])
+        out = layer.proj_out(attended.transpose(1, 2).reshape(b, height * width, c))
+        if keep is not None:
+            out = out * keep[:, None, None]
+        return h + out.transpose(1, 2).reshape(h.shape)
+    if isinstance(layer, Upsample):
+        return layer.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+    if isinstance(layer, Downsample):
+        return layer.conv(h)
+    return layer(h)
+
+
+def reference_forward(unet: UNet, x, t, features=None, mask=None) -> torch.Tensor:
+    """What ``unet(x, t, features, mask)`` computed before the CPU optimisations (same parameters)."""
+    emb = unet.time_embed(timestep_embedding(t, unet.config.base_channels))
+    if features is not None:
+        emb = emb + unet.text_pool_proj(UNet._pool_text(features, mask))
+    h, skips = x, []
+    for block in unet.input_blocks:
+        for layer in block:
+            h = _reference_block(layer, h, emb, features, mask)
+        skips.append(h)
+    for layer in unet.middle_block:
+        h = _reference_block(layer, h, emb, features, mask)
+    for block in unet.output_blocks:
+        h = torch.cat([h, skips.pop()], dim=1)
+        for layer in block:
+            h = _reference_block(layer, h, emb, features, mask)
+    return unet.out(h)
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"base_channels": 32, "channel_mult": [1, 2, 2]}])
+def test_matches_the_unoptimised_computation(overrides):
+    """Fixed-seed outputs and gradients agree with :func:`reference_forward` (8 or 32 channels per group)."""
+    config = tiny_config(**overrides)
+    image_size = config.image_size
+    torch.manual_seed(0)
+    unet = randomize(UNet(config))
+    with torch.no_grad():
+        for parameter in unet.parameters():  # move the norms off their identity initialisation too
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    x, t, features, mask = inputs(batch=3, size=image_size)
+    mask[2] = False  # one row without tokens
+    with torch.no_grad():
+        expected = reference_forward(unet, x, t, features, mask)
+        assert _relative_error(unet(x, t, features, mask), expected) < 1e-5
+        assert _relative_error(unet(x, t), reference_forward(unet, x, t)) < 1e-5
+
+    x.requires_grad_(True)
+    features.requires_grad_(True)
+    grads = []
+    for forward in (unet, lambda *a: reference_forward(unet, *a)):
+        unet.zero_grad(set_to_none=True)
+        x.grad = features.grad = None
+        forward(x, t, features, mask).square().mean().backward()
+        grads.append([x.grad, features.grad] + [p.grad for p in unet.parameters()])
+    scale = max(g.abs().max() for g in grads[1])
+    for ours, reference in zip(*grads):
+        # Conv biases right before a per-channel GroupNorm have a zero gradient up to rounding.
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_state_dict_layout_is_unchanged():
+    """Checkpoints saved before the CPU optimisations must keep loading: same names and shapes."""
+    config = UNetConfig(
+        image_size=16, base_channels=24, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
+        num_heads=2, text_dim=16,
+    )
+    state = UNet(config).state_dict()
+    layout = "".join(f"{name}:{tuple(tensor.shape)};" for name, tensor in state.items())
+    assert (len(state), sum(t.numel() for t in state.values())) == (162, 454131)
+    assert hashlib.sha256(layout.encode()).hexdigest() == (
+        "96281adeb077260deaffb590fcb756bd7d36db0cd12dfc07f6fdc8459fe3d855"
+    ), "the UNet's parameter names or shapes changed: saved checkpoints would no longer load"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("modulated", [False, True])
+@pytest.mark.parametrize("act", [False, True])
+def test_group_norm_act_matches_torch(channels_last, modulated, act):
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(4, 12)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+        norm.bias.normal_(0.0, 0.3)
+    x = torch.randn(3, 12, 5, 6) * 3 + 5  # a mean well away from 0
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    scale, shift = (torch.randn(3, 12) * 0.5, torch.randn(3, 12)) if modulated else (None, None)
+    leaves = [x, norm.weight, norm.bias] + ([scale, shift] if modulated else [])
+    results = []
+    for fused in (True, False):
+        for leaf in leaves:
+            leaf.grad = None
+            leaf.requires_grad_(True)
+        if fused:
+            out = group_norm_act(x, norm, scale, shift, act=act)
+        else:
+            out = norm(x)
+            if modulated:
+                out = out * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+            out = F.silu(out) if act else out
+        out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+        results.append([out.detach()] + [leaf.grad for leaf in leaves])
+        if fused:
+            assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(group_norm_act(x, norm, scale, shift, act=act), results[1][0], rtol=1e-4, atol=1e-5)
+
+
+def test_group_norm_act_gradients_in_float64():
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(2, 6).double()
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    scale = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    shift = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, s, b: group_norm_act(x, norm, s, b), (x, scale, shift))
+    assert torch.autograd.gradcheck(lambda x: group_norm_act(x, norm, act=False), (x,))
+
+
+def test_output_is_contiguous_for_either_input_layout(trained_unet):
+    x, t, features, mask = inputs()
+    with torch.no_grad():
+        out = trained_unet(x, t, features, mask)
+        out_cl = trained_unet(x.contiguous(memory_format=torch.channels_last), t, features, mask)
+    assert out.is_contiguous() and out_cl.is_contiguous()
+    torch.testing.assert_close(out, out_cl, rtol=1e-5, atol=1e-6)
+
+
+def test_runs_in_bfloat16_close_to_float32(trained_unet):
+    """A UNet cast to bfloat16 (as the pipeline allows) keeps that dtype throughout and stays close."""
+    x, t, features, mask = inputs()
+    low = UNet(trained_unet.config).to(torch.bfloat16)
+    low.load_state_dict(trained_unet.state_dict())
+    with torch.no_grad():
+        out = low(x.bfloat16(), t, features.bfloat16(), mask)
+        expected = trained_unet(x, t, features, mask)
+    assert out.dtype == torch.bfloat16
+    assert _relative_error(out.float(), expected) < 0.05
+    low(x.bfloat16(), t, features.bfloat16(), mask).float().square().mean().backward()
+    assert all(p.grad.dtype == torch.bfloat16 and torch.isfinite(p.grad).all() for p in low.parameters())

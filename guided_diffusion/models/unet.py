@@ -23,6 +23,7 @@ from .layers import (
     ResBlock,
     SelfAttention,
     Upsample,
+    group_norm_act,
     normalization,
     timestep_embedding,
     zero_module,
@@ -84,7 +85,9 @@ class UNet(nn.Module):
     """Noise predictor conditioned on the timestep and, optionally, on text tokens.
 
     Call: ``unet(x [B, C_in, H, W], t [B], text_features [B, L, D] | None, text_mask [B, L] | None)``
-    -> ``[B, C_out, H, W]``. The output layer is zero-initialised, so a fresh model predicts zeros.
+    -> ``[B, C_out, H, W]`` (contiguous). The output layer is zero-initialised, so a fresh model predicts
+    zeros. Inside, feature maps are channels-last, the layout in which CPU convolutions run fastest;
+    parameters keep the default layout, so checkpoints are unaffected.
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -158,7 +161,7 @@ class UNet(nn.Module):
         if text_features is not None:
             emb = emb + self.text_pool_proj(self._pool_text(text_features.to(x.dtype), text_mask))
 
-        h = x
+        h = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for block in self.input_blocks:
             h = block(h, emb, text_features, text_mask)
@@ -166,7 +169,8 @@ class UNet(nn.Module):
         h = self.middle_block(h, emb, text_features, text_mask)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, text_features, text_mask)
-        return self.out(h)
+        norm, _, conv = self.out
+        return conv(group_norm_act(h, norm)).contiguous()
 
     @staticmethod
     def _pool_text(features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
