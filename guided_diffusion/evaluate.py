@@ -209,7 +209,7 @@ def _save_grid(images: np.ndarray, prompts: Sequence[str], per_row: int, path: P
     Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST).save(path)
 
 
-def _plot_classifier(rows: list[dict[str, Any]], attribute: str, path: Path) -> None:
+def plot_classifier(rows: list[dict[str, Any]], attribute: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,7 +231,7 @@ def _plot_classifier(rows: list[dict[str, Any]], attribute: str, path: Path) -> 
     plt.close(fig)
 
 
-def _plot_samplers(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_samplers(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -347,14 +347,14 @@ def evaluate(
         report.classifier = classifier_guidance_sweep(
             pipe, attribute=classifier_attribute, scales=classifier_scales, images_per_target=images_per_target, sampling=sampling
         )
-        _plot_classifier(report.classifier, classifier_attribute, out / "classifier_guidance.png")
+        plot_classifier(report.classifier, classifier_attribute, out / "classifier_guidance.png")
     if bpd_images:
         report.bpd = bits_per_dim(pipe, num_images=bpd_images, batch_size=sampling.batch_size, seed=sampling.seed)
     if samplers:
         report.samplers = sampler_table(
             pipe, samplers=samplers, steps=sampler_steps, num_prompts=num_prompts, images_per_prompt=1, sampling=sampling
         )
-        _plot_samplers(report.samplers, out / "samplers.png")
+        plot_samplers(report.samplers, out / "samplers.png")
     _save_grid(np.concatenate(grid_images), grid_prompts, images_per_prompt * 2, out / "samples.png")
     (out / "prompts.txt").write_text("".join(f"{i}: {p}\n" for i, p in enumerate(dict.fromkeys(grid_prompts))))
     report.seconds = time.perf_counter() - started

@@ -1,10 +1,15 @@
 """Shared fixtures: tests never touch the network and build their own tiny models."""
 
 import os
-from pathlib import Path
 
-import pytest
-import torch
+# OpenMP threads that spin while waiting make a 2-core machine crawl when several processes share it
+# (the 2-process training tests, gradio servers); this must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from guided_diffusion.data import DataConfig
+from guided_diffusion.pipeline import load_config
 
 from .errors import ConfigError
 
@@ -207,14 +206,10 @@ def build_section(cls: type, values: Mapping[str, Any] | None, section: str, sou
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping of sections in a YAML config file; a missing or malformed file is a ConfigError."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
     try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections")
+        config = load_config(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from None
     sections = (*MODEL_SECTIONS, "data", "training")
     for section, values in config.items():
         if section not in sections:
