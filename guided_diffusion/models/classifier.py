@@ -7,16 +7,13 @@ followed by attention pooling over the final feature map and one linear head per
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..serialization import CONFIG_NAME, CheckpointError, load_component_config, load_component_weights, save_component
-from .config import ModelConfig
+from .config import ModelConfig, PretrainedModel
 from .layers import ConditionedSequential, Downsample, ResBlock, SelfAttention, normalization, timestep_embedding
 
 
@@ -72,12 +69,14 @@ class AttentionPool(nn.Module):
         return self.proj(pooled.transpose(1, 2).reshape(b, c))
 
 
-class NoiseAwareClassifier(nn.Module):
+class NoiseAwareClassifier(PretrainedModel, nn.Module):
     """Classifies noisy images: ``forward(x_t [B, C, H, W], t [B]) -> {attribute: logits [B, K]}``.
 
     ``t`` is on the original 0..T-1 scale, as for the UNet. ``labels`` maps each attribute to its
     class names.
     """
+
+    config_class = ClassifierConfig
 
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
@@ -114,17 +113,3 @@ class NoiseAwareClassifier(nn.Module):
         emb = self.time_embed(timestep_embedding(t, self.config.base_channels).to(x.dtype))
         pooled = self.pool(self.out_norm(self.encoder(x, emb)))
         return {attribute: head(pooled) for attribute, head in self.heads.items()}
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
-        save_component(directory, self, self.config.to_dict())
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "NoiseAwareClassifier":
-        """Load a classifier saved by :meth:`save_pretrained` (on CPU); bad files raise ``CheckpointError``."""
-        config = load_component_config(directory)
-        try:
-            classifier_config = ClassifierConfig.from_dict(config)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"bad classifier config in {os.path.join(directory, CONFIG_NAME)}: {err}") from None
-        return load_component_weights(directory, cls(classifier_config))

@@ -8,14 +8,12 @@ features the model is unconditional.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..serialization import CONFIG_NAME, CheckpointError, load_component_config, load_component_weights, save_component
-from .config import ModelConfig
+from .config import ModelConfig, PretrainedModel
 from .layers import (
     ConditionedSequential,
     CrossAttention,
@@ -81,7 +79,7 @@ class UNetConfig(ModelConfig):
                 )
 
 
-class UNet(nn.Module):
+class UNet(PretrainedModel, nn.Module):
     """Noise predictor conditioned on the timestep and, optionally, on text tokens.
 
     Call: ``unet(x [B, C_in, H, W], t [B], text_features [B, L, D] | None, text_mask [B, L] | None)``
@@ -89,6 +87,8 @@ class UNet(nn.Module):
     zeros. Inside, feature maps are channels-last, the layout in which CPU convolutions run fastest;
     parameters keep the default layout, so checkpoints are unaffected.
     """
+
+    config_class = UNetConfig
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -179,17 +179,3 @@ class UNet(nn.Module):
             return features.mean(dim=1)
         weights = mask.to(features.dtype)
         return torch.einsum("bld,bl->bd", features, weights) / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
-        save_component(directory, self, self.config.to_dict())
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "UNet":
-        """Load a UNet saved by :meth:`save_pretrained` (on CPU); bad files raise ``CheckpointError``."""
-        config = load_component_config(directory)
-        try:
-            unet_config = UNetConfig.from_dict(config)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"bad UNet config in {os.path.join(directory, CONFIG_NAME)}: {err}") from None
-        return load_component_weights(directory, cls(unet_config))
