@@ -1,0 +1,21 @@
+"""The shipped default model loads offline, by name, with its classifier, and samples."""
+
+import numpy as np
+
+from guided_diffusion import GuidedDiffusionPipeline
+from guided_diffusion.pipeline import shipped_models
+
+
+def test_shapes32_ships_with_its_classifier_and_samples():
+    assert "shapes32" in shipped_models()
+    pipe = GuidedDiffusionPipeline.from_pretrained("shapes32")
+    assert pipe.unet.config.image_size == 32 and pipe.folder.name == "shapes32"
+    assert set(pipe.classifier.labels) == {"shape", "color", "size", "position"}
+    assert pipe.classifier.labels["shape"] == ["circle", "square", "triangle"]
+    counts = pipe.parameter_counts()
+    assert sum(counts.values()) * 4 <= 40 * 2**20  # the weights fit the 40 MB budget
+    images = pipe("a small blue triangle in the top right", steps=2, seed=0, output_type="np")
+    again = pipe("a small blue triangle in the top right", steps=2, seed=0, output_type="np")
+    assert images.shape == (1, 32, 32, 3) and np.array_equal(images, again)
+    guided = pipe("", steps=2, seed=0, classifier_scale=5.0, classifier_labels={"shape": "triangle"}, output_type="np")
+    assert guided.shape == (1, 32, 32, 3)
