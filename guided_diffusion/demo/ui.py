@@ -29,6 +29,7 @@ from .generation import (
     MAX_GUIDANCE_SCALE,
     MAX_IMAGES,
     MAX_SEED,
+    GenerationRequest,
     SamplingDone,
     check_request,
     sample_with_previews,
@@ -93,6 +94,13 @@ def build_demo(
     examples = {caption: enlarge(image, enlargement(image.width)) for caption, image in example_images().items()}
     card = model_card(pipe, folder)
 
+    def accept(*request_args: Any) -> GenerationRequest:
+        """Check a request (:func:`check_request`'s arguments after ``pipe``) and show its notices."""
+        request = check_request(pipe, *request_args)
+        for notice in request.notices:
+            gr.Warning(html.escape(notice, quote=False))
+        return request
+
     def generate(
         prompt: str,
         num_images: int = DEFAULT_NUM_IMAGES,
@@ -107,12 +115,10 @@ def build_demo(
         """Sample `num_images` images for `prompt` ("" is unconditional); returns them at the model's
         resolution as PNG files. `seed` None draws a random seed."""
         with _user_errors():
-            request = check_request(
-                pipe, prompt, num_images, steps, sampler, guidance_scale,
+            request = accept(
+                prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed,
             )
-            for notice in request.notices:
-                gr.Warning(html.escape(notice, quote=False))
             return pipe(**request.pipeline_kwargs())
 
     def generate_live(
@@ -130,12 +136,10 @@ def build_demo(
         """The browser's Generate button: stream x_t and the predicted x_0 at a few steps, then the
         enlarged images and the trajectory strip of the first image."""
         with _user_errors():
-            request = check_request(
-                pipe, prompt, num_images, steps, sampler, guidance_scale,
+            request = accept(
+                prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed,
             )
-            for notice in request.notices:
-                gr.Warning(html.escape(notice, quote=False))
             yield {gallery: None, trajectory: None, status: f"Sampling with seed {request.seed}..."}
             frames: list[torch.Tensor] = []
             shown: list[int] = []
