@@ -122,6 +122,11 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
         large = torch.cat([first, betas[1:]])
         self.large_variance, self.large_log_variance = large, torch.log(large)
+        self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
+        self.snr_values = self.alphas_cumprod / self.one_minus_alphas_cumprod
+        # Copies of the schedule's tables per (table, device, dtype), made on first use, so that a step
+        # on an accelerator indexes on the device instead of syncing with the host.
+        self._tables: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "GaussianDiffusion":
@@ -146,15 +151,22 @@ class GaussianDiffusion:
 
     # ----------------------------------------------------------------------------- helpers
 
-    @staticmethod
-    def _extract(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def _table(self, values: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``values`` (one of this object's schedule tables) in ``dtype`` on ``device``, cached."""
+        key = (id(values), device, dtype)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = values.to(dtype=dtype).to(device)
+        return table
+
+    def _extract(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """values[t] as [B, 1, ..., 1], in ``like``'s dtype and device."""
-        out = values[t.detach().to("cpu", torch.long)].to(device=like.device, dtype=like.dtype)
+        out = self._table(values, like.device, like.dtype)[t.to(like.device, torch.long)]
         return out.reshape(-1, *([1] * (like.dim() - 1)))
 
     def original_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """The original-scale timesteps [B] that the model and ``cond_fn`` receive for steps ``t`` [B]."""
-        return self.timestep_map[t.detach().to("cpu", torch.long)].to(t.device)
+        return self._table(self.timestep_map, t.device, torch.long)[t.long()]
 
     def _noise_like(self, x: torch.Tensor, noise: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
         if noise is not None:
@@ -168,7 +180,7 @@ class GaussianDiffusion:
     def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_t | x_0): (mean [B, ...], variance [B, 1, ...], log_variance [B, 1, ...])."""
         mean = self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
-        variance = self._extract(1.0 - self.alphas_cumprod, t, x0)
+        variance = self._extract(self.one_minus_alphas_cumprod, t, x0)
         return mean, variance, self._extract(self.log_one_minus_alphas_cumprod, t, x0)
 
     def q_sample(
@@ -325,8 +337,7 @@ class GaussianDiffusion:
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t), float64 [B]."""
-        alpha_bar = self.alphas_cumprod[t.detach().to("cpu", torch.long)]
-        return (alpha_bar / (1 - alpha_bar)).to(t.device)
+        return self._table(self.snr_values, t.device, torch.float64)[t.long()]
 
     def training_losses(
         self,

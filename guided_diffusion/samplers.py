@@ -10,6 +10,7 @@ calling ``callback(step, num_steps, x_t, pred_x0)`` after every step (step count
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -104,7 +105,7 @@ def _dpm_solver_pp_2m(
             if previous_x0 is not None and step > 1:
                 r = previous_h / h
                 denoised = (1 + 1 / (2 * r)) * pred_x0 - (1 / (2 * r)) * previous_x0
-            x = sigma_ratio * x - alpha_next * torch.expm1(torch.tensor(-h)).item() * denoised
+            x = sigma_ratio * x - alpha_next * math.expm1(-h) * denoised
             previous_x0, previous_h = pred_x0, h
         if callback is not None:
             callback(i, n, x, pred_x0)

@@ -219,8 +219,9 @@ class Trainer:
         accelerator.wait_for_everyone()
         set_seed(config.seed, device_specific=True)
         folder = resolve_resume(self.output_dir, config.resume_from_checkpoint)
-        if folder is None and config.resume_from_checkpoint is None and list_checkpoints(self.output_dir):
-            newest = list_checkpoints(self.output_dir)[-1][1]
+        existing = list_checkpoints(self.output_dir)
+        if folder is None and config.resume_from_checkpoint is None and existing:
+            newest = existing[-1][1]
             raise ConfigError(
                 f"{self.output_dir} already holds checkpoints (newest {newest.name}); pass "
                 "--resume_from_checkpoint latest to continue, or choose another --output_dir"
