@@ -266,9 +266,12 @@ def test_starting_over_existing_checkpoints_is_refused(
 
 def test_config_flags_override_yaml_and_bad_keys_are_refused(tmp_path: Path) -> None:
     run = parse_run_config(
-        ["--config", "configs/tiny.yaml", "--learning_rate", "0.5", "--prediction_type", "v", "--no-use_ema"], "test"
+        ["--config", "configs/tiny.yaml", "--learning_rate", "0.5", "--prediction_type", "v", "--no-use_ema",
+         "--num_images", "1000", "--num_workers", "3"],
+        "test",
     )
     assert run.training.learning_rate == 0.5 and run.training.use_ema is False
+    assert run.data.num_images == 1000 and run.data.num_workers == 3
     assert run.model["diffusion"]["prediction"] == "v" and run.data.dataset_name == "shapes32"
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {dataset_name: shapes32}\ntraining: {learning_rat: 1.0}\n")

@@ -119,6 +119,8 @@ DATA_FLAGS: dict[str, dict[str, Any]] = {
     "random_flip": {"action": argparse.BooleanOptionalAction, "help": "random horizontal flips"},
     "caption_dropout": {"type": float, "help": "probability of training on the empty caption (default 0.1)"},
     "streaming": {"action": argparse.BooleanOptionalAction, "help": "stream the dataset instead of downloading it"},
+    "num_images": {"type": int, "help": "images of the generated shapes32 dataset"},
+    "num_workers": {"type": int, "help": "DataLoader worker processes (0: read in the training process)"},
 }
 TRAINING_FLAGS: dict[str, dict[str, Any]] = {
     "train_batch_size": {"type": int, "help": "images per process per micro-batch"},
