@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import yaml
 
 from guided_diffusion.models import UNet, UNetConfig
+from guided_diffusion.models.unet import coordinate_planes
 from guided_diffusion.models.layers import (
     CrossAttention,
     Downsample,
@@ -149,6 +150,27 @@ def test_config_dict_round_trip_is_json():
     assert UNetConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_coordinate_planes_are_row_and_column_in_minus_one_to_one():
+    planes = coordinate_planes(torch.zeros(2, 3, 4, 5))
+    assert planes.shape == (2, 2, 4, 5)
+    torch.testing.assert_close(planes[1, 0, :, 3], torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0]))
+    torch.testing.assert_close(planes[0, 1, 2], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    assert (planes[:, 0] == planes[:, 0, :, :1]).all() and (planes[:, 1] == planes[:, 1, :1]).all()
+
+
+def test_coordinate_channels_feed_the_first_convolution(tmp_path):
+    unet = randomize(UNet(tiny_config(coordinate_channels=True)))
+    first = unet.input_blocks[0][0]
+    assert first.in_channels == 5
+    x, t, features, mask = inputs()
+    with torch.no_grad():
+        out = unet(x, t, features, mask)
+        first.weight[:, 3:] = 0  # blind the model to the coordinates
+        assert not torch.allclose(unet(x, t, features, mask), out)
+    unet.save_pretrained(tmp_path)
+    assert UNet.from_pretrained(tmp_path).config.coordinate_channels is True
+
+
 def test_32x32_config():
     config = UNetConfig(image_size=32, base_channels=32, text_dim=TEXT_DIM)
     unet = UNet(config)
@@ -212,6 +234,11 @@ def reference_forward(unet: UNet, x, t, features=None, mask=None) -> torch.Tenso
     emb = unet.time_embed(timestep_embedding(t, unet.config.base_channels))
     if features is not None:
         emb = emb + unet.text_pool_proj(UNet._pool_text(features, mask))
+    if unet.config.coordinate_channels:
+        size = x.shape[-1]
+        ramp = torch.arange(size, dtype=x.dtype) * 2 / (size - 1) - 1
+        planes = torch.stack([ramp[:, None].expand(size, size), ramp[None, :].expand(size, size)])
+        x = torch.cat([x, planes.expand(x.shape[0], 2, size, size)], dim=1)
     h, skips = x, []
     for block in unet.input_blocks:
         for layer in block:
@@ -230,7 +257,9 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"base_channels": 32, "channel_mult": [1, 2, 2]}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"base_channels": 32, "channel_mult": [1, 2, 2]}, {"coordinate_channels": True}]
+)
 def test_matches_the_unoptimised_computation(overrides):
     """Fixed-seed outputs and gradients agree with :func:`reference_forward` (8 or 32 channels per group)."""
     config = tiny_config(**overrides)

@@ -3,7 +3,9 @@
 Timesteps enter through a sinusoidal embedding and an MLP; the pooled text feature (masked mean over
 real tokens, projected) is added to that embedding, and the text tokens are attended to by
 cross-attention at the resolutions in ``attention_resolutions`` and in the middle block. Without text
-features the model is unconditional.
+features the model is unconditional. With ``coordinate_channels`` the input gets two more channels, the
+pixel's row and column scaled to [-1, 1] (CoordConv), so that the convolutions, which are otherwise
+blind to where they are, can place what the text asks for at a position ("in the top left").
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class UNetConfig(ModelConfig):
     ``channel_mult[i] * base_channels`` is the width of level ``i``; each level after the first halves
     the resolution, so ``image_size`` must be divisible by ``2 ** (len(channel_mult) - 1)``.
     ``attention_resolutions`` lists the feature-map sizes (in pixels) that get self- and cross-attention.
+    ``coordinate_channels`` appends the row and column coordinate planes to the input.
     ``to_dict`` / ``from_dict`` (from :class:`ModelConfig`) convert to and from JSON-able dicts,
     refusing unknown keys.
     """
@@ -49,6 +52,7 @@ class UNetConfig(ModelConfig):
     num_heads: int = 4
     text_dim: int = 512
     dropout: float = 0.0
+    coordinate_channels: bool = False
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -104,7 +108,8 @@ class UNet(PretrainedModel, nn.Module):
         def attention(ch: int) -> list[nn.Module]:
             return [SelfAttention(ch, config.num_heads), CrossAttention(ch, config.text_dim, config.num_heads)]
 
-        self.input_blocks = nn.ModuleList([ConditionedSequential(nn.Conv2d(config.in_channels, base, 3, padding=1))])
+        in_channels = config.in_channels + (2 if config.coordinate_channels else 0)
+        self.input_blocks = nn.ModuleList([ConditionedSequential(nn.Conv2d(in_channels, base, 3, padding=1))])
         skip_channels = [base]
         ch, resolution = base, config.image_size
         for level, mult in enumerate(config.channel_mult):
@@ -161,6 +166,8 @@ class UNet(PretrainedModel, nn.Module):
         if text_features is not None:
             emb = emb + self.text_pool_proj(self._pool_text(text_features.to(x.dtype), text_mask))
 
+        if self.config.coordinate_channels:
+            x = torch.cat([x, coordinate_planes(x)], dim=1)
         h = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for block in self.input_blocks:
@@ -179,3 +186,12 @@ class UNet(PretrainedModel, nn.Module):
             return features.mean(dim=1)
         weights = mask.to(features.dtype)
         return torch.einsum("bld,bl->bd", features, weights) / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def coordinate_planes(x: torch.Tensor) -> torch.Tensor:
+    """The row and column of each pixel of ``x [B, C, H, W]``, scaled to [-1, 1]: ``[B, 2, H, W]``."""
+    batch, _, height, width = x.shape
+    rows = torch.linspace(-1.0, 1.0, height, device=x.device, dtype=x.dtype)
+    columns = torch.linspace(-1.0, 1.0, width, device=x.device, dtype=x.dtype)
+    planes = torch.stack(torch.meshgrid(rows, columns, indexing="ij"))
+    return planes.expand(batch, 2, height, width)
