@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from guided_diffusion import GuidedDiffusionPipeline
-from guided_diffusion.datasets.shapes import describe
+from guided_diffusion.datasets.shapes import canonical_caption, describe
 from guided_diffusion.pipeline import shipped_models
 
 
@@ -34,7 +34,7 @@ def test_shapes32_draws_what_the_prompt_says(sampler):
         ("triangle", "yellow", "large", "center"),
         ("triangle", "purple", "small", "right"),
     ]
-    prompts = [f"a {size} {color} {shape} in the {position}" for shape, color, size, position in wanted]
+    prompts = [canonical_caption(*attributes) for attributes in wanted]
     images = pipe(prompts, sampler=sampler, steps=20, seed=0, output_type="np")
     keys = ("shape", "color", "size", "position")
     assert [tuple(describe(image)[k] for k in keys) for image in images] == wanted

@@ -15,7 +15,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from guided_diffusion.data import DataConfig, DataError, label_classes
@@ -27,6 +26,8 @@ from guided_diffusion.pipeline import GuidedDiffusionPipeline
 from train.classifier import ClassifierTrainingConfig, split_evaluation, t_ranges
 from train.config import RunConfig
 from train.errors import ConfigError
+
+from .imagefolder import write_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -40,18 +41,11 @@ RANGE_KEYS = ["t0-249", "t250-499", "t500-749", "t750-999"]
 
 def make_labelled_folder(root: Path, num_images: int) -> Path:
     """16x16 PNGs of a coloured square or bar on grey; ``shape`` and ``color`` strings in metadata.jsonl."""
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    with open(root / "metadata.jsonl", "w") as meta:
-        for i in range(num_images):
-            color, shape = list(COLOR_RGB)[i % 4], list(SHAPE_SIZES)[(i // 4) % 2]
-            height, width = SHAPE_SIZES[shape]
-            pixels = np.full((16, 16, 3), 128, dtype=np.uint8)
-            top, left = rng.integers(0, 16 - height + 1), rng.integers(0, 16 - width + 1)
-            pixels[top : top + height, left : left + width] = COLOR_RGB[color]
-            Image.fromarray(pixels).save(root / f"{i:03d}.png")
-            meta.write(json.dumps({"file_name": f"{i:03d}.png", "shape": shape, "color": color}) + "\n")
-    return root
+    rows = []
+    for i in range(num_images):
+        color, shape = list(COLOR_RGB)[i % 4], list(SHAPE_SIZES)[(i // 4) % 2]
+        rows.append({"rgb": COLOR_RGB[color], "box": SHAPE_SIZES[shape], "metadata": {"shape": shape, "color": color}})
+    return write_imagefolder(root, rows)
 
 
 def flags(data: Path, output_dir: Path, *extra: str) -> list[str]:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
@@ -23,6 +22,8 @@ from train.conditioning import CachedTextFeatures, TextConditionedUNet, TextCond
 from train.config import parse_run_config
 from train.ema import EMA
 from train.errors import ConfigError
+
+from .imagefolder import write_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -33,22 +34,14 @@ CHECKPOINT_FILES = ("trainer_state.json", "model.safetensors", "optimizer.bin", 
 
 
 def make_imagefolder(root: Path, num_images: int, broken: tuple[int, ...] = ()) -> Path:
-    """16x16 PNGs of a coloured square on grey with captions in metadata.jsonl; ``broken`` ones are
+    """16x16 PNGs of a coloured 8x8 square on grey with captions in metadata.jsonl; ``broken`` ones are
     not images."""
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    with open(root / "metadata.jsonl", "w") as meta:
-        for i in range(num_images):
-            name = list(COLORS)[i % len(COLORS)]
-            if i in broken:
-                (root / f"{i:03d}.png").write_bytes(b"\x89PNG broken")
-            else:
-                pixels = np.full((16, 16, 3), 128, dtype=np.uint8)
-                top, left = rng.integers(0, 8, size=2)
-                pixels[top : top + 8, left : left + 8] = COLORS[name]
-                Image.fromarray(pixels).save(root / f"{i:03d}.png")
-            meta.write(json.dumps({"file_name": f"{i:03d}.png", "text": f"a {name} square"}) + "\n")
-    return root
+    names = [list(COLORS)[i % len(COLORS)] for i in range(num_images)]
+    rows = [
+        {"rgb": COLORS[name], "box": (8, 8), "broken": i in broken, "metadata": {"text": f"a {name} square"}}
+        for i, name in enumerate(names)
+    ]
+    return write_imagefolder(root, rows)
 
 
 def flags(data: Path, output_dir: Path, *extra: str) -> list[str]:
