@@ -276,7 +276,7 @@ class GuidedDiffusionPipeline:
             features, mask = self.text_encoder.encode(prompts)
             model_kwargs = {"text_features": features, "text_mask": mask}
             model: Callable[..., torch.Tensor] = self.unet
-            if guidance_scale != 1.0:
+            if guidance_scale != 1.0 and any(prompts):  # all empty: cond == uncond, the mix changes nothing
                 empty_features, empty_mask = self.text_encoder.encode([""])
                 uncond = {
                     "text_features": empty_features.expand_as(features),

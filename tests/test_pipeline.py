@@ -62,6 +62,19 @@ def test_prompt_and_guidance_scale_change_the_images(pipe):
     torch.testing.assert_close(uncond_a, empty)
 
 
+def test_empty_prompts_skip_the_doubled_classifier_free_forward(pipe):
+    batches = []
+    hook = pipe.unet.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    try:
+        guided = pipe(["", ""], steps=3, seed=0, guidance_scale=3.0, output_type="pt")
+        assert batches == [2, 2, 2]
+        pipe(["", "a red circle"], steps=3, seed=0, guidance_scale=3.0, output_type="pt")
+        assert batches[3:] == [4, 4, 4]
+    finally:
+        hook.remove()
+    torch.testing.assert_close(guided, pipe(["", ""], steps=3, seed=0, guidance_scale=1.0, output_type="pt"))
+
+
 def test_save_and_load_reproduce_images_exactly(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "copy")
     loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "copy")
