@@ -40,6 +40,7 @@ from .datasets.shapes import (
     canonical_caption,
     describe_batch,
     make_shapes32,
+    sample_attributes,
 )
 from .pipeline import GuidedDiffusionPipeline
 from .serialization import CheckpointError
@@ -71,6 +72,7 @@ class Report:
     adherence: dict[str, dict[str, float]] = field(default_factory=dict)
     guidance_scales: list[dict[str, Any]] = field(default_factory=list)
     classifier: list[dict[str, Any]] = field(default_factory=list)
+    classifier_reference: dict[str, float] = field(default_factory=dict)
     bpd: dict[str, float] | None = None
     samplers: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -147,12 +149,35 @@ def classifier_guidance_sweep(
                 pipe, [prompt] * images_per_target, sampling, classifier_scale=float(scale), classifier_labels={attribute: target}
             )
             found = describe_batch(images)
-            row = {"scale": float(scale), "target": target, "hit_rate": float(np.mean([f[attribute] == target for f in found]))}
+            row = {
+                "scale": float(scale),
+                "target": target,
+                "images": len(found),
+                "hit_rate": float(np.mean([f[attribute] == target for f in found])),
+            }
             for other in ATTRIBUTES:
                 if other != attribute:
                     row[f"entropy_{other}"] = normalized_entropy([f[other] for f in found], CLASSES[other])
             rows.append(row)
     return rows
+
+
+def training_data_reference(attribute: str, images_per_target: int, seed: int = 0) -> dict[str, float]:
+    """The diversity ceiling of the classifier-guidance sweep: the normalised entropy of every other
+    attribute among ``images_per_target`` training-split attribute draws of each class of ``attribute``,
+    averaged over the classes (a sampler that drew each class exactly as the training data has it, with
+    the sweep's sample size). Held-out colour-shape pairs make it fall short of 1 for colour and shape."""
+    rng = np.random.default_rng([seed, 2])
+    drawn: dict[str, list[dict[str, str]]] = {c: [] for c in CLASSES[attribute]}
+    while any(len(found) < images_per_target for found in drawn.values()):
+        labels = sample_attributes(rng, "train").labels()
+        if len(drawn[labels[attribute]]) < images_per_target:
+            drawn[labels[attribute]].append(labels)
+    return {
+        f"entropy_{other}": float(np.mean([normalized_entropy([d[other] for d in found], CLASSES[other]) for found in drawn.values()]))
+        for other in ATTRIBUTES
+        if other != attribute
+    }
 
 
 def bits_per_dim(pipe: GuidedDiffusionPipeline, *, num_images: int, batch_size: int, seed: int = 0) -> dict[str, float]:
@@ -209,7 +234,9 @@ def _save_grid(images: np.ndarray, prompts: Sequence[str], per_row: int, path: P
     Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST).save(path)
 
 
-def plot_classifier(rows: list[dict[str, Any]], attribute: str, path: Path) -> None:
+def plot_classifier(rows: list[dict[str, Any]], attribute: str, path: Path, reference: dict[str, float] | None = None) -> None:
+    """Hit rate and entropies against the scale; ``reference`` (see :func:`training_data_reference`)
+    draws each entropy's ceiling as a dotted line in the same colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,7 +247,9 @@ def plot_classifier(rows: list[dict[str, Any]], attribute: str, path: Path) -> N
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(scales, [np.mean([r["hit_rate"] for r in rows if r["scale"] == s]) for s in scales], "o-", label=f"{attribute} hit rate")
     for other in others:
-        ax.plot(scales, [np.mean([r[f"entropy_{other}"] for r in rows if r["scale"] == s]) for s in scales], "s--", label=f"{other} entropy")
+        (line,) = ax.plot(scales, [np.mean([r[f"entropy_{other}"] for r in rows if r["scale"] == s]) for s in scales], "s--", label=f"{other} entropy")
+        if reference:
+            ax.axhline(reference[f"entropy_{other}"], color=line.get_color(), linestyle=":", linewidth=1)
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("classifier scale")
     ax.set_ylim(0, 1.05)
@@ -277,13 +306,15 @@ def render_markdown(report: Report, attribute: str) -> str:
         lines += [f"| {r['guidance_scale']} | {_pct(r['all'])} |" for r in report.guidance_scales]
     if report.classifier:
         scales = sorted({r["scale"] for r in report.classifier})
+        per_target = report.classifier[0]["images"]
         others = [a for a in ATTRIBUTES if a != attribute]
         lines += [
             "",
             f"## Classifier guidance on `{attribute}` with the empty prompt",
             "",
             f"Hit rate: share of samples whose {attribute} is the target (chance: {_pct(1 / len(CLASSES[attribute]))}). "
-            "Entropy: of each other attribute over its classes, normalised to 1 for uniform.",
+            f"Entropy: of each other attribute over its classes among the {per_target} images per target, normalised "
+            "to 1 for uniform. The last row is the ceiling: the training split's images of each target class, as many.",
             "",
             "| classifier scale | hit rate | " + " | ".join(f"{o} entropy" for o in others) + " |",
             "|---|---|" + "---|" * len(others),
@@ -295,6 +326,9 @@ def render_markdown(report: Report, attribute: str) -> str:
                 + " | ".join(f"{np.mean([r[f'entropy_{o}'] for r in mine]):.2f}" for o in others)
                 + " |"
             )
+        if report.classifier_reference:
+            ref = report.classifier_reference
+            lines.append("| training data | 100.0% | " + " | ".join(f"{ref[f'entropy_{o}']:.2f}" for o in others) + " |")
         lines += ["", "![classifier guidance](classifier_guidance.png)"]
     if report.bpd:
         lines += ["", "## Likelihood", "", f"Bits/dim on {report.bpd['n']} held-out images: {report.bpd['mean']:.3f} (std {report.bpd['std']:.3f})."]
@@ -347,7 +381,8 @@ def evaluate(
         report.classifier = classifier_guidance_sweep(
             pipe, attribute=classifier_attribute, scales=classifier_scales, images_per_target=images_per_target, sampling=sampling
         )
-        plot_classifier(report.classifier, classifier_attribute, out / "classifier_guidance.png")
+        report.classifier_reference = training_data_reference(classifier_attribute, images_per_target, seed=sampling.seed)
+        plot_classifier(report.classifier, classifier_attribute, out / "classifier_guidance.png", report.classifier_reference)
     if bpd_images:
         report.bpd = bits_per_dim(pipe, num_images=bpd_images, batch_size=sampling.batch_size, seed=sampling.seed)
     if samplers:

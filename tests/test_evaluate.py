@@ -1,6 +1,7 @@
 """The Shapes32 evaluation: scoring against real data, entropy, and an end-to-end report."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from guided_diffusion.evaluate import (
     evaluate,
     main,
     normalized_entropy,
+    training_data_reference,
 )
 from guided_diffusion.models.classifier import ClassifierConfig, NoiseAwareClassifier
 
@@ -87,7 +89,19 @@ def test_evaluate_writes_a_complete_report(tiny32, tmp_path):
         assert (tmp_path / name).is_file(), name
     text = (tmp_path / "report.md").read_text()
     assert "| seen | 6 |" in text and "## Classifier guidance on `shape`" in text and "Bits/dim on 2" in text
+    assert all(r["images"] == 2 for r in report.classifier) and "| training data | 100.0% |" in text
     assert json.loads((tmp_path / "report.json").read_text())["adherence"]["held out"]["n"] == 6
+
+
+def test_training_data_reference_matches_the_held_out_pairs():
+    # Each shape has one held-out colour: the training data's colours of a shape are uniform over 5 of 6.
+    by_shape = training_data_reference("shape", 1500)
+    assert by_shape["entropy_color"] == pytest.approx(math.log(5) / math.log(6), abs=0.01)
+    assert by_shape["entropy_size"] > 0.99 and by_shape["entropy_position"] > 0.99
+    # Three colours lose one of the three shapes: the mean of log 2 / log 3 and 1.
+    by_color = training_data_reference("color", 1500)
+    assert by_color["entropy_shape"] == pytest.approx((math.log(2) / math.log(3) + 1) / 2, abs=0.01)
+    assert training_data_reference("shape", 8, seed=3) == training_data_reference("shape", 8, seed=3)
 
 
 def test_gd_eval_refuses_models_of_the_wrong_size(tiny_pipeline_dir, tmp_path, capsys):
