@@ -349,8 +349,8 @@ def evaluate(
     images_per_prompt: int = 4,
     guidance_scales: Sequence[float] = (),
     classifier_attribute: str = "shape",
-    classifier_scales: Sequence[float] = (0, 1, 3, 10),
-    images_per_target: int = 48,
+    classifier_scales: Sequence[float] = (0, 1, 3, 10, 12, 15, 20),
+    images_per_target: int = 96,
     bpd_images: int = 64,
     samplers: Sequence[str] = (),
     sampler_steps: Sequence[int] = (5, 10, 20, 50, 100, 1000),
@@ -410,8 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--guidance-scales", type=float, nargs="*", default=[], help="also score these CFG scales")
     parser.add_argument("--classifier-attribute", default="shape")
-    parser.add_argument("--classifier-scales", type=float, nargs="*", default=[0, 1, 3, 10])
-    parser.add_argument("--images-per-target", type=int, default=48)
+    parser.add_argument("--classifier-scales", type=float, nargs="*", default=[0, 1, 3, 10, 12, 15, 20])
+    parser.add_argument("--images-per-target", type=int, default=96)
     parser.add_argument("--bpd-images", type=int, default=64)
     parser.add_argument("--samplers", nargs="*", default=[], help="add the sampler table for these samplers")
     parser.add_argument("--sampler-steps", type=int, nargs="*", default=[5, 10, 20, 50, 100, 1000])
