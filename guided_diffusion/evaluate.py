@@ -73,6 +73,7 @@ class Report:
     guidance_scales: list[dict[str, Any]] = field(default_factory=list)
     classifier: list[dict[str, Any]] = field(default_factory=list)
     classifier_reference: dict[str, float] = field(default_factory=dict)
+    classifier_max_t: int | None = None
     bpd: dict[str, float] | None = None
     samplers: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -135,9 +136,11 @@ def classifier_guidance_sweep(
     images_per_target: int,
     sampling: Sampling,
     prompt: str = "",
+    max_t: int | None = None,
 ) -> list[dict[str, Any]]:
     """For each scale and each class of ``attribute``: the hit rate of samples guided to that class
-    and the normalised entropy of every other attribute (diversity). Rows are dicts."""
+    and the normalised entropy of every other attribute (diversity). Rows are dicts. ``max_t``: guide
+    only at t <= max_t (see :func:`~guided_diffusion.guidance.classifier_cond_fn`)."""
     if pipe.classifier is None:
         raise ValueError("the pipeline has no classifier to guide with")
     if attribute not in pipe.classifier.labels:
@@ -146,7 +149,8 @@ def classifier_guidance_sweep(
     for scale in scales:
         for target in pipe.classifier.labels[attribute]:
             images = generate(
-                pipe, [prompt] * images_per_target, sampling, classifier_scale=float(scale), classifier_labels={attribute: target}
+                pipe, [prompt] * images_per_target, sampling, classifier_scale=float(scale), classifier_labels={attribute: target},
+                classifier_max_t=max_t,
             )
             found = describe_batch(images)
             row = {
@@ -310,7 +314,8 @@ def render_markdown(report: Report, attribute: str) -> str:
         others = [a for a in ATTRIBUTES if a != attribute]
         lines += [
             "",
-            f"## Classifier guidance on `{attribute}` with the empty prompt",
+            f"## Classifier guidance on `{attribute}` with the empty prompt"
+            + ("" if report.classifier_max_t is None else f", at t <= {report.classifier_max_t} only"),
             "",
             f"Hit rate: share of samples whose {attribute} is the target (chance: {_pct(1 / len(CLASSES[attribute]))}). "
             f"Entropy: of each other attribute over its classes among the {per_target} images per target, normalised "
@@ -351,6 +356,7 @@ def evaluate(
     classifier_attribute: str = "shape",
     classifier_scales: Sequence[float] = (0, 1, 3, 10, 12, 15, 20),
     images_per_target: int = 96,
+    classifier_max_t: int | None = None,
     bpd_images: int = 64,
     samplers: Sequence[str] = (),
     sampler_steps: Sequence[int] = (5, 10, 20, 50, 100, 1000),
@@ -379,8 +385,14 @@ def evaluate(
         report.guidance_scales.append({"guidance_scale": float(scale), **scores})
     if pipe.classifier is not None and classifier_scales:
         report.classifier = classifier_guidance_sweep(
-            pipe, attribute=classifier_attribute, scales=classifier_scales, images_per_target=images_per_target, sampling=sampling
+            pipe,
+            attribute=classifier_attribute,
+            scales=classifier_scales,
+            images_per_target=images_per_target,
+            sampling=sampling,
+            max_t=classifier_max_t,
         )
+        report.classifier_max_t = classifier_max_t
         report.classifier_reference = training_data_reference(classifier_attribute, images_per_target, seed=sampling.seed)
         plot_classifier(report.classifier, classifier_attribute, out / "classifier_guidance.png", report.classifier_reference)
     if bpd_images:
@@ -412,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--classifier-attribute", default="shape")
     parser.add_argument("--classifier-scales", type=float, nargs="*", default=[0, 1, 3, 10, 12, 15, 20])
     parser.add_argument("--images-per-target", type=int, default=96)
+    parser.add_argument("--classifier-max-t", type=int, default=None, help="guide only at timesteps t <= this")
     parser.add_argument("--bpd-images", type=int, default=64)
     parser.add_argument("--samplers", nargs="*", default=[], help="add the sampler table for these samplers")
     parser.add_argument("--sampler-steps", type=int, nargs="*", default=[5, 10, 20, 50, 100, 1000])
@@ -442,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             classifier_attribute=args.classifier_attribute,
             classifier_scales=args.classifier_scales,
             images_per_target=args.images_per_target,
+            classifier_max_t=args.classifier_max_t,
             bpd_images=args.bpd_images,
             samplers=args.samplers,
             sampler_steps=args.sampler_steps,

@@ -84,12 +84,15 @@ def classifier_cond_fn(
     classifier: Callable[[torch.Tensor, torch.Tensor], Mapping[str, torch.Tensor]],
     labels: Mapping[str, torch.Tensor],
     scale: float,
+    max_t: int | None = None,
 ) -> Callable[..., torch.Tensor]:
     """The classifier-guidance hook ``cond_fn(x_t, t, **model_kwargs) -> [B, C, H, W]``.
 
     ``classifier(x_t, t)`` returns attribute -> logits [B, K]; ``labels`` maps attribute -> LongTensor [B]
     (see :func:`resolve_labels`). The hook returns
     ``scale * grad_x sum_attributes log softmax(logits)[y]``, evaluated at x_t; ``t`` is on the original scale.
+    With ``max_t``, rows whose t exceeds it get a zero gradient: guidance starts later in the trajectory,
+    leaving the high-noise steps (where a classifier reads little but size and colour) unguided.
     """
 
     def cond_fn(x_t: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
@@ -101,6 +104,8 @@ def classifier_cond_fn(
                 log_probs = torch.log_softmax(logits[attribute].to(x.dtype), dim=-1)
                 log_prob = log_prob + log_probs.gather(1, y.view(-1, 1).to(log_probs.device)).sum()
             (grad,) = torch.autograd.grad(log_prob, x)
+        if max_t is not None:
+            grad = grad * (t <= max_t).to(grad.dtype).view(-1, *[1] * (grad.ndim - 1))
         return scale * grad
 
     return cond_fn

@@ -238,6 +238,7 @@ class GuidedDiffusionPipeline:
         guidance_scale: float | None = None,
         classifier_scale: float = 0.0,
         classifier_labels: Mapping[str, Any] | None = None,
+        classifier_max_t: int | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         callback: Callback | None = None,
@@ -248,7 +249,8 @@ class GuidedDiffusionPipeline:
 
         ``steps``, ``sampler``, ``eta`` and ``guidance_scale`` default to the pipeline's sampling config.
         ``guidance_scale`` is classifier-free (1 plain conditional, 0 unconditional); ``classifier_scale``
-        > 0 steers towards ``classifier_labels`` (attribute -> class name or index) with the classifier.
+        > 0 steers towards ``classifier_labels`` (attribute -> class name or index) with the classifier,
+        at every step or, with ``classifier_max_t``, only at timesteps t <= it (0..T-1).
         ``seed`` (or ``generator``) makes the result reproducible on the same device. ``callback(step,
         num_steps, x_t, pred_x0)`` sees each step's tensors [N, C, H, W] in [-1, 1].
         Returns a list of PIL images, a tensor [N, 3, H, W] in [0, 1] (``"pt"``), or uint8 [N, H, W, 3] (``"np"``).
@@ -283,7 +285,7 @@ class GuidedDiffusionPipeline:
                     "text_mask": empty_mask.expand_as(mask),
                 }
                 model = ClassifierFreeGuidance(self.unet, guidance_scale, uncond)
-            cond_fn = self._classifier_cond_fn(classifier_scale, classifier_labels, len(prompts), device)
+            cond_fn = self._classifier_cond_fn(classifier_scale, classifier_labels, classifier_max_t, len(prompts), device)
             config = self.unet.config
             x = sample(
                 model,
@@ -309,8 +311,10 @@ class GuidedDiffusionPipeline:
         return [Image.fromarray(a) for a in array]
 
     def _classifier_cond_fn(
-        self, scale: float, labels: Mapping[str, Any] | None, batch_size: int, device: torch.device
+        self, scale: float, labels: Mapping[str, Any] | None, max_t: int | None, batch_size: int, device: torch.device
     ) -> Callable[..., torch.Tensor] | None:
+        if max_t is not None and not 0 <= max_t < self.diffusion.num_timesteps:
+            raise ValueError(f"classifier_max_t must be between 0 and {self.diffusion.num_timesteps - 1}, got {max_t}")
         if not scale:
             return None
         if self.classifier is None:
@@ -319,4 +323,4 @@ class GuidedDiffusionPipeline:
             names = {attr: list(classes) for attr, classes in self.classifier.labels.items()}
             raise ValueError(f"classifier_scale needs classifier_labels, e.g. one of {names}")
         resolved = resolve_labels(self.classifier.labels, labels, batch_size, device)
-        return classifier_cond_fn(self.classifier, resolved, float(scale))
+        return classifier_cond_fn(self.classifier, resolved, float(scale), max_t)

@@ -79,6 +79,16 @@ def test_classifier_guidance_travels_with_the_pipeline_and_steers(guided_pipe, t
     assert plain.shape == (1, 3, 16, 16)
 
 
+def test_classifier_max_t_guides_only_the_late_steps(guided_pipe):
+    kwargs = {"steps": 4, "seed": 0, "sampler": "ddim", "classifier_scale": 50.0, "classifier_labels": {"shape": "square"}, "output_type": "pt"}
+    full = guided_pipe("", **kwargs)
+    assert torch.equal(guided_pipe("", classifier_max_t=999, **kwargs), full)
+    late = guided_pipe("", classifier_max_t=500, **kwargs)  # guides at t = 333 and 0, not at 999 and 666
+    assert not torch.allclose(late, full) and not torch.allclose(late, guided_pipe("", steps=4, seed=0, sampler="ddim", output_type="pt"))
+    with pytest.raises(ValueError, match="classifier_max_t must be between 0 and 999, got 1000"):
+        guided_pipe("", classifier_max_t=1000, **kwargs)
+
+
 def test_unknown_attributes_and_classes_are_refused_with_the_valid_ones(guided_pipe):
     with pytest.raises(ValueError, match="valid attributes: shape, color"):
         guided_pipe("", steps=2, classifier_scale=1.0, classifier_labels={"size": "large"})

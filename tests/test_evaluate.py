@@ -90,6 +90,12 @@ def test_evaluate_writes_a_complete_report(tiny32, tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "| seen | 6 |" in text and "## Classifier guidance on `shape`" in text and "Bits/dim on 2" in text
     assert all(r["images"] == 2 for r in report.classifier) and "| training data | 100.0% |" in text
+    late = evaluate(
+        pipe, tmp_path / "late", model_name="tiny32", sampling=Sampling("ddim", 2, 3.0, 16, 0), num_prompts=1, images_per_prompt=1,
+        classifier_scales=(10,), images_per_target=2, classifier_max_t=20, bpd_images=0,
+    )
+    assert "with the empty prompt, at t <= 20 only" in (tmp_path / "late" / "report.md").read_text()
+    assert json.loads((tmp_path / "late" / "report.json").read_text())["classifier_max_t"] == 20 and len(late.classifier) == 3
     assert json.loads((tmp_path / "report.json").read_text())["adherence"]["held out"]["n"] == 6
 
 

@@ -63,6 +63,17 @@ def test_classifier_gradient_is_the_gradient_of_the_log_probability():
     assert not x.requires_grad
 
 
+def test_max_t_zeroes_the_gradient_above_it_and_keeps_it_below():
+    clf = TinyClassifier()
+    x = torch.randn(4, 3, 2, 2, dtype=F64)
+    t = torch.tensor([0, 10, 20, 30])
+    labels = resolve_labels(clf.labels, {"shape": "square"}, 4, "cpu")
+    full = classifier_cond_fn(clf, labels, scale=2.0)(x, t)
+    late = classifier_cond_fn(clf, labels, scale=2.0, max_t=10)(x, t)
+    torch.testing.assert_close(late[:2], full[:2])
+    assert torch.all(late[2:] == 0) and torch.all(full[2:] != 0)
+
+
 def test_guided_ancestral_mean_is_mean_plus_variance_times_gradient():
     d = GaussianDiffusion(get_beta_schedule("cosine", 50))
     clf = TinyClassifier()
