@@ -96,6 +96,8 @@ def classifier_cond_fn(
     """
 
     def cond_fn(x_t: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
+        if max_t is not None and not bool((t <= max_t).any()):
+            return torch.zeros_like(x_t)  # no row is guided: skip the classifier's forward and backward
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             logits = classifier(x, t)

@@ -72,6 +72,10 @@ def test_max_t_zeroes_the_gradient_above_it_and_keeps_it_below():
     late = classifier_cond_fn(clf, labels, scale=2.0, max_t=10)(x, t)
     torch.testing.assert_close(late[:2], full[:2])
     assert torch.all(late[2:] == 0) and torch.all(full[2:] != 0)
+    calls = []
+    counting = lambda x, t: calls.append(t) or clf(x, t)  # noqa: E731
+    unguided = classifier_cond_fn(counting, labels, scale=2.0, max_t=10)(x, torch.tensor([20, 20, 30, 30]))
+    assert torch.all(unguided == 0) and calls == []
 
 
 def test_guided_ancestral_mean_is_mean_plus_variance_times_gradient():
