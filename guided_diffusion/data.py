@@ -42,7 +42,13 @@ import torchvision.transforms.v2.functional as TF
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
+from .datasets.fetch import FetchError
+from .images import flatten_alpha
+
 SHAPES32 = "shapes32"
+EMOJI = "emoji"
+FASHION_MNIST = "fashion_mnist"
+BUILTIN_DATASETS = (SHAPES32, EMOJI, FASHION_MNIST)
 
 HFDataset = datasets.Dataset | datasets.IterableDataset
 
@@ -62,7 +68,11 @@ class DataConfig:
     columns); with them, captions may be left out (``caption_column`` and ``caption_template`` None:
     every caption is "").
     ``train_data_dir`` wins over ``dataset_name`` when both are set. ``resolution`` None means the
-    model's image size. ``num_images`` sizes ``shapes32``;
+    model's image size. ``num_images`` sizes ``shapes32``; transparent images are composited on
+    ``background`` (a PIL colour); ``dataset_name: emoji`` and ``fashion_mnist`` are the built-in
+    real datasets (see :mod:`guided_diffusion.datasets`);
+    ``dataset_options`` are keyword arguments of a built-in dataset's builder (e.g. ``styles`` or
+    ``include_skin_tones`` of :func:`~guided_diffusion.datasets.emoji.make_emoji`);
     ``num_workers`` applies to map-style datasets (streams are read in the main process).
     """
 
@@ -85,6 +95,8 @@ class DataConfig:
     shuffle_buffer_size: int = 1000
     num_workers: int = 0
     cache_dir: str | None = None
+    background: str = "white"
+    dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.dataset_name and not self.train_data_dir:
@@ -150,6 +162,22 @@ def _load_local(path: Path, config: DataConfig) -> HFDataset:
     return datasets.load_dataset(str(path), split=config.split, streaming=config.streaming, cache_dir=config.cache_dir)
 
 
+def _load_builtin(config: DataConfig) -> datasets.Dataset:
+    options = dict(config.dataset_options)
+    if config.dataset_name == SHAPES32:
+        from .datasets.shapes import make_shapes32
+
+        return make_shapes32(config.num_images, split=config.split, **options)
+    if config.dataset_name == EMOJI:
+        from .datasets.emoji import make_emoji
+
+        options.setdefault("background", config.background)
+        return make_emoji(config.split, resolution=config.resolution or 64, **options)
+    from .datasets.fashion_mnist import make_fashion_mnist
+
+    return make_fashion_mnist(config.split, **options)
+
+
 def load_source(config: DataConfig) -> HFDataset:
     """Open the dataset ``config`` names: a ``datasets.Dataset``, or an ``IterableDataset`` when
     ``config.streaming``. Raises :class:`DataError` for a path, name or split that cannot be loaded."""
@@ -157,11 +185,9 @@ def load_source(config: DataConfig) -> HFDataset:
     try:
         if config.train_data_dir:
             return _load_local(Path(config.train_data_dir), config)
-        if config.dataset_name == SHAPES32:
-            from .datasets.shapes import make_shapes32
-
-            shapes = make_shapes32(config.num_images, split=config.split)
-            return shapes.to_iterable_dataset() if config.streaming else shapes
+        if config.dataset_name in BUILTIN_DATASETS:
+            built = _load_builtin(config)
+            return built.to_iterable_dataset() if config.streaming else built
         if os.path.isdir(config.dataset_name):
             return _load_local(Path(config.dataset_name), config)
         return datasets.load_dataset(
@@ -174,7 +200,9 @@ def load_source(config: DataConfig) -> HFDataset:
         )
     except DataError:
         raise
-    except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:
+    except FetchError as err:
+        raise DataError(str(err)) from None
+    except (OSError, ValueError, TypeError, datasets.exceptions.DatasetsError) as err:
         raise DataError(f"could not load dataset {what!r}: {err}") from None
 
 
@@ -263,18 +291,23 @@ def label_classes(dataset: HFDataset, columns: Sequence[str]) -> dict[str, list[
 class ImageTransform:
     """PIL image -> tensor [3, resolution, resolution] in [-1, 1].
 
-    Resizes the shorter side to ``resolution`` (bilinear, antialiased), crops the centre or a random
+    Composites a transparent image on ``background`` (:func:`~guided_diffusion.images.flatten_alpha`),
+    resizes the shorter side to ``resolution`` (bilinear, antialiased), crops the centre or a random
     square, and flips horizontally with probability 1/2 when ``random_flip``; the random choices come
     from the ``random.Random`` passed in, so a sample's augmentation is reproducible.
     """
 
-    def __init__(self, resolution: int, *, center_crop: bool = True, random_flip: bool = False) -> None:
+    def __init__(
+        self, resolution: int, *, center_crop: bool = True, random_flip: bool = False, background: str = "white"
+    ) -> None:
+        flatten_alpha(Image.new("RGBA", (1, 1)), background)  # refuse a bad colour now, not mid-epoch
+        self.background = background
         self.resolution = resolution
         self.center_crop = center_crop
         self.random_flip = random_flip
 
     def __call__(self, image: Image.Image, rng: random.Random) -> torch.Tensor:
-        x = TF.pil_to_tensor(image.convert("RGB"))
+        x = TF.pil_to_tensor(flatten_alpha(image, self.background))
         x = TF.resize(x, [self.resolution], antialias=True)
         height, width = x.shape[-2:]
         if self.center_crop:
@@ -317,7 +350,9 @@ class SampleReader:
         class_names: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.config = config
-        self.transform = ImageTransform(resolution, center_crop=config.center_crop, random_flip=config.random_flip)
+        self.transform = ImageTransform(
+            resolution, center_crop=config.center_crop, random_flip=config.random_flip, background=config.background
+        )
         self.class_names = {
             name: feature for name, feature in (features or {}).items() if isinstance(feature, datasets.ClassLabel)
         }
