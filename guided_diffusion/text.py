@@ -143,6 +143,13 @@ class TextEncoder(nn.Module):
             self.requires_grad_(False)
         self.train(self.trainable)
 
+    def set_trainable(self, trainable: bool) -> "TextEncoder":
+        """Make the encoder trainable (``True``) or frozen (``False``), recording it in ``config``."""
+        self.trainable = self.config["trainable"] = bool(trainable)
+        self.requires_grad_(self.trainable)
+        self.train(self.trainable)
+        return self
+
     def train(self, mode: bool = True) -> "TextEncoder":
         """Switch train/eval mode; a frozen encoder always stays in eval mode."""
         return super().train(mode and self.trainable)
@@ -365,7 +372,20 @@ def _backend(config: dict[str, Any]) -> str:
 
 
 def build_text_encoder(config: dict[str, Any]) -> TextEncoder:
-    """Build the encoder that ``config`` describes (e.g. the ``text_encoder`` section of a YAML config)."""
+    """Build the encoder that ``config`` describes (e.g. the ``text_encoder`` section of a YAML config).
+
+    ``{"from_pretrained": FOLDER, "trainable": bool}`` instead loads an encoder saved by
+    :meth:`TextEncoder.save_pretrained` (for example the text tower of a CLIP trained by
+    ``train.clip``), frozen unless ``trainable``.
+    """
+    if "from_pretrained" in config:
+        unknown = sorted(set(config) - {"from_pretrained", "trainable"})
+        if unknown:
+            raise ValueError(
+                f"a text_encoder section with from_pretrained takes only trainable besides it, not {unknown}; "
+                "the architecture comes from the saved encoder"
+            )
+        return load_text_encoder(config["from_pretrained"]).set_trainable(config.get("trainable", False))
     return _BACKENDS[_backend(config)](dict(config))
 
 

@@ -68,20 +68,19 @@ DIFFUSION_ONLY_KEYS = ("validation_prompts", "validation_sampling_steps", "snr_g
 
 
 @dataclass
-class ClassifierTrainingConfig(TrainingConfig):
-    """The ``training`` section of a classifier run: :class:`~train.config.TrainingConfig` plus the
-    evaluation and the pipeline to attach the classifier to.
+class HeldOutTrainingConfig(TrainingConfig):
+    """The ``training`` section of a run measured on held-out images (the classifier, the CLIP):
+    :class:`~train.config.TrainingConfig` plus the evaluation.
 
     ``eval_samples`` images are held out for evaluation: rows of the training data, left out of training,
     or, with ``eval_split`` (a split other than ``data.split``), the first rows of that split (for
-    ``shapes32``, a freshly generated split of that size). ``attach_to_pipeline`` is a pipeline folder
-    that receives the final classifier. The prompt-sampling keys of diffusion runs are refused.
+    ``shapes32``, a freshly generated split of that size). The prompt-sampling keys of diffusion runs
+    are refused.
     """
 
     eval_samples: int = 512
     eval_split: str | None = None
     eval_batch_size: int = 256
-    attach_to_pipeline: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -90,17 +89,28 @@ class ClassifierTrainingConfig(TrainingConfig):
                 raise ConfigError(f"training.{name} must be at least 1, got {getattr(self, name)}")
         for name in DIFFUSION_ONLY_KEYS:
             if getattr(self, name):
-                raise ConfigError(f"training.{name} belongs to diffusion runs; a classifier run has no use for it")
+                raise ConfigError(f"training.{name} belongs to diffusion runs; this run has no use for it")
 
 
+@dataclass
+class ClassifierTrainingConfig(HeldOutTrainingConfig):
+    """The ``training`` section of a classifier run: :class:`HeldOutTrainingConfig` plus
+    ``attach_to_pipeline``, a pipeline folder that receives the final classifier."""
+
+    attach_to_pipeline: str | None = None
+
+
+HELD_OUT_FLAGS: dict[str, dict[str, Any]] = {
+    "eval_samples": {"type": int, "help": "held-out images the accuracy by timestep is measured on"},
+    "eval_split": {"help": "take the held-out images from this split (default: out of the training data)"},
+    "eval_batch_size": {"type": int, "help": "images per forward pass of the evaluation"},
+}
 CLASSIFIER_FLAGS: dict[str, dict[str, dict[str, Any]]] = {
     "data": {
         "label_columns": {"nargs": "+", "help": "the columns holding the classes to predict (one head each)"},
     },
     "training": {
-        "eval_samples": {"type": int, "help": "held-out images the accuracy by timestep is measured on"},
-        "eval_split": {"help": "take the held-out images from this split (default: out of the training data)"},
-        "eval_batch_size": {"type": int, "help": "images per forward pass of the evaluation"},
+        **HELD_OUT_FLAGS,
         "attach_to_pipeline": {"help": "pipeline folder to save the final classifier into"},
     },
 }
@@ -202,11 +212,13 @@ def split_evaluation(dataset: HFDataset, run: RunConfig) -> tuple[HFDataset, HFD
 
 @dataclass
 class EvalSet:
-    """Held-out images ``[N, 3, H, W]`` in [-1, 1] and their classes ``{attribute: LongTensor [N]}``."""
+    """Held-out images ``[N, 3, H, W]`` in [-1, 1], their classes ``{attribute: LongTensor [N]}`` and
+    their captions (N strings, "" without a caption column)."""
 
     images: torch.Tensor
     labels: dict[str, torch.Tensor]
     description: str
+    captions: list[str] = dataclasses.field(default_factory=list)
 
 
 def load_eval_set(
@@ -222,7 +234,9 @@ def load_eval_set(
     if not samples:
         raise DataError("the evaluation data holds no readable image")
     batch = collate(samples)
-    return EvalSet(batch["images"], batch["attributes"], f"{len(samples)} images ({description})")
+    return EvalSet(
+        batch["images"], batch.get("attributes", {}), f"{len(samples)} images ({description})", batch["captions"]
+    )
 
 
 # ---------------------------------------------------------------------------------------- training

@@ -23,7 +23,7 @@ from guided_diffusion.pipeline import load_config
 
 from .errors import ConfigError
 
-MODEL_SECTIONS = ("unet", "text_encoder", "diffusion", "sampling", "classifier")
+MODEL_SECTIONS = ("unet", "text_encoder", "diffusion", "sampling", "classifier", "clip")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 

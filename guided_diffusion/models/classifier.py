@@ -69,19 +69,18 @@ class AttentionPool(nn.Module):
         return self.proj(pooled.transpose(1, 2).reshape(b, c))
 
 
-class NoiseAwareClassifier(PretrainedModel, nn.Module):
-    """Classifies noisy images: ``forward(x_t [B, C, H, W], t [B]) -> {attribute: logits [B, K]}``.
+class NoisyImageEncoder(nn.Module):
+    """The shared trunk of the noise-aware networks: ``features(x_t [B, C, H, W], t [B]) -> [B, width]``.
 
-    ``t`` is on the original 0..T-1 scale, as for the UNet. ``labels`` maps each attribute to its
-    class names.
+    The UNet's encoder half (timestep embedding, residual blocks, self-attention at
+    ``config.attention_resolutions``, a middle block) followed by attention pooling. ``config`` is any
+    config with the architecture fields of :class:`ClassifierConfig`; ``width`` is the pooled size.
     """
-
-    config_class = ClassifierConfig
 
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
-        self.config = config
         base = config.base_channels
+        self.base_channels = base
         emb_dim = 4 * base
         self.time_embed = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         blocks: list[nn.Module] = [nn.Conv2d(config.in_channels, base, 3, padding=1)]
@@ -99,7 +98,29 @@ class NoiseAwareClassifier(PretrainedModel, nn.Module):
         self.encoder = ConditionedSequential(*blocks)
         self.out_norm = nn.Sequential(normalization(ch), nn.SiLU())
         self.pool = AttentionPool(ch, resolution * resolution, config.num_heads)
-        self.heads = nn.ModuleDict({attribute: nn.Linear(ch, len(names)) for attribute, names in config.labels.items()})
+        self.width = ch
+
+    def features(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x [B, C, H, W]`` at timesteps ``t [B]`` (original 0..T-1 scale) -> pooled ``[B, width]``."""
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.time_embed(timestep_embedding(t, self.base_channels).to(x.dtype))
+        return self.pool(self.out_norm(self.encoder(x, emb)))
+
+
+class NoiseAwareClassifier(PretrainedModel, NoisyImageEncoder):
+    """Classifies noisy images: ``forward(x_t [B, C, H, W], t [B]) -> {attribute: logits [B, K]}``.
+
+    ``t`` is on the original 0..T-1 scale, as for the UNet. ``labels`` maps each attribute to its
+    class names.
+    """
+
+    config_class = ClassifierConfig
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__(config)
+        self.config = config
+        self.heads = nn.ModuleDict({attribute: nn.Linear(self.width, len(names)) for attribute, names in config.labels.items()})
 
     @property
     def labels(self) -> dict[str, list[str]]:
@@ -108,8 +129,5 @@ class NoiseAwareClassifier(PretrainedModel, nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x [B, C, H, W]``, ``t [B]`` -> ``{attribute: logits [B, K_attribute]}``."""
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        emb = self.time_embed(timestep_embedding(t, self.config.base_channels).to(x.dtype))
-        pooled = self.pool(self.out_norm(self.encoder(x, emb)))
+        pooled = self.features(x, t)
         return {attribute: head(pooled) for attribute, head in self.heads.items()}
