@@ -2,18 +2,22 @@
 
 Run it from the repository root::
 
-    python app.py                       # the shipped default model (shapes32) on http://127.0.0.1:7860
-    python app.py --model DIR           # any folder written by GuidedDiffusionPipeline.save_pretrained
+    python app.py                       # every shipped model, shapes32 first, on http://127.0.0.1:7860
+    python app.py --model DIR           # a folder written by GuidedDiffusionPipeline.save_pretrained, as the default
+    python app.py --model A --model B   # several folders (or shipped model names); the first is the default
     python app.py --host 0.0.0.0 --port 8080 --device cuda --share
 
-Tabs: **Generate** (prompt, sampler, steps, classifier-free and classifier guidance, seed; live x_t and
-predicted x_0 previews, then the images and the denoising trajectory), **Forward process**
-(q(x_t | x_0) samples and the linear and cosine schedules) and **Model** (configuration, parameter
-counts, and the folder's README.md and evaluation.md when present).
+The **Model** picker above the tabs lists the models given with ``--model`` and then every shipped
+model; picking one switches the page to it (example prompts, sampling defaults, classifier guidance
+controls, forward process, model card). Tabs: **Generate** (prompt, sampler, steps, classifier-free
+and classifier guidance, seed; live x_t and predicted x_0 previews, then the images and the denoising
+trajectory), **Forward process** (q(x_t | x_0) samples and the linear and cosine schedules) and
+**Model** (configuration, parameter counts, and the folder's README.md and evaluation.md when present).
 
 The generation function is also an API endpoint, ``/generate``. Every parameter but ``prompt`` has a
-default (the page's initial values; ``seed=None`` draws a random seed); it returns the images at the
-model's own resolution, as a list of ``{"image": path_to_png, "caption": ...}``::
+default: ``model`` the default model; ``steps``, ``sampler`` and ``guidance_scale`` that model's
+sampling config; no classifier guidance; ``seed=0`` (``None`` draws a random seed). It returns the
+images at the model's own resolution, as a list of ``{"image": path_to_png, "caption": ...}``::
 
     from gradio_client import Client
     from PIL import Image
@@ -29,13 +33,15 @@ model's own resolution, as a list of ``{"image": path_to_png, "caption": ...}``:
         classifier_label="circle",
         classifier_scale=0.0,           # 0: off
         seed=0,
+        model="shapes32",               # a name in the page's model picker
         api_name="/generate",
     )
     images = [Image.open(item["image"]) for item in result]
 
-Bad values raise ``gradio_client.exceptions.AppError`` with the server's message; when the queue is
-full the client raises ``gradio_client.utils.QueueError`` ("Queue is full! Please try again.") and
-the page says "This application is currently busy. Please try again."
+Bad values (an unknown model among them) raise ``gradio_client.exceptions.AppError`` with the
+server's message, which names the valid values; when the queue is full the client raises
+``gradio_client.utils.QueueError`` ("Queue is full! Please try again.") and the page says "This
+application is currently busy. Please try again."
 """
 
 from __future__ import annotations
@@ -46,16 +52,22 @@ from collections.abc import Sequence
 
 import torch
 
-from guided_diffusion import GuidedDiffusionPipeline
-from guided_diffusion.demo import build_demo, launch_demo
+from guided_diffusion.demo import DemoModels, build_demo, launch_demo
 from guided_diffusion.demo.ui import DEFAULT_MAX_QUEUE
 from guided_diffusion.serialization import CheckpointError
+
+DEFAULT_MODEL = "shapes32"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line of ``python app.py``."""
     parser = argparse.ArgumentParser(prog="app.py", description="Serve the guided diffusion demo with Gradio.")
-    parser.add_argument("--model", default="shapes32", help="a pipeline folder or a shipped model name (default: shapes32)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        help=f"a pipeline folder or a shipped model name, offered first in the model picker; repeat it for more, the "
+        f"first is the default (default: {DEFAULT_MODEL}); every shipped model is offered as well",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also open a temporary public Gradio link")
@@ -82,20 +94,20 @@ def _device(name: str) -> torch.device:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Load the model and serve the demo until interrupted; user errors print one line and return 2."""
+    """Load the given models and serve the demo until interrupted; user errors print one line and return 2."""
     args = parse_args(argv)
     try:
         if args.queue_size < 1:
             raise ValueError(f"--queue-size must be at least 1, got {args.queue_size}")
         device = _device(args.device)
-        pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device=device)
+        models = DemoModels.from_names(args.model or [DEFAULT_MODEL], device=device)
     except (CheckpointError, FileNotFoundError) as err:
         print(f"app.py: error: cannot load the model: {err}; pass --model DIR with a folder written by save_pretrained", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as err:
         print(f"app.py: error: {err}", file=sys.stderr)
         return 2
-    demo = build_demo(pipe, folder=pipe.folder, max_queue=args.queue_size)
+    demo = build_demo(models, max_queue=args.queue_size)
     try:
         launch_demo(demo, host=args.host, port=args.port, share=args.share)
     except OSError as err:

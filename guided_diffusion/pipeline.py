@@ -2,7 +2,8 @@
 
 A saved pipeline is a folder::
 
-    pipeline.json          format, diffusion and sampling settings, the component folders
+    pipeline.json          format, diffusion and sampling settings, the component folders, and
+                           example prompts (what the model draws well, for demos and users)
     unet/                  config.json + model.safetensors
     text_encoder/          config.json + model.safetensors (plus tokenizer files for transformers)
     classifier/            config.json + model.safetensors, when the pipeline has a noise-aware classifier
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ PIPELINE_INDEX = "pipeline.json"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 SAMPLING_DEFAULTS: dict[str, Any] = {"sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "eta": 0.0}
 CONFIG_SECTIONS = ("unet", "text_encoder", "diffusion", "sampling")
+INDEX_KEYS = ("format", "format_version", "unet", "text_encoder", "classifier", "diffusion", "sampling", "example_prompts")
 OUTPUT_TYPES = ("pil", "pt", "np")
 
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -85,6 +87,12 @@ def _checked_sampling(config: Mapping[str, Any]) -> dict[str, Any]:
     return {**SAMPLING_DEFAULTS, **config}
 
 
+def _checked_prompts(prompts: Sequence[str]) -> list[str]:
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"example_prompts must be a list of strings, got {prompts!r}")
+    return list(prompts)
+
+
 @contextlib.contextmanager
 def _eval_mode(*modules: nn.Module | None) -> Iterator[None]:
     """Put modules in eval mode for the block, restoring each one's mode afterwards."""
@@ -103,7 +111,8 @@ class GuidedDiffusionPipeline:
     """A UNet, its text encoder, the diffusion process and (optionally) a noise-aware classifier.
 
     Build one fresh with :meth:`from_config`, load one with :meth:`from_pretrained`, and call it with
-    prompts to get images.
+    prompts to get images. ``example_prompts`` are prompts the model draws well (the demo offers them);
+    they are saved and loaded with the pipeline.
     """
 
     def __init__(
@@ -113,6 +122,7 @@ class GuidedDiffusionPipeline:
         diffusion_config: Mapping[str, Any],
         sampling_config: Mapping[str, Any] | None = None,
         classifier: NoiseAwareClassifier | None = None,
+        example_prompts: Sequence[str] = (),
     ) -> None:
         if unet.config.text_dim != text_encoder.width:
             raise ValueError(
@@ -124,6 +134,7 @@ class GuidedDiffusionPipeline:
         self.diffusion = GaussianDiffusion.from_config(self.diffusion_config)
         self.sampling_config = _checked_sampling(sampling_config or {})
         self.classifier = classifier
+        self.example_prompts = _checked_prompts(example_prompts)
         self.folder: Path | None = None
 
     # ------------------------------------------------------------------------------ construction
@@ -163,6 +174,9 @@ class GuidedDiffusionPipeline:
         index = load_json(directory / PIPELINE_INDEX)
         if index.get("format") != PIPELINE_FORMAT:
             raise CheckpointError(f"{directory / PIPELINE_INDEX} is not a {PIPELINE_FORMAT} index")
+        unknown = sorted(set(index) - set(INDEX_KEYS))
+        if unknown:
+            raise CheckpointError(f"{directory / PIPELINE_INDEX} has unknown entries {unknown}; valid entries: {', '.join(INDEX_KEYS)}")
         try:
             pipe = cls(
                 UNet.from_pretrained(directory / index["unet"]),
@@ -170,6 +184,7 @@ class GuidedDiffusionPipeline:
                 index.get("diffusion", {}),
                 index.get("sampling", {}),
                 NoiseAwareClassifier.from_pretrained(directory / index["classifier"]) if index.get("classifier") else None,
+                index.get("example_prompts", []),
             )
         except KeyError as err:
             raise CheckpointError(f"{directory / PIPELINE_INDEX} lacks the entry {err}") from None
@@ -204,6 +219,7 @@ class GuidedDiffusionPipeline:
                 "classifier": "classifier" if self.classifier is not None else None,
                 "diffusion": self.diffusion_config,
                 "sampling": self.sampling_config,
+                "example_prompts": self.example_prompts,
             },
         )
 

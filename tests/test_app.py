@@ -1,13 +1,15 @@
-"""The Gradio demo: app.py's command line, the demo helpers, the ``/generate`` API of a running server
-(good and bad input, a busy queue), and the page driven in headless Chromium."""
+"""The Gradio demo: app.py's command line, the model picker, the demo helpers, the ``/generate`` API of
+a running server (good and bad input, a busy queue), and the page driven in headless Chromium."""
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import threading
 from pathlib import Path
 
+import gradio as gr
 import pytest
 import torch
 from gradio_client import Client
@@ -16,7 +18,7 @@ from gradio_client.utils import QueueError
 from PIL import Image
 
 from guided_diffusion import GuidedDiffusionPipeline
-from guided_diffusion.demo import build_demo, launch_demo
+from guided_diffusion.demo import DemoModels, build_demo, launch_demo
 from guided_diffusion.demo.forward import example_images, image_to_tensor, noised_grid, schedule_figure, schedule_processes, schedule_table
 from guided_diffusion.demo.generation import (
     SamplingDone,
@@ -27,13 +29,20 @@ from guided_diffusion.demo.generation import (
     sample_with_previews,
 )
 from guided_diffusion.demo.model_card import model_card
+from guided_diffusion.demo.ui import forward_view, model_settings
 from guided_diffusion.models.classifier import ClassifierConfig, NoiseAwareClassifier
+from guided_diffusion.pipeline import shipped_models
+from guided_diffusion.serialization import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = {"shape": ["circle", "square", "triangle"], "color": ["red", "green", "blue"]}
+SHAPES_PROMPTS = ["a small blue triangle in the top right", "a large red circle in the center", "a green square"]
+EMOJI_LABELS = {"style": ["flat", "outlined"], "category": ["faces", "animals", "food"]}
+EMOJI_PROMPTS = ["a grinning face", "a cat face", "a slice of pizza"]
+EMOJI_SAMPLING = {"sampler": "dpm++", "steps": 20, "guidance_scale": 2.0}
 API_PARAMETERS = [
     "prompt", "num_images", "steps", "sampler", "guidance_scale",
-    "classifier_attribute", "classifier_label", "classifier_scale", "seed",
+    "classifier_attribute", "classifier_label", "classifier_scale", "seed", "model",
 ]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IN_CI = os.environ.get("CI") == "true"
@@ -52,23 +61,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def block_by(blocks, **attributes):
+    """The one block among ``blocks`` whose attributes have the given values."""
+    (block,) = [b for b in blocks if all(getattr(b, k, None) == v for k, v in attributes.items())]
+    return block
+
+
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline_dir):
     return GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
 
 
-@pytest.fixture(scope="module")
-def guided_dir(tiny_pipeline_dir, tmp_path_factory):
-    """The tiny pipeline with a small noise-aware classifier and a README, saved to its own folder."""
-    pipe = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+def tiny_classifier(labels: dict[str, list[str]]) -> NoiseAwareClassifier:
+    """A small noise-aware classifier for 16x16 images with random, non-trivial weights."""
     torch.manual_seed(0)
-    pipe.classifier = NoiseAwareClassifier(
-        ClassifierConfig(image_size=16, labels=LABELS, base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), num_heads=2)
+    classifier = NoiseAwareClassifier(
+        ClassifierConfig(image_size=16, labels=labels, base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), num_heads=2)
     ).eval()
     with torch.no_grad():
-        for p in pipe.classifier.parameters():
+        for p in classifier.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.1)
+    return classifier
+
+
+@pytest.fixture(scope="module")
+def guided_dir(tiny_pipeline_dir, tmp_path_factory):
+    """The tiny pipeline with a small noise-aware classifier, Shapes32 example prompts and a README,
+    saved to its own folder."""
+    pipe = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.classifier = tiny_classifier(LABELS)
+    pipe.example_prompts = SHAPES_PROMPTS
     directory = tmp_path_factory.mktemp("pipelines") / "guided"
     pipe.save_pretrained(directory)
     (directory / "README.md").write_text("Trained on 100 Shapes32 images for a test.\n")
@@ -76,9 +99,29 @@ def guided_dir(tiny_pipeline_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(guided_dir):
-    """The demo of the guided pipeline served in this process; at most 2 requests wait in its queue."""
-    demo = build_demo(GuidedDiffusionPipeline.from_pretrained(guided_dir), folder=guided_dir, max_queue=2)
+def emoji_dir(tiny_pipeline_dir, tmp_path_factory):
+    """A second model, as the emoji model will be: a style and category classifier, its own example
+    prompts and sampling settings, and a cosine schedule over T = 500."""
+    tiny = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe = GuidedDiffusionPipeline(
+        tiny.unet,
+        tiny.text_encoder,
+        {**tiny.diffusion_config, "num_timesteps": 500, "beta_schedule": "cosine"},
+        EMOJI_SAMPLING,
+        tiny_classifier(EMOJI_LABELS),
+        example_prompts=EMOJI_PROMPTS,
+    )
+    directory = tmp_path_factory.mktemp("pipelines") / "tiny-emoji"
+    pipe.save_pretrained(directory)
+    (directory / "README.md").write_text("A tiny emoji model for a test.\n")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def server(guided_dir, emoji_dir):
+    """The demo of the two tiny models (and the shipped ones) served in this process; at most 2
+    requests wait in its queue."""
+    demo = build_demo(DemoModels.from_names([guided_dir, emoji_dir]), max_queue=2)
     url = launch_demo(demo, port=free_port(), prevent_thread_lock=True)
     yield url
     demo.close()
@@ -103,13 +146,87 @@ def test_missing_default_model_is_one_line_naming_model_flag(monkeypatch, tmp_pa
     assert "--device" in capsys.readouterr().err
 
 
-def test_app_serves_the_given_model_with_the_given_flags(monkeypatch, guided_dir):
+def test_app_serves_the_given_models_with_the_given_flags(monkeypatch, guided_dir, emoji_dir):
     app = load_app_module()
     launched = {}
     monkeypatch.setattr(app, "launch_demo", lambda demo, **kwargs: launched.update(demo=demo, **kwargs))
-    assert app.main(["--model", str(guided_dir), "--host", "0.0.0.0", "--port", "7999", "--share", "--device", "cpu"]) == 0
+    argv = ["--model", str(guided_dir), "--model", str(emoji_dir), "--host", "0.0.0.0", "--port", "7999", "--share", "--device", "cpu"]
+    assert app.main(argv) == 0
     assert {k: launched[k] for k in ("host", "port", "share")} == {"host": "0.0.0.0", "port": 7999, "share": True}
     assert "/generate" in launched["demo"].get_api_info()["named_endpoints"]
+    picker = block_by(launched["demo"].blocks.values(), elem_id="model")
+    assert [value for _, value in picker.choices] == ["guided", "tiny-emoji", *shipped_models()]
+    assert picker.value == "guided"
+
+
+# ---------------------------------------------------------------------------------------- the model picker
+
+
+def test_models_are_the_given_ones_then_the_shipped_ones_each_loaded_once(monkeypatch, tiny_pipeline_dir, guided_dir, tmp_path):
+    shipped = tmp_path / "pretrained"
+    shutil.copytree(tiny_pipeline_dir, shipped / "guided")
+    shutil.copytree(tiny_pipeline_dir, shipped / "broken")
+    (shipped / "broken" / "unet" / "model.safetensors").unlink()
+    monkeypatch.setattr("guided_diffusion.pipeline.PRETRAINED_DIR", shipped)
+
+    models = DemoModels.from_names([guided_dir, "guided"])  # a folder named like a shipped model, then that model
+    assert models.names == [str(guided_dir), "guided", "broken"] and models.default == str(guided_dir)
+    assert models.pipeline("guided") is models.pipeline("guided") and models.pipeline("guided").folder == shipped / "guided"
+    assert models.pipeline(str(guided_dir)).classifier is not None
+    with pytest.raises(CheckpointError, match="model.safetensors"):  # shipped models load when first picked
+        models.pipeline("broken")
+    with pytest.raises(ValueError, match=re.escape(f"unknown model 'nope'; choose one of {guided_dir}, guided, broken")):
+        models.pipeline("nope")
+    with pytest.raises(CheckpointError, match="model.safetensors"):  # given models load at once
+        DemoModels.from_names(["broken"])
+    assert DemoModels.from_names([]).names == ["broken", "guided"]  # shipped models in name order
+
+
+def test_shapes32_offers_the_example_prompts_of_its_folder():
+    assert GuidedDiffusionPipeline.from_pretrained("shapes32").example_prompts == SHAPES_PROMPTS
+
+
+def test_page_settings_follow_the_model(pipe, guided_dir, emoji_dir):
+    guided = model_settings(GuidedDiffusionPipeline.from_pretrained(guided_dir))
+    emoji = model_settings(GuidedDiffusionPipeline.from_pretrained(emoji_dir))
+    plain = model_settings(pipe)
+    assert guided["examples"]["samples"] == [[p] for p in [*SHAPES_PROMPTS, ""]]
+    assert guided["examples"]["sample_labels"][-1] == '"" (unconditional)'
+    assert emoji["examples"]["samples"] == [[p] for p in [*EMOJI_PROMPTS, ""]]
+    assert plain["examples"]["samples"] == [[""]] and plain["prompt"]["placeholder"] == "empty: unconditional"
+    assert guided["classifier_attribute"] == {"choices": ["shape", "color"], "value": "shape"}
+    assert emoji["classifier_attribute"] == {"choices": ["style", "category"], "value": "style"}
+    assert emoji["classifier_label"] == {"choices": ["flat", "outlined"], "value": "flat"}
+    assert plain["classifier_guidance"] == {"visible": False} and plain["classifier_attribute"]["choices"] == []
+    assert (emoji["sampler"], emoji["steps"], emoji["guidance_scale"]) == ({"value": "dpm++"}, {"maximum": 500, "value": 20}, {"value": 2.0})
+    assert "A tiny emoji model" in emoji["training"]["value"] and "style (flat, outlined)" in emoji["summary"]["value"]
+
+
+def test_picking_a_model_switches_the_page(pipe, guided_dir, emoji_dir):
+    demo = build_demo(DemoModels({"guided": guided_dir, "tiny-emoji": emoji_dir, "plain": pipe}))
+    picker = block_by(demo.blocks.values(), elem_id="model")
+    assert [value for _, value in picker.choices] == ["guided", "tiny-emoji", "plain"] and picker.value == "guided"
+    assert block_by(demo.blocks.values(), elem_id="example-prompts").samples == [[p] for p in [*SHAPES_PROMPTS, ""]]
+    switch = next(fn.fn for fn in demo.fns.values() if fn.name == "switch_model")
+
+    shown = switch("tiny-emoji", next(iter(example_images().values())), 900)  # {page block: its update}
+    assert shown[block_by(shown, elem_id="example-prompts")].sample_labels == [*EMOJI_PROMPTS, '"" (unconditional)']
+    attribute, label = shown[block_by(shown, label="Attribute")], shown[block_by(shown, label="Class")]
+    assert [value for _, value in attribute.choices] == ["style", "category"] and attribute.value == "style"
+    assert [value for _, value in label.choices] == ["flat", "outlined"] and label.value == "flat"
+    assert shown[block_by(shown, elem_id="classifier-guidance")].visible
+    assert shown[block_by(shown, label="Steps")].maximum == 500 and shown[block_by(shown, label="Sampler")].value == "dpm++"
+    timestep = shown[block_by(shown, elem_id="timestep")]
+    assert (timestep.maximum, timestep.value) == (499, 499)  # t = 900 does not exist in T = 500
+    assert any(isinstance(value, str) and "t = 499" in value and "cosine (this model)" in value for value in shown.values())
+    assert shown[block_by(shown, elem_id="samples")] is None  # the previous model's samples are cleared
+
+    hidden = switch("plain", None, 100)
+    assert not hidden[block_by(hidden, elem_id="classifier-guidance")].visible
+    assert hidden[block_by(hidden, label="Attribute")].choices == []
+    assert hidden[block_by(hidden, label="Classifier scale (0 off)")].value == 0
+    with pytest.raises(gr.Error, match="unknown model"):
+        switch("nope", None, 100)
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -120,6 +237,8 @@ def test_check_request_refuses_bad_values_and_needs_a_classifier_for_guidance(pi
               classifier_attribute=None, classifier_label=None, classifier_scale=0.0, seed=None)
     request = check_request(pipe, **ok)
     assert request.classifier_labels is None and 0 <= request.seed < 2**32 and request.notices == ()
+    defaults = check_request(pipe, **{**ok, "steps": None, "sampler": None, "guidance_scale": None})
+    assert (defaults.steps, defaults.sampler, defaults.guidance_scale) == (50, "ddim", 3.0)  # the model's sampling config
     with pytest.raises(ValueError, match="no classifier"):
         check_request(pipe, **{**ok, "classifier_scale": 2.0})
     with pytest.raises(ValueError, match="whole number"):
@@ -165,6 +284,9 @@ def test_forward_process_shows_both_schedules(pipe):
     assert "linear (this model)" in table and "cosine" in table
     figure = schedule_figure(processes, 500)
     assert [axis.get_yscale() for axis in figure.axes] == ["linear", "log"]
+    grid, table, _ = forward_view(pipe, next(iter(example_images().values())), 5000)
+    assert grid.width > grid.height and "t = 999" in table  # clamped to the model's T
+    assert forward_view(pipe, None, 10)[:2] == (None, "Pick an example or upload an image.")
 
 
 def test_model_card_reads_the_folder_documents(pipe, guided_dir):
@@ -175,9 +297,8 @@ def test_model_card_reads_the_folder_documents(pipe, guided_dir):
 
 
 def test_classifier_controls_are_hidden_without_a_classifier(pipe):
-    demo = build_demo(pipe)
-    group = next(block for block in demo.blocks.values() if block.elem_id == "classifier-guidance")
-    assert group.visible is False
+    demo = build_demo(DemoModels({"plain": pipe}))
+    assert block_by(demo.blocks.values(), elem_id="classifier-guidance").visible is False
 
 
 # ---------------------------------------------------------------------------------------- the API
@@ -188,7 +309,8 @@ def test_generate_api_returns_the_images(client):
     assert list(info) == ["/generate"]
     parameters = info["/generate"]["parameters"]
     assert [p["parameter_name"] for p in parameters] == API_PARAMETERS
-    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 8
+    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 9
+    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided"]
 
     result = client.predict(prompt="a large red circle in the center", num_images=4, steps=25, seed=3, api_name="/generate")
     images = [Image.open(item["image"]) for item in result]
@@ -201,6 +323,15 @@ def test_generate_api_returns_the_images(client):
     plain = client.predict(prompt="", num_images=2, steps=5, sampler="dpm++", seed=1, api_name="/generate")
     assert len(guided) == 2
     assert Image.open(guided[0]["image"]).tobytes() != Image.open(plain[0]["image"]).tobytes()
+
+
+def test_generate_api_samples_the_named_model_with_its_own_settings(client, emoji_dir):
+    result = client.predict(prompt="a grinning face", num_images=1, seed=5, model="tiny-emoji", api_name="/generate")
+    expected = GuidedDiffusionPipeline.from_pretrained(emoji_dir)("a grinning face", seed=5, **EMOJI_SAMPLING)[0]
+    assert Image.open(result[0]["image"]).tobytes() == expected.tobytes()  # its sampler, steps and guidance scale
+    guided = client.predict(prompt="", num_images=1, steps=3, classifier_attribute="category", classifier_label="food",
+                            classifier_scale=10.0, seed=1, model="tiny-emoji", api_name="/generate")
+    assert len(guided) == 1
 
 
 @pytest.mark.parametrize(
@@ -216,6 +347,10 @@ def test_generate_api_returns_the_images(client):
         ({"classifier_scale": 3.0, "classifier_attribute": "shape", "classifier_label": "hexagon"}, "unknown classifier_label 'hexagon'"),
         ({"seed": -1}, "seed must be between 0 and"),
         ({"prompt": "a red circle " * 100}, "the limit is 1000"),
+        ({"model": "emoji64"}, "unknown model 'emoji64'; choose one of guided, tiny-emoji"),
+        ({"model": "tiny-emoji", "classifier_scale": 3.0, "classifier_attribute": "shape", "classifier_label": "circle"},
+         "unknown classifier_attribute 'shape'; choose one of style, category"),
+        ({"model": "tiny-emoji", "steps": 501}, "steps must be between 1 and 500"),
     ],
 )
 def test_bad_input_is_refused_with_a_message(client, bad, message):
@@ -264,7 +399,7 @@ def test_page_generates_with_previews_in_headless_chromium(server, tmp_path):
         try:
             page = browser.new_page()
             page.goto(server)
-            page.get_by_text("a large red circle in the center", exact=True).click()  # an example prompt
+            page.locator("#example-prompts").get_by_text("a large red circle in the center", exact=True).click()
             sync_api.expect(page.get_by_label("Prompt")).to_have_value("a large red circle in the center")
             page.get_by_role("button", name="Generate").click()
             page.get_by_text("Done: 4 image(s), 50 ddim steps, seed 0").wait_for(timeout=60_000)
@@ -285,6 +420,19 @@ def test_page_generates_with_previews_in_headless_chromium(server, tmp_path):
             page.get_by_role("tab", name="Model").click()
             page.get_by_text("Trained on 100 Shapes32 images").wait_for(timeout=20_000)
             page.screenshot(path=tmp_path / "model.png", full_page=True)
+
+            page.get_by_label("Model", exact=True).click()  # the picker: the whole page follows the model
+            page.get_by_role("option", name="tiny-emoji").click()
+            page.get_by_text("A tiny emoji model for a test").wait_for(timeout=20_000)
+            page.get_by_role("tab", name="Generate").click()
+            examples = page.locator("#example-prompts")
+            sync_api.expect(examples.get_by_text("a large red circle in the center", exact=True)).to_have_count(0)
+            sync_api.expect(page.get_by_label("Attribute", exact=True)).to_have_value("style")
+            examples.get_by_text("a grinning face", exact=True).click()
+            sync_api.expect(page.get_by_label("Prompt")).to_have_value("a grinning face")
+            page.get_by_role("button", name="Generate").click()
+            page.get_by_text("Done: 4 image(s), 20 dpm++ steps, seed 0").wait_for(timeout=60_000)
+            page.screenshot(path=tmp_path / "second-model.png", full_page=True)
         finally:
             browser.close()
     assert (tmp_path / "generate.png").stat().st_size > 10_000

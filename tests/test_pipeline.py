@@ -1,5 +1,6 @@
 """GuidedDiffusionPipeline: sampling, seeding, guidance plumbing, save/load and refusals."""
 
+import json
 import shutil
 
 import numpy as np
@@ -82,6 +83,34 @@ def test_save_and_load_reproduce_images_exactly(pipe, tmp_path):
     first = pipe(["a small blue triangle in the top right"], steps=6, seed=3, output_type="pt")
     second = loaded(["a small blue triangle in the top right"], steps=6, seed=3, output_type="pt")
     assert torch.equal(first, second)
+
+
+def test_example_prompts_round_trip_through_the_folder(pipe, tmp_path):
+    assert pipe.example_prompts == []  # none unless given
+    prompts = ["a red circle", "a blue square in the top left"]
+    pipe.save_pretrained(tmp_path / "plain")
+    assert GuidedDiffusionPipeline.from_pretrained(tmp_path / "plain").example_prompts == []
+    with_examples = GuidedDiffusionPipeline(pipe.unet, pipe.text_encoder, pipe.diffusion_config, example_prompts=prompts)
+    with_examples.save_pretrained(tmp_path / "examples")
+    assert json.loads((tmp_path / "examples" / "pipeline.json").read_text())["example_prompts"] == prompts
+    loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "examples")
+    assert loaded.example_prompts == prompts
+    loaded.save_pretrained(tmp_path / "examples")  # a re-save (e.g. attaching a classifier) keeps them
+    assert GuidedDiffusionPipeline.from_pretrained(tmp_path / "examples").example_prompts == prompts
+    with pytest.raises(ValueError, match="example_prompts must be a list of strings"):
+        GuidedDiffusionPipeline(pipe.unet, pipe.text_encoder, pipe.diffusion_config, example_prompts="a red circle")
+
+
+def test_bad_index_entries_are_refused_by_name(tiny_pipeline_dir, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    index = json.loads((folder / "pipeline.json").read_text())
+    (folder / "pipeline.json").write_text(json.dumps({**index, "example_prompt": ["a red circle"]}))
+    with pytest.raises(CheckpointError, match=r"pipeline\.json has unknown entries \['example_prompt'\]; valid entries: .*example_prompts"):
+        GuidedDiffusionPipeline.from_pretrained(folder)
+    (folder / "pipeline.json").write_text(json.dumps({**index, "example_prompts": [1, 2]}))
+    with pytest.raises(CheckpointError, match="example_prompts must be a list of strings"):
+        GuidedDiffusionPipeline.from_pretrained(folder)
 
 
 def test_missing_and_corrupt_files_are_refused_by_name(tiny_pipeline_dir, tmp_path):

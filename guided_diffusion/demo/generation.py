@@ -103,8 +103,9 @@ def check_request(
 ) -> GenerationRequest:
     """Check raw user input against ``pipe`` and the demo's limits; ``ValueError`` names the problem.
 
-    ``seed`` None draws a random seed. Classifier settings (a non-empty attribute or label, or a
-    positive scale) need a pipeline with a classifier and a label among ``pipe.classifier.labels``.
+    ``steps``, ``sampler`` and ``guidance_scale`` None take ``pipe``'s sampling config; ``seed`` None
+    draws a random seed. Classifier settings (a non-empty attribute or label, or a positive scale)
+    need a pipeline with a classifier and a label among ``pipe.classifier.labels``.
     """
     if prompt is None:
         prompt = ""
@@ -116,6 +117,10 @@ def check_request(
             f"(the text encoder reads only {pipe.text_encoder.context_length} tokens anyway)"
         )
     num_images = _whole_number("num_images", num_images, 1, MAX_IMAGES)
+    settings = pipe.sampling_config
+    steps = settings["steps"] if steps is None else steps
+    sampler = settings["sampler"] if sampler is None else sampler
+    guidance_scale = settings["guidance_scale"] if guidance_scale is None else guidance_scale
     steps = _whole_number("steps", steps, 1, pipe.diffusion.num_timesteps)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")

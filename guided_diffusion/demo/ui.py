@@ -1,4 +1,7 @@
-"""The Gradio app over one loaded pipeline: the Generate, Forward process and Model tabs.
+"""The Gradio app: a model picker over the Generate, Forward process and Model tabs.
+
+Picking a model switches the whole page to it: its example prompts, sampling defaults, classifier
+attributes and classes, forward process and model card (:func:`model_settings`, :func:`forward_view`).
 
 Sampling runs through Gradio's queue in one concurrency group shared by the browser's streaming event
 and the ``/generate`` API, ``concurrency_limit`` jobs at a time (1 on a CPU, where one job already
@@ -13,7 +16,6 @@ import contextlib
 import html
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -23,6 +25,7 @@ from PIL import Image
 
 from ..pipeline import GuidedDiffusionPipeline
 from ..samplers import SAMPLERS
+from ..schedule import BETA_SCHEDULES
 from .forward import example_images, image_to_tensor, noised_grid, schedule_figure, schedule_processes, schedule_table
 from .generation import (
     MAX_CLASSIFIER_SCALE,
@@ -36,17 +39,14 @@ from .generation import (
 )
 from .images import enlarge, enlargement, tensor_grid, to_pil
 from .model_card import model_card
+from .models import DemoModels
 
-EXAMPLE_PROMPTS = (
-    "a small blue triangle in the top right",
-    "a large red circle in the center",
-    "a green square",
-    "",
-)
+UNCONDITIONAL_LABEL = '"" (unconditional)'
 DEFAULT_NUM_IMAGES = 4
 DEFAULT_MAX_QUEUE = 8
 MAX_UPLOAD = "10mb"
 SAMPLING_GROUP = "sampling"
+READY = "Press **Generate** to sample."
 CSS = ".pixelated img { image-rendering: pixelated; }"
 
 
@@ -75,26 +75,71 @@ def _picture(label: str, elem_id: str | None = None, value: Image.Image | None =
     return gr.Image(value=value, label=label, format="png", interactive=False, elem_id=elem_id, elem_classes="pixelated")
 
 
-def build_demo(
-    pipe: GuidedDiffusionPipeline,
-    *,
-    folder: Path | None = None,
-    concurrency_limit: int | None = None,
-    max_queue: int = DEFAULT_MAX_QUEUE,
-) -> gr.Blocks:
-    """The app for ``pipe`` (loaded from ``folder``, whose README.md and evaluation.md the Model tab
-    shows), with its queue set up; ``concurrency_limit`` defaults to :func:`default_concurrency`."""
-    concurrency_limit = concurrency_limit or default_concurrency(pipe.device)
+def example_prompts(pipe: GuidedDiffusionPipeline) -> list[str]:
+    """The prompts the page offers for ``pipe``: its own example prompts, then the empty prompt
+    (unconditional sampling, which every classifier-free guided model can do) unless among them."""
+    return pipe.example_prompts + ([] if "" in pipe.example_prompts else [""])
+
+
+def model_settings(pipe: GuidedDiffusionPipeline) -> dict[str, dict[str, Any]]:
+    """The properties of each control that follows the picked model, keyed by the control's name: the
+    page is built with the default model's and updated with another model's when it is picked.
+
+    The classifier-guidance controls show ``pipe``'s classifier attributes and classes (hidden without
+    a classifier, with the scale back at 0); the sampler controls its sampling config.
+    """
+    size = pipe.unet.config.image_size
     sampling = pipe.sampling_config
     labels = pipe.classifier.labels if pipe.classifier is not None else {}
-    first_attribute = next(iter(labels), None)
-    size = pipe.unet.config.image_size
-    processes = schedule_processes(pipe)
-    own_schedule = next(name for name, process in processes.items() if process is pipe.diffusion)
-    examples = {caption: enlarge(image, enlargement(image.width)) for caption, image in example_images().items()}
-    card = model_card(pipe, folder)
+    attribute = next(iter(labels), None)
+    prompts = example_prompts(pipe)
+    card = model_card(pipe, pipe.folder)
+    return {
+        "about": {
+            "value": f"A text-conditioned diffusion model with classifier-free"
+            f"{' and classifier' if pipe.classifier is not None else ''} guidance: {size}x{size} images, on `{pipe.device}`."
+        },
+        "prompt": {"placeholder": f"{prompts[0]} (empty: unconditional)" if prompts[0] else "empty: unconditional"},
+        "examples": {"samples": [[p] for p in prompts], "sample_labels": [p or UNCONDITIONAL_LABEL for p in prompts]},
+        "sampler": {"value": sampling["sampler"]},
+        "steps": {"maximum": pipe.diffusion.num_timesteps, "value": int(sampling["steps"])},
+        "guidance_scale": {"value": float(sampling["guidance_scale"])},
+        "classifier_guidance": {"visible": pipe.classifier is not None},
+        "classifier_attribute": {"choices": list(labels), "value": attribute},
+        "classifier_label": {"choices": labels.get(attribute or "", []), "value": labels[attribute][0] if attribute else None},
+        "classifier_scale": {"value": 0.0},
+        "summary": {"value": "## Summary\n" + card["summary"]},
+        "config": {"value": card["config"]},
+        "training": {"value": "## Training data\n" + card["training"]},
+        "evaluation": {"value": "## Evaluation\n" + card["evaluation"]},
+    }
 
-    def accept(*request_args: Any) -> GenerationRequest:
+
+def forward_view(pipe: GuidedDiffusionPipeline, image: Image.Image | None, t: float) -> tuple[Image.Image | None, str, Figure]:
+    """The Forward process tab for ``pipe`` at timestep ``t`` (clamped to 0..T-1): the noised grid of
+    ``image`` (None without one), the table of schedule values, and the schedule plot."""
+    processes = schedule_processes(pipe)
+    t = min(max(int(t), 0), pipe.diffusion.num_timesteps - 1)
+    figure = schedule_figure(processes, t)
+    if image is None:
+        return None, "Pick an example or upload an image.", figure
+    own = next(name for name, process in processes.items() if process is pipe.diffusion)
+    grid = noised_grid(processes, image_to_tensor(image, pipe.unet.config.image_size), t)
+    return grid, schedule_table(processes, t, own), figure
+
+
+def build_demo(
+    models: DemoModels, *, concurrency_limit: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE
+) -> gr.Blocks:
+    """The app for ``models``, with its queue set up: the page starts on the default model and the
+    model picker switches the whole page to another; ``concurrency_limit`` defaults to
+    :func:`default_concurrency` of the default model's device."""
+    first = models.pipeline(models.default)
+    concurrency_limit = concurrency_limit or default_concurrency(first.device)
+    settings = model_settings(first)
+    examples = {caption: enlarge(image, enlargement(image.width)) for caption, image in example_images().items()}
+
+    def accept(pipe: GuidedDiffusionPipeline, *request_args: Any) -> GenerationRequest:
         """Check a request (:func:`check_request`'s arguments after ``pipe``) and show its notices."""
         request = check_request(pipe, *request_args)
         for notice in request.notices:
@@ -104,19 +149,22 @@ def build_demo(
     def generate(
         prompt: str,
         num_images: int = DEFAULT_NUM_IMAGES,
-        steps: int = int(sampling["steps"]),
-        sampler: str = sampling["sampler"],
-        guidance_scale: float = float(sampling["guidance_scale"]),
-        classifier_attribute: str | None = first_attribute,
-        classifier_label: str | None = labels[first_attribute][0] if first_attribute else None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        classifier_attribute: str | None = None,
+        classifier_label: str | None = None,
         classifier_scale: float = 0.0,
         seed: int | None = 0,
+        model: str = models.default,
     ) -> list[Image.Image]:
-        """Sample `num_images` images for `prompt` ("" is unconditional); returns them at the model's
-        resolution as PNG files. `seed` None draws a random seed."""
+        """Sample `num_images` images for `prompt` ("" is unconditional) with the model named `model`;
+        returns them at the model's resolution as PNG files. `steps`, `sampler` and `guidance_scale`
+        None take the model's sampling config; `seed` None draws a random seed."""
         with _user_errors():
+            pipe = models.pipeline(model)
             request = accept(
-                prompt, num_images, steps, sampler, guidance_scale,
+                pipe, prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed,
             )
             return pipe(**request.pipeline_kwargs())
@@ -131,13 +179,15 @@ def build_demo(
         classifier_label: str | None,
         classifier_scale: float,
         seed: int | None,
+        model: str,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[dict[gr.components.Component, Any]]:
         """The browser's Generate button: stream x_t and the predicted x_0 at a few steps, then the
         enlarged images and the trajectory strip of the first image."""
         with _user_errors():
+            pipe = models.pipeline(model)
             request = accept(
-                prompt, num_images, steps, sampler, guidance_scale,
+                pipe, prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed,
             )
             yield {gallery: None, trajectory: None, status: f"Sampling with seed {request.seed}..."}
@@ -157,7 +207,7 @@ def build_demo(
                         x0_view: tensor_grid(update.pred_x0),
                         status: f"Step {update.step + 1} of {update.num_steps} (seed {request.seed})",
                     }
-        factor = enlargement(size)
+        factor = enlargement(pipe.unet.config.image_size)
         images = [enlarge(image, factor) for image in to_pil(update.images * 2 - 1)]
         strip = torch.cat(frames[0::2] + frames[1::2])
         yield {
@@ -169,56 +219,73 @@ def build_demo(
             ),
         }
 
-    def show_forward(image: Image.Image | None, t: float) -> tuple[Image.Image | None, str, Figure]:
-        t = min(max(int(t), 0), pipe.diffusion.num_timesteps - 1)
-        figure = schedule_figure(processes, t)
-        if image is None:
-            return None, "Pick an example or upload an image.", figure
-        return noised_grid(processes, image_to_tensor(image, size), t), schedule_table(processes, t, own_schedule), figure
+    def show_forward(model: str, image: Image.Image | None, t: float) -> tuple[Image.Image | None, str, Figure]:
+        with _user_errors():
+            return forward_view(models.pipeline(model), image, t)
 
-    def label_choices(attribute: str | None) -> gr.Dropdown:
-        names = labels.get(attribute or "", [])
+    def pick_example(model: str, index: int) -> str:
+        with _user_errors():
+            return example_prompts(models.pipeline(model))[index]
+
+    def label_choices(model: str, attribute: str | None) -> gr.Dropdown:
+        with _user_errors():
+            pipe = models.pipeline(model)
+        names = pipe.classifier.labels.get(attribute or "", []) if pipe.classifier is not None else []
         return gr.Dropdown(choices=names, value=names[0] if names else None)
 
+    def switch_model(model: str, image: Image.Image | None, t: float) -> dict[gr.blocks.Block, Any]:
+        """The picker: show ``model``'s settings, examples, forward process and card, and clear the
+        previous model's samples."""
+        with _user_errors():
+            pipe = models.pipeline(model)
+        t = min(max(int(t), 0), pipe.diffusion.num_timesteps - 1)
+        grid, table, figure = forward_view(pipe, image, t)
+        return {
+            **{controls[name]: type(controls[name])(**props) for name, props in model_settings(pipe).items()},
+            timestep: gr.Slider(maximum=pipe.diffusion.num_timesteps - 1, value=t),
+            noised: grid,
+            values: table,
+            schedule_plot: figure,
+            x_t_view: None,
+            x0_view: None,
+            gallery: None,
+            trajectory: None,
+            status: READY,
+        }
+
     with gr.Blocks(title="Guided diffusion", analytics_enabled=False) as demo:
-        gr.Markdown(
-            f"# Guided diffusion\nA text-conditioned diffusion model with classifier-free"
-            f"{' and classifier' if pipe.classifier is not None else ''} guidance: "
-            f"{size}x{size} images, on `{pipe.device}`."
-        )
+        gr.Markdown("# Guided diffusion")
+        with gr.Row(equal_height=True):
+            picker = gr.Dropdown(models.names, value=models.default, label="Model", elem_id="model", scale=1)
+            about = gr.Markdown(**settings["about"])
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    prompt = gr.Textbox(
-                        value=None, label="Prompt", lines=2, placeholder="a large red circle in the center (empty: unconditional)"
-                    )
-                    gr.Examples(
-                        examples=[[p] for p in EXAMPLE_PROMPTS],
-                        inputs=[prompt],
-                        example_labels=[p or '"" (unconditional)' for p in EXAMPLE_PROMPTS],
-                        label="Example prompts",
-                        api_visibility="private",
+                    prompt = gr.Textbox(value=None, label="Prompt", lines=2, **settings["prompt"])
+                    prompt_examples = gr.Dataset(
+                        components=[prompt], type="index", label="Example prompts", elem_id="example-prompts", **settings["examples"]
                     )
                     num_images = gr.Slider(1, MAX_IMAGES, value=DEFAULT_NUM_IMAGES, step=1, label="Number of images")
-                    sampler = gr.Radio(list(SAMPLERS), value=sampling["sampler"], label="Sampler")
-                    steps = gr.Slider(1, pipe.diffusion.num_timesteps, value=int(sampling["steps"]), step=1, label="Steps")
+                    sampler = gr.Radio(list(SAMPLERS), label="Sampler", **settings["sampler"])
+                    steps = gr.Slider(1, step=1, label="Steps", **settings["steps"])
                     guidance_scale = gr.Slider(
                         0,
                         MAX_GUIDANCE_SCALE,
-                        value=float(sampling["guidance_scale"]),
                         step=0.5,
                         label="Classifier-free guidance scale (0 unconditional, 1 plain conditional)",
+                        **settings["guidance_scale"],
                     )
-                    with gr.Group(visible=pipe.classifier is not None, elem_id="classifier-guidance"):
+                    with gr.Group(elem_id="classifier-guidance", **settings["classifier_guidance"]) as classifier_guidance:
                         gr.Markdown("**Classifier guidance**")
-                        classifier_attribute = gr.Dropdown(list(labels), value=first_attribute, label="Attribute")
+                        classifier_attribute = gr.Dropdown(label="Attribute", **settings["classifier_attribute"])
                         classifier_label = gr.Dropdown(
-                            labels.get(first_attribute or "", []),
-                            value=labels[first_attribute][0] if first_attribute else None,
                             label="Class",
                             allow_custom_value=True,  # choices follow the attribute; the value is checked on use
+                            **settings["classifier_label"],
                         )
-                        classifier_scale = gr.Slider(0, MAX_CLASSIFIER_SCALE, value=0.0, step=0.5, label="Classifier scale (0 off)")
+                        classifier_scale = gr.Slider(
+                            0, MAX_CLASSIFIER_SCALE, step=0.5, label="Classifier scale (0 off)", **settings["classifier_scale"]
+                        )
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=3)
                         random_seed = gr.Button("Random", scale=1)
@@ -227,7 +294,7 @@ def build_demo(
                     with gr.Row():
                         x_t_view = _picture("x_t (current noisy sample)", "x-t-preview")
                         x0_view = _picture("Predicted x_0", "x0-preview")
-                    status = gr.Markdown("Press **Generate** to sample.")
+                    status = gr.Markdown(READY)
                     gallery = gr.Gallery(
                         label="Samples", columns=4, height=340, format="png", object_fit="contain",
                         elem_id="samples", elem_classes="pixelated",
@@ -235,8 +302,8 @@ def build_demo(
                     trajectory = _picture("Denoising trajectory of image 1", "trajectory")
         with gr.Tab("Forward process"):
             first_example = next(iter(examples.values()))
-            first_t = pipe.diffusion.num_timesteps // 4
-            initial_grid, initial_table, initial_figure = show_forward(first_example, first_t)
+            first_t = first.diffusion.num_timesteps // 4
+            initial_grid, initial_table, initial_figure = forward_view(first, first_example, first_t)
             with gr.Row():
                 with gr.Column(scale=1):
                     x0_input = gr.Image(
@@ -251,44 +318,86 @@ def build_demo(
                         api_visibility="private",
                     )
                     timestep = gr.Slider(
-                        0, pipe.diffusion.num_timesteps - 1, value=first_t, step=1, label="Timestep t", elem_id="timestep"
+                        0, first.diffusion.num_timesteps - 1, value=first_t, step=1, label="Timestep t", elem_id="timestep"
                     )
                 with gr.Column(scale=2):
-                    noised = _picture(f"x_0, then samples of q(x_t | x_0); rows: {', '.join(processes)} schedule", value=initial_grid)
+                    noised = _picture(f"x_0, then samples of q(x_t | x_0); rows: {', '.join(BETA_SCHEDULES)} schedule", value=initial_grid)
                     values = gr.Markdown(initial_table)
             schedule_plot = gr.Plot(value=initial_figure, label="Noise schedules")
         with gr.Tab("Model"):
-            gr.Markdown("## Summary\n" + card["summary"])
+            summary = gr.Markdown(**settings["summary"])
             with gr.Accordion("Configuration", open=False):
-                gr.Markdown(card["config"])
-            gr.Markdown("## Training data\n" + card["training"])
-            gr.Markdown("## Evaluation\n" + card["evaluation"])
+                config = gr.Markdown(**settings["config"])
+            training = gr.Markdown(**settings["training"])
+            evaluation = gr.Markdown(**settings["evaluation"])
 
-        inputs = [prompt, num_images, steps, sampler, guidance_scale, classifier_attribute, classifier_label, classifier_scale, seed]
+        controls: dict[str, gr.blocks.Block] = {
+            "about": about,
+            "prompt": prompt,
+            "examples": prompt_examples,
+            "sampler": sampler,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "classifier_guidance": classifier_guidance,
+            "classifier_attribute": classifier_attribute,
+            "classifier_label": classifier_label,
+            "classifier_scale": classifier_scale,
+            "summary": summary,
+            "config": config,
+            "training": training,
+            "evaluation": evaluation,
+        }
+        picker.change(
+            switch_model,
+            inputs=[picker, x0_input, timestep],
+            outputs=[*controls.values(), timestep, noised, values, schedule_plot, x_t_view, x0_view, gallery, trajectory, status],
+            queue=False,
+            api_visibility="private",
+        )
         run.click(
             generate_live,
-            inputs=inputs,
+            inputs=[
+                prompt, num_images, steps, sampler, guidance_scale,
+                classifier_attribute, classifier_label, classifier_scale, seed, picker,
+            ],
             outputs=[x_t_view, x0_view, gallery, trajectory, status],
             show_progress_on=[gallery],
             concurrency_limit=concurrency_limit,
             concurrency_id=SAMPLING_GROUP,
             api_visibility="private",
         )
-        gr.Button(visible=False).click(
+        with gr.Column(visible=False):  # the API's own inputs: no page state, None takes the named model's settings
+            api_inputs = [
+                gr.Textbox(value=None, label="Prompt"),
+                gr.Slider(1, MAX_IMAGES, value=DEFAULT_NUM_IMAGES, step=1, label="Number of images"),
+                gr.Number(precision=0, label="Steps"),
+                gr.Radio(list(SAMPLERS), label="Sampler"),
+                gr.Number(label="Classifier-free guidance scale"),
+                gr.Textbox(value=None, label="Classifier attribute"),
+                gr.Textbox(value=None, label="Class"),
+                gr.Number(value=0.0, label="Classifier scale"),
+                gr.Number(value=0, precision=0, label="Seed"),
+                gr.Dropdown(models.names, value=models.default, label="Model"),
+            ]
+            api_run = gr.Button()
+        api_run.click(
             generate,
-            inputs=inputs,
+            inputs=api_inputs,
             outputs=[gallery],
             api_name="generate",
             preprocess=False,
             concurrency_limit=concurrency_limit,
             concurrency_id=SAMPLING_GROUP,
         )
+        prompt_examples.click(pick_example, [picker, prompt_examples], prompt, queue=False, api_visibility="private")
         random_seed.click(lambda: secrets.randbelow(MAX_SEED + 1), outputs=seed, queue=False, api_visibility="private")
-        classifier_attribute.change(label_choices, classifier_attribute, classifier_label, queue=False, api_visibility="private")
+        classifier_attribute.change(
+            label_choices, [picker, classifier_attribute], classifier_label, queue=False, api_visibility="private"
+        )
         gr.on(
             [x0_input.change, timestep.change],
             show_forward,
-            inputs=[x0_input, timestep],
+            inputs=[picker, x0_input, timestep],
             outputs=[noised, values, schedule_plot],
             queue=False,
             trigger_mode="always_last",
