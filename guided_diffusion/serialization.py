@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TRAINING_DATA_NAME = "training_data.json"  # in a pipeline folder: the pairs trained on and held out
 
 
 class CheckpointError(ValueError):

@@ -24,9 +24,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
-from torchvision.utils import save_image
 
+from guided_diffusion.data import EMOJI
+from guided_diffusion.datasets.emoji import training_pairs
+from guided_diffusion.images import captioned_grid
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
+from guided_diffusion.serialization import TRAINING_DATA_NAME, save_json
 
 from .conditioning import TextConditioning
 from .config import RunConfig, parse_run_config
@@ -73,14 +76,23 @@ def make_loss_fn(
     return loss_fn
 
 
+def training_data_record(run: RunConfig) -> dict[str, Any] | None:
+    """For a built-in dataset with held-out pairs (``emoji``, trained on split ``train``), the pairs the
+    model sees and the pairs it never sees, published beside the model as ``training_data.json``."""
+    data = run.data
+    if data.dataset_name != EMOJI or data.train_data_dir or data.split != "train":
+        return None
+    return training_pairs(**{k: v for k, v in data.dataset_options.items() if k not in ("background", "resolution")})
+
+
 def save_validation_grid(
     pipe: GuidedDiffusionPipeline, prompts: list[str], *, seed: int, steps: int | None, path: Path
 ) -> None:
-    """Sample one image per prompt into a grid PNG, in prompt order (8 per row); ``steps`` None
-    uses the pipeline's sampling settings."""
-    images = pipe(prompts, seed=seed, steps=steps, output_type="pt")
+    """Sample one image per prompt into a PNG, in prompt order (8 per row), each enlarged with its
+    prompt written under it; ``steps`` None uses the pipeline's sampling settings."""
+    images = pipe(prompts, seed=seed, steps=steps)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=min(len(prompts), 8), padding=1)
+    captioned_grid(images, prompts).save(path)
 
 
 @exit_on_user_errors
@@ -90,12 +102,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     accelerator = make_accelerator(training)
     set_seed(training.seed)
     pipe = build_pipeline(run).to(accelerator.device)
+    pipe.example_prompts = list(training.validation_prompts)  # the demo offers what validation shows
     data = open_training_data(run, accelerator, training_resolution(run, pipe))
     conditioning = TextConditioning(pipe.unet, pipe.text_encoder, cache_size=training.text_feature_cache)
     output_dir = Path(training.output_dir)
 
+    held_out_record = training_data_record(run)
+
     def publish(step: int) -> None:
         pipe.save_pretrained(output_dir)
+        if held_out_record is not None:
+            save_json(output_dir / TRAINING_DATA_NAME, held_out_record)
 
     def validate(step: int) -> None:
         save_validation_grid(
