@@ -13,6 +13,18 @@ sample's shape, colour, size and position back from its pixels. ``gd-eval`` (or
   and the normalised entropy of the other attributes against the classifier scale;
 - bits/dim (the variational bound of :meth:`GaussianDiffusion.nll_bpd`) on held-out images;
 - optionally, quality (all-four accuracy) against sampler and number of steps.
+
+An emoji model (``gd-eval --model emoji32``; its folder's ``training_data.json`` says so, or
+``--dataset emoji``) gets the emoji evaluation of :mod:`guided_diffusion.evaluation.emoji` instead.
+
+Any other model is evaluated on the data it was trained on, named as for training
+(``--dataset-name`` or ``--train-data-dir``, which select this path; ``--split``, ``--eval-split``,
+``--caption-column``, ``--label-column``), by :mod:`guided_diffusion.evaluation.generic`: bits/dim,
+prompt fidelity by retrieval of seen and held-out captions and, with a label column, the
+Classification Accuracy Score (``--cas-images-per-class``, ``--cas-classifier-scale``) and a
+classifier-guidance sweep judged by the nearest real image's label::
+
+    gd-eval --model outputs/fashion_mnist --dataset-name fashion_mnist --label-column label --out docs/evaluation/fashion_mnist
 """
 
 from __future__ import annotations
@@ -22,7 +34,6 @@ import json
 import math
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +53,12 @@ from .datasets.shapes import (
     make_shapes32,
     sample_attributes,
 )
+from .evaluation.diversity import normalized_entropy
+from .evaluation.likelihood import bits_per_dim
+from .evaluation.sampling import EvalSampling
 from .pipeline import GuidedDiffusionPipeline
-from .serialization import CheckpointError
+from .datasets.fetch import FetchError
+from .serialization import TRAINING_DATA_NAME, CheckpointError
 
 ATTRIBUTES = ("shape", "color", "size", "position")
 CLASSES = {"shape": SHAPES, "color": COLORS, "size": SIZES, "position": POSITIONS}
@@ -107,15 +122,6 @@ def attribute_accuracy(targets: Sequence[dict[str, str]], found: Sequence[dict[s
     scores = {a: float(np.mean([t[a] == f[a] for t, f in zip(targets, found)])) for a in ATTRIBUTES}
     scores["all"] = float(np.mean([all(t[a] == f[a] for a in ATTRIBUTES) for t, f in zip(targets, found)]))
     return scores
-
-
-def normalized_entropy(values: Sequence[str], classes: Sequence[str]) -> float:
-    """Entropy of the empirical distribution of ``values`` over ``classes``, divided by log(K): 1 is
-    uniform, 0 a single class."""
-    counts = Counter(values)
-    p = np.array([counts[c] for c in classes], dtype=np.float64) / max(len(values), 1)
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum() / math.log(len(classes)))
 
 
 def prompt_adherence(
@@ -184,21 +190,11 @@ def training_data_reference(attribute: str, images_per_target: int, seed: int = 
     }
 
 
-def bits_per_dim(pipe: GuidedDiffusionPipeline, *, num_images: int, batch_size: int, seed: int = 0) -> dict[str, float]:
+def shapes_bits_per_dim(pipe: GuidedDiffusionPipeline, *, num_images: int, batch_size: int, seed: int = 0) -> dict[str, float]:
     """The variational bound in bits/dim on held-out Shapes32 images, conditioned on their captions."""
     data = make_shapes32(num_images, seed=seed + 1000, split="heldout")
-    totals = []
-    generator = torch.Generator(device=pipe.device).manual_seed(seed)
-    for start in range(0, num_images, batch_size):
-        rows = data[start : start + batch_size]
-        x0 = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)) for im in rows["image"]])
-        x0 = (x0.permute(0, 3, 1, 2) / 127.5 - 1).to(pipe.device)
-        with torch.no_grad():
-            features, mask = pipe.text_encoder.encode(rows["text"])
-            out = pipe.diffusion.nll_bpd(pipe.unet, x0, {"text_features": features, "text_mask": mask}, generator=generator)
-        totals.append(out["total_bpd"].cpu())
-    total = torch.cat(totals).double()
-    return {"mean": float(total.mean()), "std": float(total.std()) if len(total) > 1 else 0.0, "n": int(len(total))}
+    x0 = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)) for im in data["image"]])
+    return bits_per_dim(pipe, x0.permute(0, 3, 1, 2) / 127.5 - 1, data["text"], batch_size=batch_size, seed=seed)
 
 
 def sampler_table(
@@ -396,7 +392,7 @@ def evaluate(
         report.classifier_reference = training_data_reference(classifier_attribute, images_per_target, seed=sampling.seed)
         plot_classifier(report.classifier, classifier_attribute, out / "classifier_guidance.png", report.classifier_reference)
     if bpd_images:
-        report.bpd = bits_per_dim(pipe, num_images=bpd_images, batch_size=sampling.batch_size, seed=sampling.seed)
+        report.bpd = shapes_bits_per_dim(pipe, num_images=bpd_images, batch_size=sampling.batch_size, seed=sampling.seed)
     if samplers:
         report.samplers = sampler_table(
             pipe, samplers=samplers, steps=sampler_steps, num_prompts=num_prompts, images_per_prompt=1, sampling=sampling
@@ -410,15 +406,114 @@ def evaluate(
     return report
 
 
+def dataset_of(pipe: GuidedDiffusionPipeline) -> str:
+    """``emoji`` when the pipeline's folder records emoji training pairs, else ``shapes32``."""
+    record = pipe.folder / TRAINING_DATA_NAME if pipe.folder is not None else None
+    if record is not None and record.is_file() and json.loads(record.read_text()).get("dataset") == "emoji":
+        return "emoji"
+    return "shapes32"
+
+
+def eval_sampling(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> EvalSampling:
+    """The sampling of the emoji and generic evaluations: the flags, else the pipeline's defaults."""
+    defaults = pipe.sampling_config
+    return EvalSampling(
+        args.sampler or defaults["sampler"],
+        args.steps or int(defaults["steps"]),
+        defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale,
+        args.batch_size,
+        args.seed,
+    )
+
+
+def emoji_main(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> int:
+    """``gd-eval`` on an emoji model: :func:`~guided_diffusion.evaluation.emoji.evaluate_emoji`."""
+    from .evaluation.emoji import evaluate_emoji, render_emoji_report
+
+    sampling = eval_sampling(pipe, args)
+    report = evaluate_emoji(
+        pipe,
+        args.out,
+        model_name=str(args.model),
+        sampling=sampling,
+        num_seen=args.num_seen,
+        num_held_out=args.num_held_out,
+        images_per_prompt=args.images_per_prompt,
+        classifier_scales=args.classifier_scales,
+        images_per_target=args.images_per_target,
+        classifier_max_t=args.classifier_max_t,
+        bpd_images=args.bpd_images,
+        emoji_root=args.emoji_root,
+    )
+    print(render_emoji_report(report))
+    return 0
+
+
+def generic_main(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> int:
+    """``gd-eval`` on any captioned dataset: :func:`~guided_diffusion.evaluation.generic.evaluate_generic`."""
+    from .data import DataConfig
+    from .evaluation.generic import evaluate_generic, open_eval_data, render_generic_report
+
+    config = DataConfig(
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir,
+        split=args.split,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        label_column=args.label_column,
+    )
+    data = open_eval_data(config, eval_split=args.eval_split, resolution=pipe.unet.config.image_size, seed=args.seed)
+    report = evaluate_generic(
+        pipe,
+        args.out,
+        model_name=str(args.model),
+        data=data,
+        sampling=eval_sampling(pipe, args),
+        num_prompts=args.num_prompts,
+        images_per_prompt=args.images_per_prompt,
+        gallery_size=args.gallery_size,
+        bpd_images=args.bpd_images,
+        cas_images_per_class=args.cas_images_per_class,
+        cas_epochs=args.cas_epochs,
+        cas_test_images=args.cas_test_images,
+        cas_classifier_scale=args.cas_classifier_scale,
+        classifier_scales=args.classifier_scales,
+        images_per_target=args.images_per_target,
+        classifier_max_t=args.classifier_max_t,
+    )
+    print(render_generic_report(report))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gd-eval``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="gd-eval", description="Evaluate a Shapes32 pipeline and write a markdown report.")
+    parser = argparse.ArgumentParser(prog="gd-eval", description="Evaluate a pipeline on its dataset and write a markdown report.")
     parser.add_argument("--model", default="shapes32", help="a pipeline folder or a shipped model name")
+    parser.add_argument("--dataset", choices=("shapes32", "emoji", "generic"), default=None, help="the data the model was trained on (default: generic with --dataset-name or --train-data-dir, else emoji when the model folder holds emoji training pairs, else shapes32)")
+    parser.add_argument("--num-seen", type=int, default=200, help="emoji: seen (emoji, style) pairs to prompt")
+    parser.add_argument("--num-held-out", type=int, default=None, help="emoji: held-out pairs to prompt (default: all)")
+    parser.add_argument("--emoji-root", default=None, help="emoji: folder holding emoji-datasource-<style>/ (default: $GD_EMOJI_DIR or the data cache)")
+    data = parser.add_argument_group("generic evaluation: the data, named as for training (either spelling)")
+    data.add_argument("--dataset-name", "--dataset_name", default=None, help="Hub dataset, packaged builder, local folder, or a built-in dataset (fashion_mnist, ...)")
+    data.add_argument("--dataset-config-name", "--dataset_config_name", default=None, help="the Hub dataset's configuration")
+    data.add_argument("--train-data-dir", "--train_data_dir", default=None, help="local imagefolder (metadata.jsonl captions), parquet folder or save_to_disk folder")
+    data.add_argument("--split", default="train", help="the training split (seen prompts, CAS real reference)")
+    data.add_argument("--eval-split", "--eval_split", default=None, help="the held-out split (default: test when the data has one; 'none': no held-out split)")
+    data.add_argument("--image-column", "--image_column", default="image", help="column holding the images")
+    data.add_argument("--caption-column", "--caption_column", default="text", help="column holding the captions")
+    data.add_argument("--label-column", "--label_column", default=None, help="column holding class labels: adds label retrieval, the CAS and the guidance sweep")
+    metrics = parser.add_argument_group("generic evaluation: metrics")
+    metrics.add_argument("--gallery-size", type=int, default=5000, help="real rows per split that generated images are retrieved from")
+    metrics.add_argument("--cas-images-per-class", type=int, default=100, help="generated (and real reference) training images per class of the CAS (0: no CAS)")
+    metrics.add_argument("--cas-epochs", type=int, default=20, help="training epochs of the CAS classifier")
+    metrics.add_argument("--cas-test-images", type=int, default=10_000, help="real held-out images the CAS classifier is tested on")
+    metrics.add_argument("--cas-classifier-scale", type=float, default=10.0, help="classifier scale of the guided CAS, with a classifier head for the label column (0: none)")
     parser.add_argument("--out", type=Path, default=Path("docs/evaluation"), help="report folder")
     parser.add_argument("--sampler", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance-scale", type=float, default=None)
-    parser.add_argument("--num-prompts", type=int, default=54, help="canonical prompts per pair group")
+    parser.add_argument("--num-prompts", type=int, default=54, help="canonical prompts per pair group (generic: rows per split whose captions are prompted)")
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--guidance-scales", type=float, nargs="*", default=[], help="also score these CFG scales")
     parser.add_argument("--classifier-attribute", default="shape")
@@ -433,7 +528,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
+        generic = args.dataset_name is not None or args.train_data_dir is not None
+        if generic and args.dataset not in (None, "generic"):
+            raise ValueError(f"--dataset-name and --train-data-dir select the generic evaluation; drop --dataset {args.dataset}")
         pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device=args.device)
+        dataset = "generic" if generic else args.dataset or dataset_of(pipe)
+        if dataset == "generic":
+            return generic_main(pipe, args)
+        if dataset == "emoji":
+            return emoji_main(pipe, args)
         if pipe.unet.config.image_size != 32:
             raise ValueError(f"gd-eval judges 32x32 Shapes32 samples; this model makes {pipe.unet.config.image_size}x{pipe.unet.config.image_size}")
         defaults = pipe.sampling_config
@@ -460,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             samplers=args.samplers,
             sampler_steps=args.sampler_steps,
         )
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
+    except (ValueError, FileNotFoundError, CheckpointError, FetchError) as err:
         print(f"gd-eval: error: {err}", file=sys.stderr)
         return 2
     print(render_markdown(report, args.classifier_attribute))

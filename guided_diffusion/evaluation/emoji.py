@@ -1,0 +1,200 @@
+"""Evaluation of an emoji model (``gd-eval --dataset emoji``): retrieval of the asked emoji on seen and
+held-out (emoji, style) pairs, the style of held-out pairs, a classifier-guidance sweep, bits/dim.
+
+Which pairs the model saw comes from its folder's ``training_data.json`` (``train_pairs`` and
+``held_out_pairs``, each ``[name, style, image_file]``); the real images come from the emoji packages
+(``gd-data fetch emoji``). Generated images are read back by
+:class:`~guided_diffusion.datasets.emoji_judge.EmojiJudge`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..datasets.emoji import canonical_caption, make_emoji
+from ..datasets.emoji_judge import EmojiJudge, dataset_tensor
+from ..images import captioned_grid
+from ..pipeline import GuidedDiffusionPipeline
+from ..serialization import TRAINING_DATA_NAME
+from .diversity import normalized_entropy
+from .likelihood import bits_per_dim
+from .sampling import EvalSampling, generate
+
+def read_training_pairs(folder: Path) -> dict[str, list[list[str]]]:
+    """The ``train_pairs`` and ``held_out_pairs`` of the model in ``folder``."""
+    path = folder / TRAINING_DATA_NAME
+    if not path.is_file():
+        raise ValueError(
+            f"{folder} has no {TRAINING_DATA_NAME}; an emoji evaluation needs the pairs the model was trained on "
+            "(train.diffusion writes it for dataset_name: emoji)"
+        )
+    pairs = json.loads(path.read_text())
+    missing = [key for key in ("train_pairs", "held_out_pairs") if key not in pairs]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}")
+    return pairs
+
+
+def retrieval_rates(judge: EmojiJudge, images: torch.Tensor, pairs: Sequence[Sequence[str]], per_prompt: int) -> dict[str, Any]:
+    """Top-1 / top-5 retrieval and style of ``images`` (``per_prompt`` consecutive images per pair)."""
+    names = [p[0] for p in pairs for _ in range(per_prompt)]
+    styles = [p[1] for p in pairs for _ in range(per_prompt)]
+    verdicts = judge.judge(images, names, styles)
+    hits = verdicts.top1
+    return {
+        "images": len(names),
+        "top1": float(hits.double().mean()),
+        "top5": float(verdicts.top5.double().mean()),
+        "style_right_of_top1": float(verdicts.style_right[hits].double().mean()) if hits.any() else float("nan"),
+        "style_right": float(verdicts.style_right.double().mean()),
+    }
+
+
+def style_guidance_sweep(
+    pipe: GuidedDiffusionPipeline,
+    judge: EmojiJudge,
+    *,
+    scales: Sequence[float],
+    images_per_target: int,
+    max_t: int | None,
+    sampling: EvalSampling,
+    attribute: str = "style",
+) -> list[dict[str, Any]]:
+    """With the empty prompt, guide towards each class of ``attribute`` (a classifier head: ``style``)
+    at each scale; the judge's nearest real image says the style and the category. Rows: scale, hit
+    rate, normalised category entropy (mean over targets)."""
+    classes = pipe.classifier.labels[attribute]
+    categories = sorted(set(judge.categories))
+    rows = []
+    for scale in scales:
+        hits, entropies = [], []
+        for target in classes:
+            images = generate(
+                pipe, [""] * images_per_target, sampling, description=f"{attribute}={target} scale {scale:g}",
+                classifier_scale=scale, classifier_labels={attribute: target}, classifier_max_t=max_t,
+            )
+            _, judged_styles, judged_categories = zip(*judge.read(images))
+            judged = judged_styles if attribute == "style" else judged_categories
+            hits.append(np.mean([j == target for j in judged]))
+            entropies.append(normalized_entropy(judged_categories, categories))
+        rows.append({"scale": scale, "hit_rate": float(np.mean(hits)), "category_entropy": float(np.mean(entropies))})
+    return rows
+
+
+def data_category_entropy(judge: EmojiJudge, attribute_values: Sequence[str]) -> float:
+    """The category entropy of the real images of each style, averaged over the styles."""
+    categories = sorted(set(judge.categories))
+    return float(np.mean([
+        normalized_entropy([c for c, s in zip(judge.categories, judge.styles) if s == style], categories)
+        for style in attribute_values
+    ]))
+
+
+def evaluate_emoji(
+    pipe: GuidedDiffusionPipeline,
+    out: Path,
+    *,
+    model_name: str,
+    sampling: EvalSampling,
+    num_seen: int,
+    num_held_out: int | None,
+    images_per_prompt: int,
+    classifier_scales: Sequence[float],
+    images_per_target: int,
+    classifier_max_t: int | None,
+    bpd_images: int,
+    emoji_root: str | None = None,
+) -> dict[str, Any]:
+    """Run the emoji evaluation of ``pipe`` and write ``report.md``, ``report.json`` and
+    ``samples.png`` into ``out``; returns the report."""
+    started = time.perf_counter()
+    if pipe.folder is None:
+        raise ValueError("evaluate a saved pipeline: its folder holds training_data.json")
+    pairs = read_training_pairs(pipe.folder)
+    resolution = pipe.unet.config.image_size
+    every = make_emoji("all", root=emoji_root, resolution=resolution)
+    judge = EmojiJudge(every)
+    rng = np.random.default_rng(sampling.seed)
+    seen = [pairs["train_pairs"][i] for i in sorted(rng.permutation(len(pairs["train_pairs"]))[:num_seen])]
+    held = pairs["held_out_pairs"][:num_held_out] if num_held_out is not None else pairs["held_out_pairs"]
+    report: dict[str, Any] = {"model": model_name, "sampling": sampling.to_dict(), "images_per_prompt": images_per_prompt}
+    grids = []
+    for group, group_pairs in (("seen", seen), ("held_out", held)):
+        prompts = [canonical_caption(name, style) for name, style, _ in group_pairs for _ in range(images_per_prompt)]
+        images = generate(pipe, prompts, sampling, description=f"{group} pairs")
+        report[group] = {"prompts": len(group_pairs), **retrieval_rates(judge, images, group_pairs, images_per_prompt)}
+        grids.append((images[: 8 * images_per_prompt : images_per_prompt], prompts[: 8 * images_per_prompt : images_per_prompt]))
+    if pipe.classifier is not None and "style" in pipe.classifier.labels and classifier_scales:
+        report["style_guidance"] = {
+            "max_t": classifier_max_t,
+            "images_per_target": images_per_target,
+            "data_category_entropy": data_category_entropy(judge, pipe.classifier.labels["style"]),
+            "rows": style_guidance_sweep(
+                pipe, judge, scales=classifier_scales, images_per_target=images_per_target,
+                max_t=classifier_max_t, sampling=sampling,
+            ),
+        }
+    if bpd_images and pairs["held_out_pairs"]:
+        chosen = pairs["held_out_pairs"][:bpd_images]
+        rows = every.select([judge.index[(name, style)] for name, style, _ in chosen])
+        captions = [canonical_caption(name, style) for name, style, _ in chosen]
+        report["bits_per_dim"] = bits_per_dim(pipe, dataset_tensor(rows), captions, batch_size=sampling.batch_size, seed=sampling.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    images = torch.cat([g[0] for g in grids])
+    captions = [c for g in grids for c in g[1]]
+    pictures = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    captioned_grid([Image.fromarray(p) for p in pictures], captions, columns=8).save(out / "samples.png")
+    report["seconds"] = time.perf_counter() - started
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(render_emoji_report(report))
+    return report
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{value:.1%}"
+
+
+def render_emoji_report(report: dict[str, Any]) -> str:
+    """The markdown of an :func:`evaluate_emoji` report."""
+    s = report["sampling"]
+    lines = [
+        f"# Emoji evaluation of `{report['model']}`",
+        "",
+        f"Sampler {s['sampler']}, {s['steps']} steps, classifier-free guidance {s['guidance_scale']}, seed {s['seed']}; "
+        f"{report['images_per_prompt']} images per canonical prompt (\"<name>, <style> style\"). Judge: the nearest real "
+        "emoji image (both styles, held-out pairs included) in 16x16 area-averaged pixels.",
+        "",
+        "| pairs | prompts | images | top-1 own emoji | top-5 own emoji | asked style, of top-1 hits |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for group, label in (("seen", "seen (trained on)"), ("held_out", "held out")):
+        r = report[group]
+        lines.append(
+            f"| {label} | {r['prompts']} | {r['images']} | {_pct(r['top1'])} | {_pct(r['top5'])} | {_pct(r['style_right_of_top1'])} |"
+        )
+    if "style_guidance" in report:
+        g = report["style_guidance"]
+        limit = "every step" if g["max_t"] is None else f"t <= {g['max_t']} only"
+        lines += [
+            "",
+            f"## Classifier guidance on style (empty prompt, {g['images_per_target']} images per style, guided at {limit})",
+            "",
+            "| scale | " + " | ".join(f"{row['scale']:g}" for row in g["rows"]) + " | training data |",
+            "|---|" + "---:|" * (len(g["rows"]) + 1),
+            "| style hit rate | " + " | ".join(_pct(row["hit_rate"]) for row in g["rows"]) + " | 100% |",
+            "| category entropy | " + " | ".join(f"{row['category_entropy']:.2f}" for row in g["rows"])
+            + f" | {g['data_category_entropy']:.2f} |",
+        ]
+    if "bits_per_dim" in report:
+        b = report["bits_per_dim"]
+        lines += ["", f"Bits/dim on {b['n']} held-out pairs: {b['mean']:.3f} (std {b['std']:.3f})."]
+    lines += ["", "![samples](samples.png)", "", f"Took {report['seconds'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"

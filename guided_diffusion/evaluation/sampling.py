@@ -1,0 +1,53 @@
+"""Drawing an evaluation's images: many prompts, in batches, reproducibly, with a progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..pipeline import GuidedDiffusionPipeline
+
+
+@dataclass
+class EvalSampling:
+    """How an evaluation draws images: the sampler, its steps, the classifier-free guidance scale,
+    prompts per batch and the seed (batch ``b`` uses ``seed + b``)."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    guidance_scale: float = 3.0
+    batch_size: int = 64
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def generate(
+    pipe: GuidedDiffusionPipeline,
+    prompts: Sequence[str],
+    sampling: EvalSampling,
+    *,
+    description: str = "sampling",
+    **guidance: Any,
+) -> torch.Tensor:
+    """One image per prompt, ``[N, 3, H, W]`` in [-1, 1] (on the CPU), in prompt order; ``guidance``
+    goes to the pipeline call (``classifier_scale``, ``classifier_labels``, ``classifier_max_t``)."""
+    chunks = []
+    starts = range(0, len(prompts), sampling.batch_size)
+    for b, start in enumerate(tqdm(starts, desc=description, unit="batch", leave=False)):
+        images = pipe(
+            list(prompts[start : start + sampling.batch_size]),
+            sampler=sampling.sampler,
+            steps=sampling.steps,
+            guidance_scale=sampling.guidance_scale,
+            seed=sampling.seed + b,
+            output_type="pt",
+            **guidance,
+        )
+        chunks.append(images * 2 - 1)
+    return torch.cat(chunks)

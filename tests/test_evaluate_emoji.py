@@ -1,0 +1,90 @@
+"""The emoji evaluation: the judge against real images, and gd-eval end to end on a tiny model and a
+tiny fake emoji package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from guided_diffusion import GuidedDiffusionPipeline
+from guided_diffusion.datasets.emoji import make_emoji, training_pairs
+from guided_diffusion.datasets.emoji_judge import EmojiJudge, dataset_tensor
+from guided_diffusion.evaluate import main
+from guided_diffusion.models.classifier import ClassifierConfig, NoiseAwareClassifier
+from guided_diffusion.serialization import TRAINING_DATA_NAME, save_json
+
+from .conftest import TINY_CONFIG
+from .fake_emoji import write_fake_emoji
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory) -> Path:
+    return write_fake_emoji(tmp_path_factory.mktemp("emoji"))
+
+
+def test_the_judge_recognises_real_images_and_their_styles(fake_root: Path) -> None:
+    every = make_emoji("all", root=fake_root, resolution=16)
+    judge = EmojiJudge(every)
+    images = dataset_tensor(every)
+    styles = [every.features["style"].int2str(s) for s in every["style"]]
+    verdicts = judge.judge(images, every["name"], styles)
+    assert verdicts.top1.all() and verdicts.top5.all() and verdicts.style_right.all()
+    assert verdicts.nearest_style == styles and verdicts.nearest_name == every["name"]
+    assert judge.read(images[:2]) == [(every["name"][i], styles[i], judge.category_of(every["name"][i])) for i in range(2)]
+    flipped = judge.judge(images, every["name"], ["twitter" if s == "google" else "google" for s in styles])
+    assert flipped.top1.all() and not flipped.style_right.any()
+    shifted = judge.judge(images, every["name"][1:] + every["name"][:1], styles)
+    assert not shifted.top1.any()
+    with pytest.raises(ValueError, match="no picture of 'unicorn face' in style 'google'"):
+        judge.judge(images[:1], ["unicorn face"], ["google"])
+
+
+@pytest.fixture(scope="module")
+def tiny_emoji_model(fake_root: Path, tmp_path_factory) -> Path:
+    """A tiny untrained 16x16 pipeline over 40 timesteps with a style/category classifier and the fake
+    data's training pairs."""
+    torch.manual_seed(0)
+    config = GuidedDiffusionPipeline.from_config(TINY_CONFIG).config
+    config["diffusion"]["num_timesteps"] = 40
+    pipe = GuidedDiffusionPipeline.from_config(config)
+    every = make_emoji("all", root=fake_root)
+    labels = {"style": every.features["style"].names, "category": every.features["category"].names}
+    pipe.classifier = NoiseAwareClassifier(
+        ClassifierConfig(image_size=16, labels=labels, base_channels=16, channel_mult=(1, 2), attention_resolutions=(), num_heads=2)
+    ).eval()
+    directory = tmp_path_factory.mktemp("eval") / "tiny_emoji"
+    pipe.save_pretrained(directory)
+    save_json(directory / TRAINING_DATA_NAME, training_pairs(root=fake_root, held_out_fraction=0.25))
+    return directory
+
+
+def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Path, fake_root: Path, tmp_path: Path, capsys) -> None:
+    status = main([
+        "--model", str(tiny_emoji_model), "--out", str(tmp_path), "--emoji-root", str(fake_root), "--device", "cpu",
+        "--sampler", "ddim", "--steps", "2", "--num-seen", "5", "--images-per-prompt", "2",
+        "--classifier-scales", "0", "5", "--images-per-target", "3", "--classifier-max-t", "20", "--bpd-images", "2",
+    ])
+    assert status == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["seen"]["prompts"] == 5 and report["seen"]["images"] == 10
+    assert report["held_out"]["prompts"] == 4 and report["held_out"]["images"] == 8
+    assert 0.0 <= report["seen"]["top1"] <= report["seen"]["top5"] <= 1.0
+    sweep = report["style_guidance"]
+    assert [row["scale"] for row in sweep["rows"]] == [0, 5] and sweep["max_t"] == 20
+    assert all(0.0 <= row["hit_rate"] <= 1.0 for row in sweep["rows"])
+    assert report["bits_per_dim"]["n"] == 2 and report["bits_per_dim"]["mean"] > 0
+    text = (tmp_path / "report.md").read_text()
+    assert "| held out | 4 | 8 |" in text and "guided at t <= 20 only" in text and "Bits/dim on 2 held-out pairs" in text
+    assert (tmp_path / "samples.png").is_file()
+    assert "# Emoji evaluation" in capsys.readouterr().out
+
+
+def test_gd_eval_needs_the_training_pairs_and_the_data(tiny_emoji_model: Path, tiny_pipeline_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(["--model", str(tiny_pipeline_dir), "--dataset", "emoji", "--out", str(tmp_path), "--device", "cpu"]) == 2
+    assert "has no training_data.json" in capsys.readouterr().err
+    missing = tmp_path / "nothing"
+    assert main(["--model", str(tiny_emoji_model), "--out", str(tmp_path), "--emoji-root", str(missing), "--device", "cpu"]) == 2
+    assert "gd-data fetch emoji" in capsys.readouterr().err
