@@ -100,3 +100,22 @@ def load_component_weights(directory: str | os.PathLike, module: torch.nn.Module
             )
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return module
+
+
+def store_half_precision(directory: str | os.PathLike) -> list[Path]:
+    """Rewrite every ``model.safetensors`` under the pipeline folder ``directory`` with its floating
+    tensors in float16 (halving a shipped model's size); loading casts them back to each module's
+    dtype. Folders of a ``transformers`` text encoder (``text_encoder.json``) are left alone, since
+    ``transformers`` reads its own weights. Returns the files rewritten."""
+    rewritten = []
+    for path in sorted(Path(directory).rglob(WEIGHTS_NAME)):
+        if (path.parent / "text_encoder.json").is_file():
+            continue
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"corrupt weights file {path}: {err}") from None
+        half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        _replace_atomically(path, lambda tmp: save_file(half, str(tmp), metadata={"format": "pt"}))
+        rewritten.append(path)
+    return rewritten

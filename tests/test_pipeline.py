@@ -151,3 +151,21 @@ def test_training_mode_is_restored_after_sampling(pipe):
     pipe("a circle", steps=2, seed=0)
     assert pipe.unet.training
     pipe.unet.eval()
+
+
+def test_half_precision_storage_halves_the_files_and_loads_the_rounded_weights(tiny_pipeline_dir, tmp_path):
+    import shutil
+
+    from guided_diffusion.serialization import store_half_precision
+
+    folder = tmp_path / "half"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    before = {p.relative_to(folder): p.stat().st_size for p in folder.rglob("model.safetensors")}
+    rewritten = store_half_precision(folder)
+    assert sorted(p.relative_to(folder) for p in rewritten) == sorted(before)
+    for path in rewritten:
+        assert path.stat().st_size < 0.55 * before[path.relative_to(folder)]
+    original = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    half = GuidedDiffusionPipeline.from_pretrained(folder)
+    for (name, a), b in zip(original.unet.state_dict().items(), half.unet.state_dict().values()):
+        assert b.dtype == torch.float32 and torch.equal(b, a.half().float()), name
