@@ -65,25 +65,11 @@ CLASSES = {"shape": SHAPES, "color": COLORS, "size": SIZES, "position": POSITION
 
 
 @dataclass
-class Sampling:
-    """How images are drawn for an evaluation."""
-
-    sampler: str = "ddim"
-    steps: int = 50
-    guidance_scale: float = 3.0
-    batch_size: int = 64
-    seed: int = 0
-
-    def kwargs(self) -> dict[str, Any]:
-        return {"sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale}
-
-
-@dataclass
 class Report:
     """Everything the markdown report shows."""
 
     model: str
-    sampling: Sampling
+    sampling: EvalSampling
     adherence: dict[str, dict[str, float]] = field(default_factory=dict)
     guidance_scales: list[dict[str, Any]] = field(default_factory=list)
     classifier: list[dict[str, Any]] = field(default_factory=list)
@@ -106,7 +92,7 @@ def canonical_targets(num_prompts: int, *, heldout: bool, seed: int = 0) -> list
     ]
 
 
-def generate(pipe: GuidedDiffusionPipeline, prompts: Sequence[str], sampling: Sampling, **extra: Any) -> np.ndarray:
+def generate(pipe: GuidedDiffusionPipeline, prompts: Sequence[str], sampling: EvalSampling, **extra: Any) -> np.ndarray:
     """Images for ``prompts`` (one each) as uint8 [N, H, W, 3], in batches, seeded per batch."""
     chunks = []
     for i, start in enumerate(range(0, len(prompts), sampling.batch_size)):
@@ -125,7 +111,7 @@ def attribute_accuracy(targets: Sequence[dict[str, str]], found: Sequence[dict[s
 
 
 def prompt_adherence(
-    pipe: GuidedDiffusionPipeline, *, heldout: bool, num_prompts: int, images_per_prompt: int, sampling: Sampling
+    pipe: GuidedDiffusionPipeline, *, heldout: bool, num_prompts: int, images_per_prompt: int, sampling: EvalSampling
 ) -> tuple[dict[str, float], np.ndarray, list[str]]:
     """Accuracy of canonical prompts (see :func:`attribute_accuracy`), the images and their prompts."""
     targets = [t for t in canonical_targets(num_prompts, heldout=heldout, seed=sampling.seed) for _ in range(images_per_prompt)]
@@ -140,7 +126,7 @@ def classifier_guidance_sweep(
     attribute: str,
     scales: Sequence[float],
     images_per_target: int,
-    sampling: Sampling,
+    sampling: EvalSampling,
     prompt: str = "",
     max_t: int | None = None,
 ) -> list[dict[str, Any]]:
@@ -204,7 +190,7 @@ def sampler_table(
     steps: Sequence[int],
     num_prompts: int,
     images_per_prompt: int,
-    sampling: Sampling,
+    sampling: EvalSampling,
 ) -> list[dict[str, Any]]:
     """All-four accuracy on seen-pair canonical prompts for each sampler and number of steps."""
     rows = []
@@ -216,7 +202,7 @@ def sampler_table(
                 heldout=False,
                 num_prompts=num_prompts,
                 images_per_prompt=images_per_prompt,
-                sampling=Sampling(name, n, sampling.guidance_scale, sampling.batch_size, sampling.seed),
+                sampling=EvalSampling(name, n, sampling.guidance_scale, sampling.batch_size, sampling.seed),
             )
             rows.append({"sampler": name, "steps": n, **scores, "seconds": time.perf_counter() - started})
     return rows
@@ -345,7 +331,7 @@ def evaluate(
     out_dir: str | Path,
     *,
     model_name: str,
-    sampling: Sampling,
+    sampling: EvalSampling,
     num_prompts: int = 54,
     images_per_prompt: int = 4,
     guidance_scales: Sequence[float] = (),
@@ -376,7 +362,7 @@ def evaluate(
             heldout=False,
             num_prompts=num_prompts,
             images_per_prompt=images_per_prompt,
-            sampling=Sampling(sampling.sampler, sampling.steps, float(scale), sampling.batch_size, sampling.seed),
+            sampling=EvalSampling(sampling.sampler, sampling.steps, float(scale), sampling.batch_size, sampling.seed),
         )
         report.guidance_scales.append({"guidance_scale": float(scale), **scores})
     if pipe.classifier is not None and classifier_scales:
@@ -540,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if pipe.unet.config.image_size != 32:
             raise ValueError(f"gd-eval judges 32x32 Shapes32 samples; this model makes {pipe.unet.config.image_size}x{pipe.unet.config.image_size}")
         defaults = pipe.sampling_config
-        sampling = Sampling(
+        sampling = EvalSampling(
             args.sampler or defaults["sampler"],
             args.steps or int(defaults["steps"]),
             defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
+import torch
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 
@@ -23,6 +25,12 @@ def flatten_alpha(image: Image.Image, background: str = "white") -> Image.Image:
         canvas = Image.new("RGBA", rgba.size, fill + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def to_pil(x: torch.Tensor) -> list[Image.Image]:
+    """Images ``[N, 3, H, W]`` in [-1, 1] (any device or float dtype) as N RGB PIL images."""
+    array = ((x.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return [Image.fromarray(np.ascontiguousarray(a.permute(1, 2, 0).numpy())) for a in array]
 
 
 def captioned_grid(images: list[Image.Image], captions: list[str], *, columns: int = 8, cell: int = 128) -> Image.Image:

@@ -9,8 +9,8 @@ import torch
 
 from guided_diffusion import GuidedDiffusionPipeline
 from guided_diffusion.datasets.shapes import FEATURES, HELDOUT_PAIRS, describe_batch, make_shapes32
+from guided_diffusion.evaluation.sampling import EvalSampling
 from guided_diffusion.evaluate import (
-    Sampling,
     attribute_accuracy,
     canonical_targets,
     evaluate,
@@ -77,7 +77,7 @@ def tiny32(tmp_path_factory):
 def test_evaluate_writes_a_complete_report(tiny32, tmp_path):
     pipe = GuidedDiffusionPipeline.from_pretrained(tiny32)
     report = evaluate(
-        pipe, tmp_path, model_name="tiny32", sampling=Sampling("ddim", 2, 3.0, 16, 0), num_prompts=3, images_per_prompt=2,
+        pipe, tmp_path, model_name="tiny32", sampling=EvalSampling("ddim", 2, 3.0, 16, 0), num_prompts=3, images_per_prompt=2,
         guidance_scales=(1.0,), classifier_scales=(0, 10), images_per_target=2, bpd_images=2,
         samplers=("ddim", "dpm++"), sampler_steps=(1, 2),
     )
@@ -91,7 +91,7 @@ def test_evaluate_writes_a_complete_report(tiny32, tmp_path):
     assert "| seen | 6 |" in text and "## Classifier guidance on `shape`" in text and "Bits/dim on 2" in text
     assert all(r["images"] == 2 for r in report.classifier) and "| training data | 100.0% |" in text
     late = evaluate(
-        pipe, tmp_path / "late", model_name="tiny32", sampling=Sampling("ddim", 2, 3.0, 16, 0), num_prompts=1, images_per_prompt=1,
+        pipe, tmp_path / "late", model_name="tiny32", sampling=EvalSampling("ddim", 2, 3.0, 16, 0), num_prompts=1, images_per_prompt=1,
         classifier_scales=(10,), images_per_target=2, classifier_max_t=20, bpd_images=0,
     )
     assert "with the empty prompt, at t <= 20 only" in (tmp_path / "late" / "report.md").read_text()

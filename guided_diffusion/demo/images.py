@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
+
+from ..images import to_pil
 
 DISPLAY_SIZE = 256
 
@@ -24,12 +25,6 @@ def enlargement(size: int, target: int = DISPLAY_SIZE) -> int:
 def enlarge(image: Image.Image, factor: int) -> Image.Image:
     """``image`` enlarged ``factor`` times with nearest-neighbour resampling (no blur)."""
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
-
-
-def to_pil(x: torch.Tensor) -> list[Image.Image]:
-    """Images ``[N, 3, H, W]`` in [-1, 1] (any device or float dtype) as N RGB PIL images."""
-    array = ((x.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return [Image.fromarray(np.ascontiguousarray(a.permute(1, 2, 0).numpy())) for a in array]
 
 
 def tensor_grid(x: torch.Tensor, nrow: int | None = None, target: int = DISPLAY_SIZE) -> Image.Image:

@@ -37,7 +37,8 @@ from .generation import (
     check_request,
     sample_with_previews,
 )
-from .images import enlarge, enlargement, tensor_grid, to_pil
+from ..images import to_pil
+from .images import enlarge, enlargement, tensor_grid
 from .model_card import model_card
 from .models import DemoModels
 

@@ -17,15 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..datasets.emoji import canonical_caption, make_emoji
 from ..datasets.emoji_judge import EmojiJudge, dataset_tensor
-from ..images import captioned_grid
 from ..pipeline import GuidedDiffusionPipeline
 from ..serialization import TRAINING_DATA_NAME
 from .diversity import normalized_entropy
 from .likelihood import bits_per_dim
+from .report import percent, save_samples, write_report
 from .sampling import EvalSampling, generate
 
 def read_training_pairs(folder: Path) -> dict[str, list[list[str]]]:
@@ -148,18 +147,10 @@ def evaluate_emoji(
         captions = [canonical_caption(name, style) for name, style, _ in chosen]
         report["bits_per_dim"] = bits_per_dim(pipe, dataset_tensor(rows), captions, batch_size=sampling.batch_size, seed=sampling.seed)
     out.mkdir(parents=True, exist_ok=True)
-    images = torch.cat([g[0] for g in grids])
-    captions = [c for g in grids for c in g[1]]
-    pictures = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    captioned_grid([Image.fromarray(p) for p in pictures], captions, columns=8).save(out / "samples.png")
+    save_samples(torch.cat([g[0] for g in grids]), [c for g in grids for c in g[1]], out / "samples.png")
     report["seconds"] = time.perf_counter() - started
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(render_emoji_report(report))
+    write_report(out, report, render_emoji_report)
     return report
-
-
-def _pct(value: float) -> str:
-    return "n/a" if value != value else f"{value:.1%}"
 
 
 def render_emoji_report(report: dict[str, Any]) -> str:
@@ -178,7 +169,7 @@ def render_emoji_report(report: dict[str, Any]) -> str:
     for group, label in (("seen", "seen (trained on)"), ("held_out", "held out")):
         r = report[group]
         lines.append(
-            f"| {label} | {r['prompts']} | {r['images']} | {_pct(r['top1'])} | {_pct(r['top5'])} | {_pct(r['style_right_of_top1'])} |"
+            f"| {label} | {r['prompts']} | {r['images']} | {percent(r['top1'])} | {percent(r['top5'])} | {percent(r['style_right_of_top1'])} |"
         )
     if "style_guidance" in report:
         g = report["style_guidance"]
@@ -189,7 +180,7 @@ def render_emoji_report(report: dict[str, Any]) -> str:
             "",
             "| scale | " + " | ".join(f"{row['scale']:g}" for row in g["rows"]) + " | training data |",
             "|---|" + "---:|" * (len(g["rows"]) + 1),
-            "| style hit rate | " + " | ".join(_pct(row["hit_rate"]) for row in g["rows"]) + " | 100% |",
+            "| style hit rate | " + " | ".join(percent(row["hit_rate"]) for row in g["rows"]) + " | 100% |",
             "| category entropy | " + " | ".join(f"{row['category_entropy']:.2f}" for row in g["rows"])
             + f" | {g['data_category_entropy']:.2f} |",
         ]

@@ -32,7 +32,6 @@ gives the same report on the same device.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import zlib
 from collections import Counter
@@ -44,14 +43,13 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data import DataConfig, DataError, SampleReader, check_columns, label_classes, load_source, sample_rng
-from ..images import captioned_grid
 from ..pipeline import GuidedDiffusionPipeline
 from .cas import CAS_CLASSIFIER, CASScore, classification_accuracy_score
 from .likelihood import bits_per_dim
+from .report import percent, save_samples, write_report
 from .retrieval import nearest, pixel_features, retrieval_fidelity
 from .sampling import EvalSampling, generate
 
@@ -525,22 +523,16 @@ def evaluate_generic(
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples.png").unlink(missing_ok=True)
     if shown:
-        pictures = torch.stack([image for image, _ in shown])
-        pixels = ((pictures + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        captioned_grid([Image.fromarray(p) for p in pixels], [caption for _, caption in shown], columns=8).save(out / "samples.png")
+        save_samples(torch.stack([image for image, _ in shown]), [caption for _, caption in shown], out / "samples.png")
     report["samples"] = len(shown)  # images in samples.png
     report["seconds"] = time.perf_counter() - started
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(render_generic_report(report))
+    write_report(out, report, render_generic_report)
     return report
 
 
 # ----------------------------------------------------------------------------------------------
 # The report
 
-
-def _pct(value: float) -> str:
-    return "n/a" if value != value else f"{value:.1%}"
 
 
 def _num(value: float) -> str:
@@ -586,9 +578,9 @@ def render_generic_report(report: dict[str, Any]) -> str:
             if group in report["retrieval"]:
                 r = report["retrieval"][group]
                 lines.append(
-                    f"| {label} `{r['split']}` | {r['prompts']} | {r['images']} | {r['gallery']} | {_pct(r['top1'])} | "
-                    f"{_pct(r['top5'])} | {_pct(r['top1_chance'])} |"
-                    + (f" {_pct(r['label_top1'])} | {_pct(r['label_top1_chance'])} |" if with_labels else "")
+                    f"| {label} `{r['split']}` | {r['prompts']} | {r['images']} | {r['gallery']} | {percent(r['top1'])} | "
+                    f"{percent(r['top5'])} | {percent(r['top1_chance'])} |"
+                    + (f" {percent(r['label_top1'])} | {percent(r['label_top1_chance'])} |" if with_labels else "")
                 )
     if "cas" in report:
         c = report["cas"]
@@ -601,25 +593,25 @@ def render_generic_report(report: dict[str, Any]) -> str:
                 f"A classifier trained only on {c['images_per_class']} generated images per class (each prompted with the "
                 f"caption of a random training row of the class; {c['train_images']} in all), for {c['epochs']} epochs, "
                 f"tested on {c['test_images']} real images of split `{c['test_split']}` (Ravuri & Vinyals 2019). The "
-                f"reference: the same classifier trained on those real training rows. Chance: {_pct(c['chance'])}. "
+                f"reference: the same classifier trained on those real training rows. Chance: {percent(c['chance'])}. "
                 f"Classifier: {c['classifier']}.",
                 "",
                 "| trained on | accuracy | gap to real (points) |",
                 "|---|---:|---:|",
-                f"| real training images | {_pct(c['real'])} | |",
-                f"| generated images | {_pct(c['generated'])} | {c['gap']:.1f} |",
+                f"| real training images | {percent(c['real'])} | |",
+                f"| generated images | {percent(c['generated'])} | {c['gap']:.1f} |",
             ]
             if "accuracy" in guided:
                 limit = "" if guided["max_t"] is None else f", t <= {guided['max_t']}"
                 lines.append(
-                    f"| generated, classifier guidance x{guided['scale']:g}{limit} | {_pct(guided['accuracy'])} | {guided['gap']:.1f} |"
+                    f"| generated, classifier guidance x{guided['scale']:g}{limit} | {percent(guided['accuracy'])} | {guided['gap']:.1f} |"
                 )
             elif "skipped" in guided:
                 lines += ["", f"No classifier-guided CAS: {guided['skipped']}."]
             if len(c["per_class"]) <= 20:
                 columns = ["real", "generated"] + (["guided"] if "accuracy" in guided else [])
                 lines += ["", "Recall per class:", "", "| class | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-                lines += [f"| {name} | " + " | ".join(_pct(v[k]) for k in columns) + " |" for name, v in c["per_class"].items()]
+                lines += [f"| {name} | " + " | ".join(percent(v[k]) for k in columns) + " |" for name, v in c["per_class"].items()]
     if "classifier_guidance" in report:
         g = report["classifier_guidance"]
         lines += ["", f"## Classifier guidance on `{d['label_column']}` with the empty prompt", ""]
@@ -629,14 +621,14 @@ def render_generic_report(report: dict[str, Any]) -> str:
             limit = "every step" if g["max_t"] is None else f"t <= {g['max_t']} only"
             lines += [
                 f"{g['images_per_target']} images per class, guided at {limit}. Hit rate: the share whose nearest real "
-                f"training image has the target label (chance {_pct(g['chance'])}). Diversity: the mean pairwise distance "
+                f"training image has the target label (chance {percent(g['chance'])}). Diversity: the mean pairwise distance "
                 f"between a class's images in {FEATURE_SIZE}x{FEATURE_SIZE} pixels, averaged over the classes; the last row "
                 "holds as many real training images of each class.",
                 "",
                 "| classifier scale | hit rate | pairwise distance |",
                 "|---:|---:|---:|",
             ]
-            lines += [f"| {row['scale']:g} | {_pct(row['hit_rate'])} | {_num(row['pairwise_distance'])} |" for row in g["rows"]]
+            lines += [f"| {row['scale']:g} | {percent(row['hit_rate'])} | {_num(row['pairwise_distance'])} |" for row in g["rows"]]
             lines.append(f"| real training images | | {_num(g['real_pairwise_distance'])} |")
     if report["samples"]:
         lines += ["", "![samples](samples.png)"]

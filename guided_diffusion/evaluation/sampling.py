@@ -26,6 +26,10 @@ class EvalSampling:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def kwargs(self) -> dict[str, Any]:
+        """The pipeline-call arguments: ``sampler``, ``steps``, ``guidance_scale``."""
+        return {"sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale}
+
 
 def generate(
     pipe: GuidedDiffusionPipeline,
@@ -42,9 +46,7 @@ def generate(
     for b, start in enumerate(tqdm(starts, desc=description, unit="batch", leave=False)):
         images = pipe(
             list(prompts[start : start + sampling.batch_size]),
-            sampler=sampling.sampler,
-            steps=sampling.steps,
-            guidance_scale=sampling.guidance_scale,
+            **sampling.kwargs(),
             seed=sampling.seed + b,
             output_type="pt",
             **guidance,

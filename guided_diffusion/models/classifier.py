@@ -18,14 +18,12 @@ from .layers import ConditionedSequential, Downsample, ResBlock, SelfAttention, 
 
 
 @dataclass
-class ClassifierConfig(ModelConfig):
-    """Architecture and labels of :class:`NoiseAwareClassifier`.
-
-    ``labels`` maps each attribute to its class names, in the order of the head's logits.
-    """
+class NoisyEncoderConfig(ModelConfig):
+    """Architecture of a :class:`NoisyImageEncoder` (the trunk of the classifier and of the CLIP's
+    image tower): widths ``channel_mult[i] * base_channels``, ``num_res_blocks`` per level,
+    self-attention at the feature-map sizes in ``attention_resolutions``."""
 
     image_size: int
-    labels: dict[str, list[str]] = field(default_factory=dict)
     in_channels: int = 3
     base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
@@ -37,16 +35,30 @@ class ClassifierConfig(ModelConfig):
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        name = type(self).__name__
+        if self.image_size % 2 ** (len(self.channel_mult) - 1):
+            raise ValueError(f"{name}.image_size ({self.image_size}) must be divisible by 2 ** (len(channel_mult) - 1)")
+        for mult in self.channel_mult:
+            if (mult * self.base_channels) % self.num_heads:
+                raise ValueError(f"every level width must be divisible by {name}.num_heads ({self.num_heads})")
+
+
+@dataclass
+class ClassifierConfig(NoisyEncoderConfig):
+    """Architecture and labels of :class:`NoiseAwareClassifier`.
+
+    ``labels`` maps each attribute to its class names, in the order of the head's logits.
+    """
+
+    labels: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.labels = {str(k): [str(n) for n in v] for k, v in self.labels.items()}
         if not self.labels or any(len(names) < 2 for names in self.labels.values()):
             raise ValueError("ClassifierConfig.labels must map each attribute to at least two class names")
         if any(len(set(names)) != len(names) for names in self.labels.values()):
             raise ValueError("ClassifierConfig.labels has a repeated class name")
-        if self.image_size % 2 ** (len(self.channel_mult) - 1):
-            raise ValueError(f"ClassifierConfig.image_size ({self.image_size}) must be divisible by 2 ** (len(channel_mult) - 1)")
-        for mult in self.channel_mult:
-            if (mult * self.base_channels) % self.num_heads:
-                raise ValueError(f"every level width must be divisible by ClassifierConfig.num_heads ({self.num_heads})")
 
 
 class AttentionPool(nn.Module):
@@ -73,11 +85,11 @@ class NoisyImageEncoder(nn.Module):
     """The shared trunk of the noise-aware networks: ``features(x_t [B, C, H, W], t [B]) -> [B, width]``.
 
     The UNet's encoder half (timestep embedding, residual blocks, self-attention at
-    ``config.attention_resolutions``, a middle block) followed by attention pooling. ``config`` is any
-    config with the architecture fields of :class:`ClassifierConfig`; ``width`` is the pooled size.
+    ``config.attention_resolutions``, a middle block) followed by attention pooling; ``width`` is the
+    pooled size.
     """
 
-    def __init__(self, config: ClassifierConfig) -> None:
+    def __init__(self, config: NoisyEncoderConfig) -> None:
         super().__init__()
         base = config.base_channels
         self.base_channels = base

@@ -20,36 +20,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..text import TextEncoder, build_text_encoder
-from .classifier import NoisyImageEncoder
-from .config import ModelConfig, PretrainedModel
+from .classifier import NoisyEncoderConfig, NoisyImageEncoder
+from .config import PretrainedModel
 
 
 @dataclass
-class CLIPConfig(ModelConfig):
+class CLIPConfig(NoisyEncoderConfig):
     """Architecture of :class:`NoiseAwareCLIP`: the image tower's fields are those of
-    :class:`~guided_diffusion.models.classifier.ClassifierConfig`; ``text_encoder`` is a text encoder
-    config (see :mod:`guided_diffusion.text`), built trainable."""
+    :class:`~guided_diffusion.models.classifier.NoisyEncoderConfig`; ``text_encoder`` is a text encoder
+    config (see :mod:`guided_diffusion.text`), built trainable; both towers project to ``embed_dim``."""
 
-    image_size: int
     text_encoder: dict[str, Any] = field(default_factory=dict)
     embed_dim: int = 128
-    in_channels: int = 3
-    base_channels: int = 32
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 1
-    attention_resolutions: tuple[int, ...] = (8,)
-    num_heads: int = 4
-    dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        self.channel_mult = tuple(int(m) for m in self.channel_mult)
-        self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        super().__post_init__()
         if not self.text_encoder:
             raise ValueError("CLIPConfig.text_encoder must describe the text tower (backend, width, layers, ...)")
         if self.embed_dim < 1:
             raise ValueError(f"CLIPConfig.embed_dim must be positive, got {self.embed_dim}")
-        if self.image_size % 2 ** (len(self.channel_mult) - 1):
-            raise ValueError(f"CLIPConfig.image_size ({self.image_size}) must be divisible by 2 ** (len(channel_mult) - 1)")
 
 
 class NoiseAwareCLIP(PretrainedModel, nn.Module):
