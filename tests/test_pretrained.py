@@ -38,3 +38,27 @@ def test_shapes32_draws_what_the_prompt_says(sampler):
     images = pipe(prompts, sampler=sampler, steps=20, seed=0, output_type="np")
     keys = ("shape", "color", "size", "position")
     assert [tuple(describe(image)[k] for k in keys) for image in images] == wanted
+
+
+def test_emoji32_ships_with_its_classifier_training_pairs_and_samples():
+    """The shipped real-data model loads offline by name, with its style/category classifier and the
+    pairs it was trained on; it samples reproducibly, with and without classifier guidance."""
+    import json
+
+    assert "emoji32" in shipped_models()
+    pipe = GuidedDiffusionPipeline.from_pretrained("emoji32")
+    assert pipe.unet.config.image_size == 32 and pipe.diffusion_config["prediction"] == "eps"
+    assert pipe.classifier.labels["style"] == ["google", "twitter"]
+    assert len(pipe.classifier.labels["category"]) == 8
+    pairs = json.loads((pipe.folder / "training_data.json").read_text())
+    assert len(pairs["train_pairs"]) == 3008 and len(pairs["held_out_pairs"]) == 262
+    assert ["tiger face", "twitter", "1f42f.png"] in pairs["train_pairs"]
+    held = {(name, style) for name, style, _ in pairs["held_out_pairs"]}
+    assert not held & {(name, style) for name, style, _ in pairs["train_pairs"]}
+    assert all((name, {"google": "twitter", "twitter": "google"}[style]) not in held for name, style in held)
+    assert pipe.example_prompts[0] == "grinning face, google style"
+    images = pipe("tiger face, twitter style", steps=2, seed=0, output_type="np")
+    again = pipe("tiger face, twitter style", steps=2, seed=0, output_type="np")
+    assert images.shape == (1, 32, 32, 3) and np.array_equal(images, again)
+    guided = pipe("", steps=2, seed=0, classifier_scale=5.0, classifier_labels={"style": "twitter"}, output_type="np")
+    assert guided.shape == (1, 32, 32, 3)
