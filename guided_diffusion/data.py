@@ -43,7 +43,7 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
 from .datasets.fetch import FetchError
-from .images import flatten_alpha
+from .images import colour_rgb, flatten_alpha
 
 SHAPES32 = "shapes32"
 EMOJI = "emoji"
@@ -300,8 +300,7 @@ class ImageTransform:
     def __init__(
         self, resolution: int, *, center_crop: bool = True, random_flip: bool = False, background: str = "white"
     ) -> None:
-        flatten_alpha(Image.new("RGBA", (1, 1)), background)  # refuse a bad colour now, not mid-epoch
-        self.background = background
+        self.background = colour_rgb(background)  # parsed once, and a bad colour refused now, not mid-epoch
         self.resolution = resolution
         self.center_crop = center_crop
         self.random_flip = random_flip

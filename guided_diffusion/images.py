@@ -9,15 +9,25 @@ import torch
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 
-def flatten_alpha(image: Image.Image, background: str = "white") -> Image.Image:
-    """``image`` as RGB; a transparent image (RGBA, LA, or a palette with transparency) is composited
-    on ``background``, a colour PIL understands ("white", "#808080", "rgb(0,0,0)"), instead of having
-    its alpha channel dropped (which leaves transparent pixels whatever colour they happen to hold,
-    usually black)."""
+Colour = str | tuple[int, int, int]
+
+
+def colour_rgb(colour: Colour) -> tuple[int, int, int]:
+    """A colour PIL understands ("white", "#808080", "rgb(0,0,0)") or an RGB triple, as an RGB triple;
+    anything else raises ValueError naming the fix."""
+    if isinstance(colour, tuple):
+        return colour
     try:
-        fill = ImageColor.getrgb(background)[:3]
+        return ImageColor.getrgb(colour)[:3]
     except ValueError:
-        raise ValueError(f"background {background!r} is not a colour; use a name or hex code such as 'white' or '#ffffff'") from None
+        raise ValueError(f"background {colour!r} is not a colour; use a name or hex code such as 'white' or '#ffffff'") from None
+
+
+def flatten_alpha(image: Image.Image, background: Colour = "white") -> Image.Image:
+    """``image`` as RGB; a transparent image (RGBA, LA, or a palette with transparency) is composited
+    on ``background`` (see :func:`colour_rgb`), instead of having its alpha channel dropped (which leaves
+    transparent pixels whatever colour they happen to hold, usually black)."""
+    fill = colour_rgb(background)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -40,7 +40,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from ..images import flatten_alpha
+from ..images import Colour, colour_rgb, flatten_alpha
 from .fetch import FetchError, data_cache_dir, install_atomically, run_tool
 
 EMOJI_STYLES = ("google", "twitter")
@@ -204,7 +204,7 @@ def held_out_names(names_in_every_style: Sequence[str], styles: Sequence[str], f
     return {names[i]: styles[int(rng.integers(len(styles)))] for i in sorted(chosen)}
 
 
-def emoji_image(root: Path, record: EmojiRecord, resolution: int, background: str = "white") -> Image.Image:
+def emoji_image(root: Path, record: EmojiRecord, resolution: int, background: Colour = "white") -> Image.Image:
     """The record's PNG on ``background``, resized (Lanczos) to ``resolution`` pixels square."""
     path = _package_dir(root, record.style) / "img" / record.style / "64" / record.image_file
     try:
@@ -261,12 +261,13 @@ def make_emoji(
     see the module docstring for its columns. ``selection``: the options of :func:`select_records`
     (``styles``, ``include_skin_tones``, ``include_flags``, ``held_out_fraction``, ``seed``)."""
     rows, styles, categories = select_records(split, root=root, **selection)
+    fill = colour_rgb(background)
     folder = emoji_root(root)
     features = datasets.Features(
         {**_FEATURES_BASE, "style": datasets.ClassLabel(names=styles), "category": datasets.ClassLabel(names=categories)}
     )
     columns = {
-        "image": [emoji_image(folder, r, resolution, background) for r in rows],
+        "image": [emoji_image(folder, r, resolution, fill) for r in rows],
         "text": [r.caption for r in rows],
         "captions": [[r.caption] + [canonical_caption(s, r.style) for s in r.short_names if s != r.name] for r in rows],
         "name": [r.name for r in rows],
