@@ -47,7 +47,7 @@ def test_emoji32_ships_with_its_classifier_training_pairs_and_samples():
 
     assert "emoji32" in shipped_models()
     pipe = GuidedDiffusionPipeline.from_pretrained("emoji32")
-    assert pipe.unet.config.image_size == 32 and pipe.diffusion_config["prediction"] == "eps"
+    assert pipe.unet.config.image_size == 32 and pipe.diffusion_config["prediction"] == "v"
     assert pipe.classifier.labels["style"] == ["google", "twitter"]
     assert len(pipe.classifier.labels["category"]) == 8
     pairs = json.loads((pipe.folder / "training_data.json").read_text())
