@@ -82,6 +82,20 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     assert "# Emoji evaluation" in capsys.readouterr().out
 
 
+def test_gd_eval_on_an_emoji_model_leaves_out_what_is_counted_zero(tiny_emoji_model: Path, fake_root: Path, tmp_path: Path, capsys) -> None:
+    flags = ["--model", str(tiny_emoji_model), "--out", str(tmp_path), "--emoji-root", str(fake_root), "--device", "cpu",
+             "--sampler", "ddim", "--steps", "2", "--images-per-target", "2", "--bpd-images", "0"]
+    assert main([*flags, "--num-seen", "0", "--num-held-out", "0", "--classifier-scales", "3"]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "seen" not in report and "held_out" not in report and "bits_per_dim" not in report
+    assert [row["scale"] for row in report["style_guidance"]["rows"]] == [3]
+    text = (tmp_path / "report.md").read_text()
+    assert "| pairs |" not in text and "![samples]" not in text and "| style hit rate |" in text
+    assert not (tmp_path / "samples.png").exists()
+    assert main([*flags, "--num-seen", "-1"]) == 2
+    assert "num_seen must not be negative, got -1" in capsys.readouterr().err
+
+
 def test_gd_eval_needs_the_training_pairs_and_the_data(tiny_emoji_model: Path, tiny_pipeline_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(["--model", str(tiny_pipeline_dir), "--dataset", "emoji", "--out", str(tmp_path), "--device", "cpu"]) == 2
     assert "has no training_data.json" in capsys.readouterr().err

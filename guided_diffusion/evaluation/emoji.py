@@ -113,7 +113,13 @@ def evaluate_emoji(
     emoji_root: str | None = None,
 ) -> dict[str, Any]:
     """Run the emoji evaluation of ``pipe`` and write ``report.md``, ``report.json`` and
-    ``samples.png`` into ``out``; returns the report."""
+    ``samples.png`` into ``out``; returns the report. A count of 0 (``num_seen``, ``num_held_out``,
+    ``bpd_images``) or no ``classifier_scales`` leaves that part out."""
+    for name, value in (("num_seen", num_seen), ("num_held_out", num_held_out or 0), ("bpd_images", bpd_images)):
+        if value < 0:
+            raise ValueError(f"{name} must not be negative, got {value}")
+    if images_per_prompt < 1 or images_per_target < 1:
+        raise ValueError("images_per_prompt and images_per_target must be at least 1")
     started = time.perf_counter()
     if pipe.folder is None:
         raise ValueError("evaluate a saved pipeline: its folder holds training_data.json")
@@ -127,6 +133,8 @@ def evaluate_emoji(
     report: dict[str, Any] = {"model": model_name, "sampling": sampling.to_dict(), "images_per_prompt": images_per_prompt}
     grids = []
     for group, group_pairs in (("seen", seen), ("held_out", held)):
+        if not group_pairs:  # --num-seen 0 / --num-held-out 0: that group is left out
+            continue
         prompts = [canonical_caption(name, style) for name, style, _ in group_pairs for _ in range(images_per_prompt)]
         images = generate(pipe, prompts, sampling, description=f"{group} pairs")
         report[group] = {"prompts": len(group_pairs), **retrieval_rates(judge, images, group_pairs, images_per_prompt)}
@@ -147,7 +155,8 @@ def evaluate_emoji(
         captions = [canonical_caption(name, style) for name, style, _ in chosen]
         report["bits_per_dim"] = bits_per_dim(pipe, dataset_tensor(rows), captions, batch_size=sampling.batch_size, seed=sampling.seed)
     out.mkdir(parents=True, exist_ok=True)
-    save_samples(torch.cat([g[0] for g in grids]), [c for g in grids for c in g[1]], out / "samples.png")
+    if grids:
+        save_samples(torch.cat([g[0] for g in grids]), [c for g in grids for c in g[1]], out / "samples.png")
     report["seconds"] = time.perf_counter() - started
     write_report(out, report, render_emoji_report)
     return report
@@ -162,11 +171,15 @@ def render_emoji_report(report: dict[str, Any]) -> str:
         f"Sampler {s['sampler']}, {s['steps']} steps, classifier-free guidance {s['guidance_scale']}, seed {s['seed']}; "
         f"{report['images_per_prompt']} images per canonical prompt (\"<name>, <style> style\"). Judge: the nearest real "
         "emoji image (both styles, held-out pairs included) in 16x16 area-averaged pixels.",
-        "",
-        "| pairs | prompts | images | top-1 own emoji | top-5 own emoji | asked style, of top-1 hits |",
-        "|---|---:|---:|---:|---:|---:|",
     ]
-    for group, label in (("seen", "seen (trained on)"), ("held_out", "held out")):
+    groups = [(group, label) for group, label in (("seen", "seen (trained on)"), ("held_out", "held out")) if group in report]
+    if groups:
+        lines += [
+            "",
+            "| pairs | prompts | images | top-1 own emoji | top-5 own emoji | asked style, of top-1 hits |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+    for group, label in groups:
         r = report[group]
         lines.append(
             f"| {label} | {r['prompts']} | {r['images']} | {percent(r['top1'])} | {percent(r['top5'])} | {percent(r['style_right_of_top1'])} |"
@@ -187,5 +200,6 @@ def render_emoji_report(report: dict[str, Any]) -> str:
     if "bits_per_dim" in report:
         b = report["bits_per_dim"]
         lines += ["", f"Bits/dim on {b['n']} held-out pairs: {b['mean']:.3f} (std {b['std']:.3f})."]
-    lines += ["", "![samples](samples.png)", "", f"Took {report['seconds'] / 60:.1f} min."]
+    lines += ["", "![samples](samples.png)"] if groups else []
+    lines += ["", f"Took {report['seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"
