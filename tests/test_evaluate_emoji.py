@@ -94,6 +94,8 @@ def test_gd_eval_on_an_emoji_model_leaves_out_what_is_counted_zero(tiny_emoji_mo
     assert not (tmp_path / "samples.png").exists()
     assert main([*flags, "--num-seen", "-1"]) == 2
     assert "num_seen must not be negative, got -1" in capsys.readouterr().err
+    assert main([*flags, "--images-per-prompt", "0"]) == 2
+    assert "images_per_prompt must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_gd_eval_needs_the_training_pairs_and_the_data(tiny_emoji_model: Path, tiny_pipeline_dir: Path, tmp_path: Path, capsys) -> None:

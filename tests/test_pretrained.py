@@ -1,4 +1,6 @@
-"""The shipped default model loads offline, by name, with its classifier, and samples."""
+"""The shipped models load offline, by name, with their classifiers, and sample."""
+
+import json
 
 import numpy as np
 import pytest
@@ -43,8 +45,6 @@ def test_shapes32_draws_what_the_prompt_says(sampler):
 def test_emoji32_ships_with_its_classifier_training_pairs_and_samples():
     """The shipped real-data model loads offline by name, with its style/category classifier and the
     pairs it was trained on; it samples reproducibly, with and without classifier guidance."""
-    import json
-
     assert "emoji32" in shipped_models()
     pipe = GuidedDiffusionPipeline.from_pretrained("emoji32")
     assert pipe.unet.config.image_size == 32 and pipe.diffusion_config["prediction"] == "v"

@@ -25,7 +25,7 @@ from ..serialization import TRAINING_DATA_NAME
 from .diversity import normalized_entropy
 from .likelihood import bits_per_dim
 from .report import percent, save_samples, write_report
-from .sampling import EvalSampling, generate
+from .sampling import EvalSampling, check_counts, generate
 
 def read_training_pairs(folder: Path) -> dict[str, list[list[str]]]:
     """The ``train_pairs`` and ``held_out_pairs`` of the model in ``folder``."""
@@ -115,11 +115,8 @@ def evaluate_emoji(
     """Run the emoji evaluation of ``pipe`` and write ``report.md``, ``report.json`` and
     ``samples.png`` into ``out``; returns the report. A count of 0 (``num_seen``, ``num_held_out``,
     ``bpd_images``) or no ``classifier_scales`` leaves that part out."""
-    for name, value in (("num_seen", num_seen), ("num_held_out", num_held_out or 0), ("bpd_images", bpd_images)):
-        if value < 0:
-            raise ValueError(f"{name} must not be negative, got {value}")
-    if images_per_prompt < 1 or images_per_target < 1:
-        raise ValueError("images_per_prompt and images_per_target must be at least 1")
+    check_counts(0, num_seen=num_seen, num_held_out=num_held_out or 0, bpd_images=bpd_images)
+    check_counts(1, images_per_prompt=images_per_prompt, images_per_target=images_per_target)
     started = time.perf_counter()
     if pipe.folder is None:
         raise ValueError("evaluate a saved pipeline: its folder holds training_data.json")

@@ -51,7 +51,7 @@ from .cas import CAS_CLASSIFIER, CASScore, classification_accuracy_score
 from .likelihood import bits_per_dim
 from .report import percent, save_samples, write_report
 from .retrieval import nearest, pixel_features, retrieval_fidelity
-from .sampling import EvalSampling, generate
+from .sampling import EvalSampling, check_counts, generate
 
 DEFAULT_EVAL_SPLIT = "test"
 NO_EVAL_SPLIT = "none"
@@ -467,12 +467,10 @@ def evaluate_generic(
     """Run the evaluation of ``pipe`` on ``data`` and write ``report.md``, ``report.json`` and a captioned
     ``samples.png`` into ``out``; returns the report. A count of 0 (``num_prompts``, ``bpd_images``,
     ``cas_images_per_class``) or no ``classifier_scales`` leaves that metric out."""
-    for name, value in (("num_prompts", num_prompts), ("images_per_prompt", images_per_prompt), ("bpd_images", bpd_images),
-                        ("cas_images_per_class", cas_images_per_class), ("images_per_target", images_per_target)):
-        if value < 0:
-            raise ValueError(f"{name} must not be negative, got {value}")
-    if images_per_prompt < 1 or gallery_size < 1 or cas_epochs < 1 or cas_test_images < 1:
-        raise ValueError("images_per_prompt, gallery_size, cas_epochs and cas_test_images must be at least 1")
+    check_counts(0, num_prompts=num_prompts, bpd_images=bpd_images, cas_images_per_class=cas_images_per_class,
+                 images_per_target=images_per_target)
+    check_counts(1, images_per_prompt=images_per_prompt, gallery_size=gallery_size, cas_epochs=cas_epochs,
+                 cas_test_images=cas_test_images)
     started = time.perf_counter()
     out = Path(out)
     guide = has_label_head(pipe, data.label_column, data.classes)

@@ -12,6 +12,14 @@ from tqdm.auto import tqdm
 from ..pipeline import GuidedDiffusionPipeline
 
 
+def check_counts(at_least: int, **counts: int) -> None:
+    """Refuse the first of ``counts`` (name -> value) below ``at_least`` with one line that names it."""
+    for name, value in counts.items():
+        if value < at_least:
+            bound = "not be negative" if at_least == 0 else f"be at least {at_least}"
+            raise ValueError(f"{name} must {bound}, got {value}")
+
+
 @dataclass
 class EvalSampling:
     """How an evaluation draws images: the sampler, its steps, the classifier-free guidance scale,
