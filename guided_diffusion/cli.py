@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, TIMESTEP_SCHEDULES
 from .serialization import CheckpointError
 
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, TypeError)
@@ -39,8 +39,13 @@ def _sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="shapes32", help="a pipeline folder or a shipped model name (default: shapes32)")
     parser.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt (default: 4)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampler (default: the model's)")
-    parser.add_argument("--eta", type=float, default=None, help="DDIM eta (0 deterministic)")
+    parser.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="sampler (default: the model's)")
+    parser.add_argument(
+        "--timestep-schedule", choices=list(TIMESTEP_SCHEDULES), default=None, help="where the steps go (default: the model's)"
+    )
+    parser.add_argument("--eta", type=float, default=None, help="noise of ddim (0 deterministic) and dpm++2m-sde (1: the SDE)")
+    parser.add_argument("--thresholding", type=float, default=None, metavar="QUANTILE",
+                        help="dynamic thresholding of x_0 at this quantile (e.g. 0.995) for high guidance scales")
     parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     parser.add_argument("--classifier-scale", type=float, default=0.0, help="classifier guidance scale (0: off)")
     parser.add_argument("--label", action="append", default=[], metavar="ATTRIBUTE=CLASS", help="classifier guidance target, repeatable")
@@ -67,7 +72,9 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
             num_images_per_prompt=args.num_images,
             steps=args.steps,
             sampler=args.sampler,
+            timestep_schedule=args.timestep_schedule,
             eta=args.eta,
+            thresholding=args.thresholding,
             guidance_scale=args.guidance_scale,
             classifier_scale=args.classifier_scale,
             classifier_labels=labels or None,

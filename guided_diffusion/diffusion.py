@@ -22,6 +22,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from typing import NamedTuple
+
 import torch
 
 from .schedule import get_beta_schedule, space_timesteps
@@ -38,6 +40,18 @@ VARIANCES = ("fixed_small", "fixed_large")
 
 Model = Callable[..., torch.Tensor]
 CondFn = Callable[..., torch.Tensor]
+
+
+class Denoised(NamedTuple):
+    """One model evaluation as the samplers use it (see :meth:`GaussianDiffusion.denoise`).
+
+    ``x0`` and ``eps`` [B, ...] satisfy x = x0 + sigma eps for the evaluated x; ``gradient`` [B, ...] is
+    ``cond_fn``'s value at x_t (None without ``cond_fn``).
+    """
+
+    x0: torch.Tensor
+    eps: torch.Tensor
+    gradient: torch.Tensor | None
 
 
 def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
@@ -62,6 +76,16 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
     log_cdf_plus = torch.special.log_ndtr(upper)
     log_one_minus_cdf_min = torch.special.log_ndtr(-lower)
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding of x_0 estimates [B, ...]: per image, s = max(1, the ``percentile``
+    quantile of |x_0|), then x_0 clamped to [-s, s] and divided by s, so the result lies in [-1, 1]."""
+    if not 0 < percentile < 1:
+        raise ValueError(f"thresholding must be a quantile in (0, 1), e.g. 0.995; got {percentile}")
+    s = torch.quantile(x0.abs().flatten(1).float(), percentile, dim=1).clamp(min=1.0).to(x0.dtype)
+    s = s.view(-1, *([1] * (x0.dim() - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -124,6 +148,8 @@ class GaussianDiffusion:
         self.large_variance, self.large_log_variance = large, torch.log(large)
         self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
         self.snr_values = self.alphas_cumprod / self.one_minus_alphas_cumprod
+        self.sigmas = (self.one_minus_alphas_cumprod / self.alphas_cumprod).sqrt()
+        self.log_sigmas = torch.log(self.sigmas)
         # Copies of the schedule's tables per (table, device, dtype), made on first use, so that a step
         # on an accelerator indexes on the device instead of syncing with the host.
         self._tables: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
@@ -234,6 +260,83 @@ class GaussianDiffusion:
             return self.x0_from_eps(x_t, t, output), output
         x0 = output if self.prediction == "x0" else self.x0_from_v(x_t, t, output)
         return x0, self.eps_from_x0(x_t, t, x0)
+
+    # ----------------------------------------------------------------------------- noise levels
+
+    def sigma_to_timestep(self, sigma: float) -> float:
+        """The step index (0..T-1, fractional between steps) of noise level ``sigma`` > 0.
+
+        sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) is the noise level of the scaled state
+        x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps, and increases with t. Between two steps the index is
+        linear in log sigma (as k-diffusion's discrete-time wrappers do); levels outside the schedule's
+        range are clamped to its ends. Indices within 1e-6 of an integer are returned as that integer.
+        """
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        if self.num_timesteps == 1:
+            return 0.0
+        log_sigma = torch.tensor(math.log(sigma), dtype=torch.float64)
+        high = int(torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, self.num_timesteps - 1))
+        low = high - 1
+        w = float((log_sigma - self.log_sigmas[low]) / (self.log_sigmas[high] - self.log_sigmas[low]))
+        index = min(max(low + w, 0.0), float(self.num_timesteps - 1))
+        return float(round(index)) if abs(index - round(index)) < 1e-6 else index
+
+    def model_timesteps(self, index: float, batch_size: int, device: torch.device | str) -> torch.Tensor:
+        """The timesteps [B] that the model and ``cond_fn`` receive at step ``index`` (see
+        :meth:`sigma_to_timestep`): the original timestep, as a long tensor when ``index`` is a whole
+        step, and otherwise as a float32 tensor interpolated linearly between the two neighbouring steps'
+        original timesteps."""
+        low = min(int(math.floor(index)), self.num_timesteps - 1)
+        if index == low:
+            return torch.full((batch_size,), int(self.timestep_map[low]), dtype=torch.long, device=device)
+        w = index - low
+        value = (1 - w) * float(self.timestep_map[low]) + w * float(self.timestep_map[low + 1])
+        return torch.full((batch_size,), value, dtype=torch.float32, device=device)
+
+    def denoise(
+        self,
+        model: Model,
+        x: torch.Tensor,
+        sigma: float,
+        *,
+        model_kwargs: dict[str, Any] | None = None,
+        cond_fn: CondFn | None = None,
+        score_form: bool = True,
+        thresholding: float | None = None,
+    ) -> Denoised:
+        """The model's x_0 and eps at noise level ``sigma`` > 0 for ``x`` = x_t / sqrt(alpha_bar) [B, ...].
+
+        x_t = x / sqrt(1 + sigma^2) and the timestep of ``sigma`` (:meth:`model_timesteps`) go to the model,
+        whose output becomes (x_0, eps) by ``prediction``. Then x_0 is clamped to [-1, 1] when
+        ``clip_denoised``, or, with ``thresholding`` = p in (0, 1), dynamically thresholded (Saharia et
+        al. 2022, Imagen): s = max(1, the p-quantile of |x_0| per image), x_0 = clamp(x_0, -s, s) / s.
+        eps follows from the clipped x_0. With ``cond_fn`` and ``score_form``, classifier guidance enters
+        in score form: eps' = eps - sqrt(1 - alpha_bar) cond_fn(x_t, t), so x_0' = x_0 + (1 - alpha_bar)
+        / sqrt(alpha_bar) cond_fn(x_t, t). With ``score_form=False`` x_0 and eps stay unguided and the
+        caller applies ``gradient`` itself (the ancestral sampler adds it to the posterior mean).
+        """
+        alpha_bar = 1.0 / (1.0 + sigma**2)
+        a, s = math.sqrt(alpha_bar), sigma * math.sqrt(alpha_bar)  # sqrt(alpha_bar), sqrt(1 - alpha_bar)
+        x_t = x * a
+        t = self.model_timesteps(self.sigma_to_timestep(sigma), x.shape[0], x.device)
+        output = model(x_t, t, **(model_kwargs or {}))
+        if output.shape != x.shape:
+            raise ValueError(f"model output has shape {tuple(output.shape)}, expected {tuple(x.shape)}")
+        if self.prediction == "eps":
+            x0 = (x_t - s * output) / a
+        elif self.prediction == "x0":
+            x0 = output
+        else:
+            x0 = a * x_t - s * output
+        if thresholding is not None:
+            x0 = dynamic_threshold(x0, thresholding)
+        elif self.clip_denoised:
+            x0 = x0.clamp(-1.0, 1.0)
+        gradient = None if cond_fn is None else cond_fn(x_t, t, **(model_kwargs or {}))
+        if gradient is not None and score_form:
+            x0 = x0 + (s * s / a) * gradient
+        return Denoised(x0, (x - x0) / sigma, gradient)
 
     # ----------------------------------------------------------------------------- reverse process
 

@@ -57,6 +57,7 @@ from .evaluation.diversity import normalized_entropy
 from .evaluation.likelihood import bits_per_dim
 from .evaluation.sampling import EvalSampling
 from .pipeline import GuidedDiffusionPipeline
+from .samplers import SAMPLERS, TIMESTEP_SCHEDULES, checked_sampler, model_evaluations, steps_for_nfe
 from .datasets.fetch import FetchError
 from .serialization import TRAINING_DATA_NAME, CheckpointError
 
@@ -183,28 +184,47 @@ def shapes_bits_per_dim(pipe: GuidedDiffusionPipeline, *, num_images: int, batch
     return bits_per_dim(pipe, x0.permute(0, 3, 1, 2) / 127.5 - 1, data["text"], batch_size=batch_size, seed=seed)
 
 
+def parse_sampler_spec(spec: str, default_schedule: str) -> tuple[str, str]:
+    """``"dpm++:karras"`` -> ``("dpm++", "karras")``; ``"dpm++"`` takes ``default_schedule``. Unknown
+    samplers and schedules are refused with the valid ones."""
+    name, _, schedule = spec.partition(":")
+    schedule = schedule or default_schedule
+    checked_sampler(name)
+    if schedule not in TIMESTEP_SCHEDULES:
+        raise ValueError(f"unknown timestep schedule {schedule!r} in {spec!r}; choose one of {', '.join(TIMESTEP_SCHEDULES)}")
+    return name, schedule
+
+
 def sampler_table(
     pipe: GuidedDiffusionPipeline,
     *,
     samplers: Sequence[str],
-    steps: Sequence[int],
+    steps: Sequence[int] = (),
+    nfe: Sequence[int] = (),
     num_prompts: int,
     images_per_prompt: int,
     sampling: EvalSampling,
 ) -> list[dict[str, Any]]:
-    """All-four accuracy on seen-pair canonical prompts for each sampler and number of steps."""
+    """All-four accuracy on seen-pair canonical prompts for each sampler (``"name"`` or
+    ``"name:schedule"``, see :func:`parse_sampler_spec`) at each number of ``steps``, or, with ``nfe``, at
+    the most steps whose model evaluations fit each budget (:func:`~guided_diffusion.samplers.steps_for_nfe`)."""
     rows = []
-    for name in samplers:
-        for n in steps:
+    for spec in samplers:
+        name, schedule = parse_sampler_spec(spec, sampling.timestep_schedule)
+        counts = [steps_for_nfe(name, budget) for budget in nfe] if nfe else list(steps)
+        for n in counts:
             started = time.perf_counter()
             scores, _, _ = prompt_adherence(
                 pipe,
                 heldout=False,
                 num_prompts=num_prompts,
                 images_per_prompt=images_per_prompt,
-                sampling=EvalSampling(name, n, sampling.guidance_scale, sampling.batch_size, sampling.seed),
+                sampling=sampling.replace(sampler=name, steps=n, timestep_schedule=schedule),
             )
-            rows.append({"sampler": name, "steps": n, **scores, "seconds": time.perf_counter() - started})
+            rows.append({
+                "sampler": name, "timestep_schedule": schedule, "steps": n, "nfe": model_evaluations(name, n),
+                **scores, "seconds": time.perf_counter() - started,
+            })
     return rows
 
 
@@ -253,11 +273,11 @@ def plot_samplers(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for name in dict.fromkeys(r["sampler"] for r in rows):
-        mine = [r for r in rows if r["sampler"] == name]
-        ax.plot([r["steps"] for r in mine], [100 * r["all"] for r in mine], "o-", label=name)
+    for key in dict.fromkeys((r["sampler"], r["timestep_schedule"]) for r in rows):
+        mine = [r for r in rows if (r["sampler"], r["timestep_schedule"]) == key]
+        ax.plot([r["nfe"] for r in mine], [100 * r["all"] for r in mine], "o-", label=" ".join(key))
     ax.set_xscale("log")
-    ax.set_xlabel("steps")
+    ax.set_xlabel("model evaluations (NFE)")
     ax.set_ylabel("all four attributes right (%)")
     ax.legend()
     fig.tight_layout()
@@ -275,7 +295,7 @@ def render_markdown(report: Report, attribute: str) -> str:
     lines = [
         f"# Evaluation of `{report.model}`",
         "",
-        f"Sampler `{s.sampler}`, {s.steps} steps, classifier-free guidance scale {s.guidance_scale}, seed {s.seed}. "
+        f"Sampler `{s.sampler}`, {s.steps} steps ({s.timestep_schedule} schedule), classifier-free guidance scale {s.guidance_scale}, seed {s.seed}. "
         f"Samples judged by `guided_diffusion.datasets.shapes.describe`. Took {report.seconds / 60:.1f} min.",
         "",
         "![samples](samples.png)",
@@ -320,8 +340,14 @@ def render_markdown(report: Report, attribute: str) -> str:
     if report.bpd:
         lines += ["", "## Likelihood", "", f"Bits/dim on {report.bpd['n']} held-out images: {report.bpd['mean']:.3f} (std {report.bpd['std']:.3f})."]
     if report.samplers:
-        lines += ["", "## Samplers: quality against steps (seen pairs, all four right)", "", "| sampler | steps | all four | seconds |", "|---|---|---|---|"]
-        lines += [f"| {r['sampler']} | {r['steps']} | {_pct(r['all'])} | {r['seconds']:.0f} |" for r in report.samplers]
+        lines += [
+            "", "## Samplers: quality against model evaluations (seen pairs, all four right)", "",
+            "| sampler | timestep schedule | steps | NFE | all four | seconds |", "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['sampler']} | {r['timestep_schedule']} | {r['steps']} | {r['nfe']} | {_pct(r['all'])} | {r['seconds']:.0f} |"
+            for r in report.samplers
+        ]
         lines += ["", "![samplers](samplers.png)"]
     return "\n".join(lines) + "\n"
 
@@ -342,6 +368,7 @@ def evaluate(
     bpd_images: int = 64,
     samplers: Sequence[str] = (),
     sampler_steps: Sequence[int] = (5, 10, 20, 50, 100, 1000),
+    sampler_nfe: Sequence[int] = (),
 ) -> Report:
     """Run the evaluation and write ``report.md``, ``report.json``, ``samples.png`` and plots into ``out_dir``."""
     out = Path(out_dir)
@@ -362,7 +389,7 @@ def evaluate(
             heldout=False,
             num_prompts=num_prompts,
             images_per_prompt=images_per_prompt,
-            sampling=EvalSampling(sampling.sampler, sampling.steps, float(scale), sampling.batch_size, sampling.seed),
+            sampling=sampling.replace(guidance_scale=float(scale)),
         )
         report.guidance_scales.append({"guidance_scale": float(scale), **scores})
     if pipe.classifier is not None and classifier_scales:
@@ -381,7 +408,8 @@ def evaluate(
         report.bpd = shapes_bits_per_dim(pipe, num_images=bpd_images, batch_size=sampling.batch_size, seed=sampling.seed)
     if samplers:
         report.samplers = sampler_table(
-            pipe, samplers=samplers, steps=sampler_steps, num_prompts=num_prompts, images_per_prompt=1, sampling=sampling
+            pipe, samplers=samplers, steps=sampler_steps, nfe=sampler_nfe, num_prompts=num_prompts, images_per_prompt=1,
+            sampling=sampling,
         )
         plot_samplers(report.samplers, out / "samplers.png")
     _save_grid(np.concatenate(grid_images), grid_prompts, images_per_prompt * 2, out / "samples.png")
@@ -409,6 +437,7 @@ def eval_sampling(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> Ev
         defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale,
         args.batch_size,
         args.seed,
+        args.timestep_schedule or defaults["timestep_schedule"],
     )
 
 
@@ -496,7 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics.add_argument("--cas-test-images", type=int, default=10_000, help="real held-out images the CAS classifier is tested on")
     metrics.add_argument("--cas-classifier-scale", type=float, default=10.0, help="classifier scale of the guided CAS, with a classifier head for the label column (0: none)")
     parser.add_argument("--out", type=Path, default=Path("docs/evaluation"), help="report folder")
-    parser.add_argument("--sampler", default=None)
+    parser.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="sampler (default: the model's)")
+    parser.add_argument("--timestep-schedule", choices=list(TIMESTEP_SCHEDULES), default=None, help="where the steps go (default: the model's)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance-scale", type=float, default=None)
     parser.add_argument("--num-prompts", type=int, default=54, help="canonical prompts per pair group (generic: rows per split whose captions are prompted)")
@@ -507,8 +537,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images-per-target", type=int, default=96)
     parser.add_argument("--classifier-max-t", type=int, default=None, help="guide only at timesteps t <= this")
     parser.add_argument("--bpd-images", type=int, default=64)
-    parser.add_argument("--samplers", nargs="*", default=[], help="add the sampler table for these samplers")
+    parser.add_argument(
+        "--samplers", nargs="*", default=[], metavar="SAMPLER[:SCHEDULE]",
+        help=f"add the sampler table for these samplers ({', '.join(SAMPLERS)}), each optionally with a timestep schedule ({', '.join(TIMESTEP_SCHEDULES)})",
+    )
     parser.add_argument("--sampler-steps", type=int, nargs="*", default=[5, 10, 20, 50, 100, 1000])
+    parser.add_argument("--sampler-nfe", type=int, nargs="*", default=[], help="instead of --sampler-steps: model-evaluation budgets (e.g. 5 10 20)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -525,14 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return emoji_main(pipe, args)
         if pipe.unet.config.image_size != 32:
             raise ValueError(f"gd-eval judges 32x32 Shapes32 samples; this model makes {pipe.unet.config.image_size}x{pipe.unet.config.image_size}")
-        defaults = pipe.sampling_config
-        sampling = EvalSampling(
-            args.sampler or defaults["sampler"],
-            args.steps or int(defaults["steps"]),
-            defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale,
-            args.batch_size,
-            args.seed,
-        )
+        sampling = eval_sampling(pipe, args)
         report = evaluate(
             pipe,
             args.out,
@@ -548,6 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bpd_images=args.bpd_images,
             samplers=args.samplers,
             sampler_steps=args.sampler_steps,
+            sampler_nfe=args.sampler_nfe,
         )
     except (ValueError, FileNotFoundError, CheckpointError, FetchError) as err:
         print(f"gd-eval: error: {err}", file=sys.stderr)

@@ -30,14 +30,20 @@ from .diffusion import GaussianDiffusion
 from .guidance import ClassifierFreeGuidance, classifier_cond_fn, resolve_labels
 from .models.classifier import NoiseAwareClassifier
 from .models.unet import UNet, UNetConfig
-from .samplers import SAMPLERS, sample
+from .samplers import checked_sampler, sample, sampler_options
 from .serialization import CheckpointError, load_json, save_json
 from .text import TextEncoder, build_text_encoder, load_text_encoder
 
 PIPELINE_FORMAT = "guided-diffusion-pipeline"
 PIPELINE_INDEX = "pipeline.json"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-SAMPLING_DEFAULTS: dict[str, Any] = {"sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "eta": 0.0}
+SAMPLING_DEFAULTS: dict[str, Any] = {
+    "sampler": "ddim",
+    "steps": 50,
+    "timestep_schedule": "uniform",
+    "guidance_scale": 3.0,
+    "eta": None,
+}
 CONFIG_SECTIONS = ("unet", "text_encoder", "diffusion", "sampling")
 INDEX_KEYS = ("format", "format_version", "unet", "text_encoder", "classifier", "diffusion", "sampling", "example_prompts")
 OUTPUT_TYPES = ("pil", "pt", "np")
@@ -250,11 +256,13 @@ class GuidedDiffusionPipeline:
         num_images_per_prompt: int = 1,
         steps: int | None = None,
         sampler: str | None = None,
+        timestep_schedule: str | None = None,
         eta: float | None = None,
         guidance_scale: float | None = None,
         classifier_scale: float = 0.0,
         classifier_labels: Mapping[str, Any] | None = None,
         classifier_max_t: int | None = None,
+        thresholding: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         callback: Callback | None = None,
@@ -263,7 +271,12 @@ class GuidedDiffusionPipeline:
     ) -> list[Image.Image] | torch.Tensor | np.ndarray:
         """Sample ``num_images_per_prompt`` images for each prompt (prompt-major order).
 
-        ``steps``, ``sampler``, ``eta`` and ``guidance_scale`` default to the pipeline's sampling config.
+        ``steps``, ``sampler``, ``timestep_schedule``, ``eta`` and ``guidance_scale`` default to the
+        pipeline's sampling config (see :data:`~guided_diffusion.samplers.SAMPLERS` and
+        :data:`~guided_diffusion.samplers.TIMESTEP_SCHEDULES`); ``eta`` goes to the samplers that take it
+        (``ddim``, ``dpm++2m-sde``; None in the config: each sampler's default), and is refused by the
+        others when given here. ``thresholding`` (a
+        quantile such as 0.995) turns on dynamic thresholding of x_0, for high guidance scales.
         ``guidance_scale`` is classifier-free (1 plain conditional, 0 unconditional); ``classifier_scale``
         > 0 steers towards ``classifier_labels`` (attribute -> class name or index) with the classifier,
         at every step or, with ``classifier_max_t``, only at timesteps t <= it (0..T-1).
@@ -280,10 +293,14 @@ class GuidedDiffusionPipeline:
             raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
         settings = self.sampling_config
         sampler = settings["sampler"] if sampler is None else sampler
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        checked_sampler(sampler)
+        timestep_schedule = settings["timestep_schedule"] if timestep_schedule is None else timestep_schedule
         steps = int(settings["steps"] if steps is None else steps)
-        eta = float(settings["eta"] if eta is None else eta)
+        options = {}
+        if eta is not None:
+            options["eta"] = float(eta)
+        elif settings["eta"] is not None and "eta" in sampler_options(sampler):
+            options["eta"] = float(settings["eta"])
         guidance_scale = float(settings["guidance_scale"] if guidance_scale is None else guidance_scale)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         device = self.device
@@ -309,14 +326,16 @@ class GuidedDiffusionPipeline:
                 (len(prompts), config.out_channels, config.image_size, config.image_size),
                 sampler=sampler,
                 steps=steps,
-                eta=eta,
+                timestep_schedule=timestep_schedule,
                 model_kwargs=model_kwargs,
                 cond_fn=cond_fn,
+                thresholding=thresholding,
                 generator=generator,
                 device=device,
                 dtype=next(self.unet.parameters()).dtype,
                 callback=callback,
                 progress=progress,
+                **options,
             )
         images = ((x.float() + 1) / 2).clamp(0, 1).cpu()
         if output_type == "pt":

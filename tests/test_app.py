@@ -42,7 +42,7 @@ EMOJI_PROMPTS = ["a grinning face", "a cat face", "a slice of pizza"]
 EMOJI_SAMPLING = {"sampler": "dpm++", "steps": 20, "guidance_scale": 2.0}
 API_PARAMETERS = [
     "prompt", "num_images", "steps", "sampler", "guidance_scale",
-    "classifier_attribute", "classifier_label", "classifier_scale", "seed", "model",
+    "classifier_attribute", "classifier_label", "classifier_scale", "seed", "model", "timestep_schedule",
 ]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IN_CI = os.environ.get("CI") == "true"
@@ -309,14 +309,20 @@ def test_generate_api_returns_the_images(client):
     assert list(info) == ["/generate"]
     parameters = info["/generate"]["parameters"]
     assert [p["parameter_name"] for p in parameters] == API_PARAMETERS
-    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 9
-    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided"]
+    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 10
+    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided", None]
 
     result = client.predict(prompt="a large red circle in the center", num_images=4, steps=25, seed=3, api_name="/generate")
     images = [Image.open(item["image"]) for item in result]
     assert len(images) == 4 and all(image.size == (16, 16) and image.mode == "RGB" for image in images)
     again = client.predict(prompt="a large red circle in the center", num_images=1, steps=25, seed=3, api_name="/generate")
     assert Image.open(again[0]["image"]).tobytes() == images[0].tobytes()  # same seed, same image
+
+    karras = client.predict(prompt="a green square", num_images=1, steps=4, sampler="heun", timestep_schedule="karras",
+                            seed=2, api_name="/generate")
+    assert Image.open(karras[0]["image"]).tobytes() != Image.open(
+        client.predict(prompt="a green square", num_images=1, steps=4, sampler="heun", seed=2, api_name="/generate")[0]["image"]
+    ).tobytes()
 
     guided = client.predict(prompt="", num_images=2, steps=5, sampler="dpm++", classifier_attribute="shape",
                             classifier_label="square", classifier_scale=20.0, seed=1, api_name="/generate")
@@ -341,7 +347,8 @@ def test_generate_api_samples_the_named_model_with_its_own_settings(client, emoj
         ({"num_images": 17}, "num_images must be between 1 and 16"),
         ({"num_images": "four"}, "num_images must be a whole number"),
         ({"steps": 0}, "steps must be between 1 and 1000"),
-        ({"sampler": "euler"}, "unknown sampler 'euler'; choose one of ddpm, ddim, dpm\\+\\+"),
+        ({"sampler": "rk4"}, "unknown sampler 'rk4'; choose one of ddpm, ddim, euler, heun, dpm\\+\\+"),
+        ({"timestep_schedule": "cosine"}, "unknown timestep schedule 'cosine'; choose one of uniform, trailing, karras, log_snr"),
         ({"guidance_scale": -1}, "guidance_scale must be between 0 and 20"),
         ({"classifier_scale": 3.0, "classifier_attribute": "size"}, "unknown classifier_attribute 'size'; choose one of"),
         ({"classifier_scale": 3.0, "classifier_attribute": "shape", "classifier_label": "hexagon"}, "unknown classifier_label 'hexagon'"),
@@ -402,7 +409,7 @@ def test_page_generates_with_previews_in_headless_chromium(server, tmp_path):
             page.locator("#example-prompts").get_by_text("a large red circle in the center", exact=True).click()
             sync_api.expect(page.get_by_label("Prompt")).to_have_value("a large red circle in the center")
             page.get_by_role("button", name="Generate").click()
-            page.get_by_text("Done: 4 image(s), 50 ddim steps, seed 0").wait_for(timeout=60_000)
+            page.get_by_text("Done: 4 image(s), 50 ddim steps (uniform), seed 0").wait_for(timeout=60_000)
             page.screenshot(path=tmp_path / "generate.png", full_page=True)
             assert page.locator("#samples img").count() >= 4
             assert page.locator("#x0-preview img").count() == 1 and page.locator("#trajectory img").count() == 1
@@ -431,7 +438,7 @@ def test_page_generates_with_previews_in_headless_chromium(server, tmp_path):
             examples.get_by_text("a grinning face", exact=True).click()
             sync_api.expect(page.get_by_label("Prompt")).to_have_value("a grinning face")
             page.get_by_role("button", name="Generate").click()
-            page.get_by_text("Done: 4 image(s), 20 dpm++ steps, seed 0").wait_for(timeout=60_000)
+            page.get_by_text("Done: 4 image(s), 20 dpm++ steps (uniform), seed 0").wait_for(timeout=60_000)
             page.screenshot(path=tmp_path / "second-model.png", full_page=True)
         finally:
             browser.close()

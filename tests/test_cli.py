@@ -41,3 +41,13 @@ def test_user_errors_are_reported_in_one_line(tiny_pipeline_dir, tmp_path, capsy
         assert status == 2
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("gd-sample: error:") and message in lines[0], err
+
+
+def test_gd_sample_takes_every_registered_sampler_and_schedule(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    status = sample_main(["--model", str(tiny_pipeline_dir), "a red circle", "-n", "2", "--steps", "3", "--sampler", "dpm++3m",
+                          "--timestep-schedule", "log_snr", "--thresholding", "0.99", "--device", "cpu", "-o", str(out)])
+    assert status == 0 and out.is_file()
+    status = sample_main(["--model", str(tiny_pipeline_dir), "x", "--sampler", "heun", "--eta", "0.5", "--steps", "2", "--device", "cpu",
+                          "-o", str(out)])
+    assert status == 2 and "sampler 'heun' takes no option 'eta'; its options: none" in capsys.readouterr().err

@@ -79,12 +79,14 @@ def test_evaluate_writes_a_complete_report(tiny32, tmp_path):
     report = evaluate(
         pipe, tmp_path, model_name="tiny32", sampling=EvalSampling("ddim", 2, 3.0, 16, 0), num_prompts=3, images_per_prompt=2,
         guidance_scales=(1.0,), classifier_scales=(0, 10), images_per_target=2, bpd_images=2,
-        samplers=("ddim", "dpm++"), sampler_steps=(1, 2),
+        samplers=("ddim", "heun:karras"), sampler_nfe=(1, 3),
     )
     assert set(report.adherence) == {"seen", "held out"} and report.adherence["seen"]["n"] == 6
     assert len(report.classifier) == 2 * 3 and {r["target"] for r in report.classifier} == {"circle", "square", "triangle"}
     assert report.bpd["n"] == 2 and np.isfinite(report.bpd["mean"]) and report.bpd["mean"] > 0
-    assert [(r["sampler"], r["steps"]) for r in report.samplers] == [("ddim", 1), ("ddim", 2), ("dpm++", 1), ("dpm++", 2)]
+    assert [(r["sampler"], r["timestep_schedule"], r["steps"], r["nfe"]) for r in report.samplers] == [
+        ("ddim", "uniform", 1, 1), ("ddim", "uniform", 3, 3), ("heun", "karras", 1, 1), ("heun", "karras", 2, 3)
+    ]
     for name in ("report.md", "report.json", "samples.png", "classifier_guidance.png", "samplers.png"):
         assert (tmp_path / name).is_file(), name
     text = (tmp_path / "report.md").read_text()

@@ -38,12 +38,13 @@ def test_images_have_the_configured_size_and_same_seed_gives_same_images(pipe):
     assert not np.array_equal(np.asarray(images[0]), np.asarray(other[0]))
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
-def test_output_types_agree_and_the_callback_sees_every_step(pipe, sampler):
+@pytest.mark.parametrize("sampler, schedule", [("ddpm", "uniform"), ("ddim", "trailing"), ("dpm++", "karras"), ("dpm++3m", "log_snr"), ("heun", "karras")])
+def test_output_types_agree_and_the_callback_sees_every_step(pipe, sampler, schedule):
     seen = []
-    tensor = pipe("a circle", steps=4, sampler=sampler, seed=0, output_type="pt", callback=lambda *a: seen.append(a))
+    kwargs = dict(steps=4, sampler=sampler, timestep_schedule=schedule, seed=0)
+    tensor = pipe("a circle", **kwargs, output_type="pt", callback=lambda *a: seen.append(a))
     assert tensor.shape == (1, 3, 16, 16) and 0 <= tensor.min() and tensor.max() <= 1
-    array = pipe("a circle", steps=4, sampler=sampler, seed=0, output_type="np")
+    array = pipe("a circle", **kwargs, output_type="np")
     assert array.dtype == np.uint8 and array.shape == (1, 16, 16, 3)
     np.testing.assert_array_equal(array[0], (tensor[0].permute(1, 2, 0) * 255).round().byte().numpy())
     assert [s[0] for s in seen] == [0, 1, 2, 3] and all(s[1] == 4 for s in seen)
@@ -136,8 +137,12 @@ def test_missing_and_corrupt_files_are_refused_by_name(tiny_pipeline_dir, tmp_pa
 def test_bad_arguments_are_refused(pipe):
     with pytest.raises(ValueError, match="string or a non-empty list"):
         pipe([])
-    with pytest.raises(ValueError, match="ddpm, ddim, dpm"):
-        pipe("a circle", sampler="euler")
+    with pytest.raises(ValueError, match="unknown sampler 'rk4'; choose one of ddpm, ddim, euler, heun, dpm"):
+        pipe("a circle", sampler="rk4")
+    with pytest.raises(ValueError, match="unknown timestep schedule 'cosine'; choose one of uniform, trailing, karras, log_snr"):
+        pipe("a circle", timestep_schedule="cosine")
+    with pytest.raises(ValueError, match="sampler 'heun' takes no option 'eta'; its options: none"):
+        pipe("a circle", sampler="heun", eta=0.5)
     with pytest.raises(ValueError, match="has none"):
         pipe("a circle", classifier_scale=2.0, classifier_labels={"shape": "circle"})
     with pytest.raises(ValueError, match="between 1 and 1000"):
@@ -169,3 +174,22 @@ def test_half_precision_storage_halves_the_files_and_loads_the_rounded_weights(t
     half = GuidedDiffusionPipeline.from_pretrained(folder)
     for (name, a), b in zip(original.unet.state_dict().items(), half.unet.state_dict().values()):
         assert b.dtype == torch.float32 and torch.equal(b, a.half().float()), name
+
+
+def test_the_sampling_config_chooses_sampler_schedule_and_eta_and_round_trips(pipe, tmp_path):
+    sde = GuidedDiffusionPipeline(
+        pipe.unet, pipe.text_encoder, pipe.diffusion_config,
+        sampling_config={"sampler": "dpm++2m-sde", "timestep_schedule": "karras", "steps": 4},
+    )
+    sde.save_pretrained(tmp_path / "sde")
+    loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "sde")
+    assert loaded.sampling_config == {**sde.sampling_config, "eta": None}
+    default = loaded("a red circle", seed=0, output_type="pt")
+    explicit = pipe("a red circle", sampler="dpm++2m-sde", timestep_schedule="karras", steps=4, seed=0, output_type="pt")
+    assert torch.equal(default, explicit)  # eta None: the sampler's own default (1, the SDE)
+    assert not torch.equal(default, loaded("a red circle", seed=1, output_type="pt"))
+    ode = loaded("a red circle", seed=0, eta=0.0, output_type="pt")  # no noise: DPM-Solver++(2M)
+    torch.testing.assert_close(ode, loaded("a red circle", sampler="dpm++", seed=0, output_type="pt"), rtol=0, atol=1e-5)
+    old = GuidedDiffusionPipeline(pipe.unet, pipe.text_encoder, pipe.diffusion_config, sampling_config={"sampler": "ddpm", "eta": 0.0})
+    assert old.sampling_config["timestep_schedule"] == "uniform"  # configs saved before schedules existed
+    assert torch.equal(old("a red circle", steps=3, seed=0, output_type="pt"), pipe("a red circle", sampler="ddpm", steps=3, seed=0, output_type="pt"))

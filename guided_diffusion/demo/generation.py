@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..pipeline import GuidedDiffusionPipeline
-from ..samplers import SAMPLERS
+from ..samplers import TIMESTEP_SCHEDULES, checked_sampler
 from ..text import TextEncoder
 
 MAX_IMAGES = 16
@@ -46,6 +46,7 @@ class GenerationRequest:
     classifier_scale: float
     classifier_labels: dict[str, str] | None
     seed: int
+    timestep_schedule: str = "uniform"
     notices: tuple[str, ...] = field(default=())
 
     def pipeline_kwargs(self) -> dict[str, Any]:
@@ -55,6 +56,7 @@ class GenerationRequest:
             "num_images_per_prompt": self.num_images,
             "steps": self.steps,
             "sampler": self.sampler,
+            "timestep_schedule": self.timestep_schedule,
             "guidance_scale": self.guidance_scale,
             "classifier_scale": self.classifier_scale,
             "classifier_labels": self.classifier_labels,
@@ -100,10 +102,12 @@ def check_request(
     classifier_label: Any,
     classifier_scale: Any,
     seed: Any,
+    timestep_schedule: Any = None,
 ) -> GenerationRequest:
     """Check raw user input against ``pipe`` and the demo's limits; ``ValueError`` names the problem.
 
-    ``steps``, ``sampler`` and ``guidance_scale`` None take ``pipe``'s sampling config; ``seed`` None
+    ``steps``, ``sampler``, ``guidance_scale`` and ``timestep_schedule`` None take ``pipe``'s sampling
+    config; ``seed`` None
     draws a random seed. Classifier settings (a non-empty attribute or label, or a positive scale)
     need a pipeline with a classifier and a label among ``pipe.classifier.labels``.
     """
@@ -121,9 +125,11 @@ def check_request(
     steps = settings["steps"] if steps is None else steps
     sampler = settings["sampler"] if sampler is None else sampler
     guidance_scale = settings["guidance_scale"] if guidance_scale is None else guidance_scale
+    timestep_schedule = settings["timestep_schedule"] if timestep_schedule is None else timestep_schedule
     steps = _whole_number("steps", steps, 1, pipe.diffusion.num_timesteps)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    checked_sampler(sampler)
+    if timestep_schedule not in TIMESTEP_SCHEDULES:
+        raise ValueError(f"unknown timestep schedule {timestep_schedule!r}; choose one of {', '.join(TIMESTEP_SCHEDULES)}")
     guidance_scale = _number("guidance_scale", guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
     classifier_scale = _number("classifier_scale", classifier_scale, 0.0, MAX_CLASSIFIER_SCALE)
     labels = _classifier_labels(pipe, classifier_attribute, classifier_label, classifier_scale)
@@ -138,6 +144,7 @@ def check_request(
         classifier_scale=classifier_scale,
         classifier_labels=labels if classifier_scale > 0 else None,
         seed=seed,
+        timestep_schedule=timestep_schedule,
         notices=(notice,) if notice else (),
     )
 

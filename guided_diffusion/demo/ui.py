@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ..pipeline import GuidedDiffusionPipeline
-from ..samplers import SAMPLERS
+from ..samplers import SAMPLERS, TIMESTEP_SCHEDULES
 from ..schedule import BETA_SCHEDULES
 from .forward import example_images, image_to_tensor, noised_grid, schedule_figure, schedule_processes, schedule_table
 from .generation import (
@@ -103,6 +103,7 @@ def model_settings(pipe: GuidedDiffusionPipeline) -> dict[str, dict[str, Any]]:
         "prompt": {"placeholder": f"{prompts[0]} (empty: unconditional)" if prompts[0] else "empty: unconditional"},
         "examples": {"samples": [[p] for p in prompts], "sample_labels": [p or UNCONDITIONAL_LABEL for p in prompts]},
         "sampler": {"value": sampling["sampler"]},
+        "timestep_schedule": {"value": sampling["timestep_schedule"]},
         "steps": {"maximum": pipe.diffusion.num_timesteps, "value": int(sampling["steps"])},
         "guidance_scale": {"value": float(sampling["guidance_scale"])},
         "classifier_guidance": {"visible": pipe.classifier is not None},
@@ -158,15 +159,16 @@ def build_demo(
         classifier_scale: float = 0.0,
         seed: int | None = 0,
         model: str = models.default,
+        timestep_schedule: str | None = None,
     ) -> list[Image.Image]:
         """Sample `num_images` images for `prompt` ("" is unconditional) with the model named `model`;
-        returns them at the model's resolution as PNG files. `steps`, `sampler` and `guidance_scale`
-        None take the model's sampling config; `seed` None draws a random seed."""
+        returns them at the model's resolution as PNG files. `steps`, `sampler`, `guidance_scale` and
+        `timestep_schedule` None take the model's sampling config; `seed` None draws a random seed."""
         with _user_errors():
             pipe = models.pipeline(model)
             request = accept(
                 pipe, prompt, num_images, steps, sampler, guidance_scale,
-                classifier_attribute, classifier_label, classifier_scale, seed,
+                classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
             )
             return pipe(**request.pipeline_kwargs())
 
@@ -181,6 +183,7 @@ def build_demo(
         classifier_scale: float,
         seed: int | None,
         model: str,
+        timestep_schedule: str,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[dict[gr.components.Component, Any]]:
         """The browser's Generate button: stream x_t and the predicted x_0 at a few steps, then the
@@ -189,7 +192,7 @@ def build_demo(
             pipe = models.pipeline(model)
             request = accept(
                 pipe, prompt, num_images, steps, sampler, guidance_scale,
-                classifier_attribute, classifier_label, classifier_scale, seed,
+                classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
             )
             yield {gallery: None, trajectory: None, status: f"Sampling with seed {request.seed}..."}
             frames: list[torch.Tensor] = []
@@ -215,7 +218,8 @@ def build_demo(
             gallery: [(image, f"seed {request.seed}, image {i + 1}") for i, image in enumerate(images)],
             trajectory: tensor_grid(strip, nrow=len(shown), target=96),
             status: (
-                f"Done: {request.num_images} image(s), {request.steps} {request.sampler} steps, seed {request.seed}. "
+                f"Done: {request.num_images} image(s), {request.steps} {request.sampler} steps ({request.timestep_schedule}), "
+                f"seed {request.seed}. "
                 f"Trajectory of image 1 after steps {', '.join(map(str, shown))}: x_t on top, predicted x_0 below."
             ),
         }
@@ -268,6 +272,7 @@ def build_demo(
                     )
                     num_images = gr.Slider(1, MAX_IMAGES, value=DEFAULT_NUM_IMAGES, step=1, label="Number of images")
                     sampler = gr.Radio(list(SAMPLERS), label="Sampler", **settings["sampler"])
+                    timestep_schedule = gr.Radio(list(TIMESTEP_SCHEDULES), label="Timestep schedule", **settings["timestep_schedule"])
                     steps = gr.Slider(1, step=1, label="Steps", **settings["steps"])
                     guidance_scale = gr.Slider(
                         0,
@@ -337,6 +342,7 @@ def build_demo(
             "prompt": prompt,
             "examples": prompt_examples,
             "sampler": sampler,
+            "timestep_schedule": timestep_schedule,
             "steps": steps,
             "guidance_scale": guidance_scale,
             "classifier_guidance": classifier_guidance,
@@ -359,7 +365,7 @@ def build_demo(
             generate_live,
             inputs=[
                 prompt, num_images, steps, sampler, guidance_scale,
-                classifier_attribute, classifier_label, classifier_scale, seed, picker,
+                classifier_attribute, classifier_label, classifier_scale, seed, picker, timestep_schedule,
             ],
             outputs=[x_t_view, x0_view, gallery, trajectory, status],
             show_progress_on=[gallery],
@@ -379,6 +385,7 @@ def build_demo(
                 gr.Number(value=0.0, label="Classifier scale"),
                 gr.Number(value=0, precision=0, label="Seed"),
                 gr.Dropdown(models.names, value=models.default, label="Model"),
+                gr.Radio(list(TIMESTEP_SCHEDULES), value=None, label="Timestep schedule"),
             ]
             api_run = gr.Button()
         api_run.click(

@@ -165,7 +165,7 @@ def render_emoji_report(report: dict[str, Any]) -> str:
     lines = [
         f"# Emoji evaluation of `{report['model']}`",
         "",
-        f"Sampler {s['sampler']}, {s['steps']} steps, classifier-free guidance {s['guidance_scale']}, seed {s['seed']}; "
+        f"Sampler {s['sampler']}, {s['steps']} steps ({s.get('timestep_schedule', 'uniform')} schedule), classifier-free guidance {s['guidance_scale']}, seed {s['seed']}; "
         f"{report['images_per_prompt']} images per canonical prompt (\"<name>, <style> style\"). Judge: the nearest real "
         "emoji image (both styles, held-out pairs included) in 16x16 area-averaged pixels.",
     ]

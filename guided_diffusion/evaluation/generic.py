@@ -548,7 +548,7 @@ def render_generic_report(report: dict[str, Any]) -> str:
         f"# Evaluation of `{report['model']}` on `{d['source']}`",
         "",
         f"Training split `{d['split']}` ({d['rows']} rows); {held}. Captions from `{d['caption_column']}`{labels}; "
-        f"images resized to {d['image_size']}x{d['image_size']}. Sampler {s['sampler']}, {s['steps']} steps, "
+        f"images resized to {d['image_size']}x{d['image_size']}. Sampler {s['sampler']}, {s['steps']} steps ({s.get('timestep_schedule', 'uniform')} schedule), "
         f"classifier-free guidance {s['guidance_scale']}, seed {s['seed']}.",
     ]
     if "bits_per_dim" in report:

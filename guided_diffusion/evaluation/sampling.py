@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,20 +24,30 @@ def check_counts(at_least: int, **counts: int) -> None:
 @dataclass
 class EvalSampling:
     """How an evaluation draws images: the sampler, its steps, the classifier-free guidance scale,
-    prompts per batch and the seed (batch ``b`` uses ``seed + b``)."""
+    prompts per batch, the seed (batch ``b`` uses ``seed + b``) and the timestep schedule."""
 
     sampler: str = "ddim"
     steps: int = 50
     guidance_scale: float = 3.0
     batch_size: int = 64
     seed: int = 0
+    timestep_schedule: str = "uniform"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def kwargs(self) -> dict[str, Any]:
-        """The pipeline-call arguments: ``sampler``, ``steps``, ``guidance_scale``."""
-        return {"sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale}
+        """The pipeline-call arguments: ``sampler``, ``steps``, ``timestep_schedule``, ``guidance_scale``."""
+        return {
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "timestep_schedule": self.timestep_schedule,
+            "guidance_scale": self.guidance_scale,
+        }
+
+    def replace(self, **changes: Any) -> "EvalSampling":
+        """A copy with ``changes`` (field -> value) applied."""
+        return dataclasses.replace(self, **changes)
 
 
 def generate(
