@@ -1,73 +1,121 @@
-"""Quality against steps for the ddpm, ddim and dpm++ samplers on a trained Shapes32 model.
+"""Prompt adherence against model evaluations for sampler x timestep-schedule pairs on a trained Shapes32
+model, and the demo call's latency against the historical ddpm-25 call, side by side in one process.
 
-    python benchmarks/samplers.py --model shapes32 --out docs/samplers [--quick]
-    python benchmarks/samplers.py --steps 5 10 20 50 100 --reference-steps 1000   # on a CPU
-
-``--reference-steps`` runs only the ancestral sampler (ddpm) at those step counts: the 1000-step
-reference costs as much as every other cell together, which on a CPU is what makes the table slow.
+    python benchmarks/samplers.py --model shapes32 --out docs/samplers
+    python benchmarks/samplers.py --samplers dpm++:karras dpm++3m:log_snr --nfe 5 10 20 --num-prompts 96
+    python benchmarks/samplers.py --latency-only --rounds 9
 
 Quality is the share of samples with all four attributes right for canonical prompts of seen
-colour-shape pairs (the measure of the default-model evaluation, ``guided_diffusion.evaluate``).
-Writes ``samplers.md``, ``samplers.json`` and ``samplers.png`` into ``--out``; the last line printed
-is the table as JSON. Target: dpm++ at 20 steps within 2 points of ancestral DDPM at 1000 steps.
+colour-shape pairs (the measure of the default-model evaluation, ``guided_diffusion.evaluate``). Each
+entry of ``--samplers`` is ``SAMPLER[:SCHEDULE]``; a sampler gets the most steps whose model evaluations
+fit each ``--nfe`` budget. The latency part times ``pipe(prompt, num_images_per_prompt=4)`` with the
+model's own sampling config against the same call with ``sampler="ddpm", steps=25,
+timestep_schedule="uniform"``, the rounds interleaved, and reports the medians and their ratio.
+Writes ``samplers.md``, ``samplers.json`` and ``samplers.png`` into ``--out``; the last line printed is
+one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import statistics
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from guided_diffusion import GuidedDiffusionPipeline
-from guided_diffusion.evaluate import Sampling, plot_samplers, sampler_table
+from guided_diffusion.evaluate import plot_samplers, sampler_table
+from guided_diffusion.evaluation.sampling import EvalSampling
+
+BASELINE = {"sampler": "ddpm", "steps": 25, "timestep_schedule": "uniform"}
+DEFAULT_SPECS = ["ddim:uniform", "ddpm:uniform", "dpm++:uniform", "dpm++:karras", "dpm++:log_snr", "dpm++3m:log_snr", "heun:karras"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo where there is one, else the machine type."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def latency(pipe: GuidedDiffusionPipeline, prompt: str, rounds: int) -> dict[str, Any]:
+    """Median seconds of the 4-image call with the model's sampling config and with :data:`BASELINE`,
+    timed in alternating order over ``rounds`` rounds after one warm-up call each."""
+    calls = {"default": {}, "ddpm-25": BASELINE}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for name, kwargs in calls.items():
+        pipe(prompt, num_images_per_prompt=4, seed=0, **kwargs)
+    for r in range(rounds):
+        for name in (list(calls) if r % 2 == 0 else list(reversed(calls))):
+            started = time.perf_counter()
+            pipe(prompt, num_images_per_prompt=4, seed=r, **calls[name])
+            times[name].append(time.perf_counter() - started)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "default_call": {k: pipe.sampling_config[k] for k in ("sampler", "timestep_schedule", "steps")},
+        "seconds_default": round(medians["default"], 4),
+        "seconds_ddpm25": round(medians["ddpm-25"], 4),
+        "ratio": round(medians["default"] / medians["ddpm-25"], 3),
+        "rounds": rounds,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="shapes32")
     parser.add_argument("--out", type=Path, default=Path("docs/samplers"))
-    parser.add_argument("--samplers", nargs="*", default=["ddpm", "ddim", "dpm++"])
-    parser.add_argument("--steps", type=int, nargs="*", default=[5, 10, 20, 50, 100, 1000])
-    parser.add_argument("--reference-steps", type=int, nargs="*", default=[], help="more step counts, for ddpm only")
+    parser.add_argument("--samplers", nargs="*", default=DEFAULT_SPECS, metavar="SAMPLER[:SCHEDULE]")
+    parser.add_argument("--nfe", type=int, nargs="*", default=[5, 10, 20])
     parser.add_argument("--num-prompts", type=int, default=96, help="canonical prompts (one image each) per cell")
     parser.add_argument("--guidance-scale", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="32 prompts and at most 100 steps")
+    parser.add_argument("--rounds", type=int, default=7, help="latency rounds")
+    parser.add_argument("--latency-only", action="store_true")
     args = parser.parse_args()
-    if args.quick:
-        args.num_prompts, args.steps = 32, [s for s in args.steps if s <= 100]
 
     pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device="cuda" if torch.cuda.is_available() else "cpu")
     scale = pipe.sampling_config["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
-    sampling = Sampling(guidance_scale=scale, batch_size=args.batch_size, seed=args.seed)
-    rows = []
-    for samplers, steps in ((args.samplers, args.steps), (["ddpm"], args.reference_steps)):
-        rows += sampler_table(
-            pipe, samplers=samplers, steps=steps, num_prompts=args.num_prompts, images_per_prompt=1, sampling=sampling
-        )
-    order = {name: i for i, name in enumerate(dict.fromkeys([*args.samplers, "ddpm"]))}
-    rows.sort(key=lambda r: (order[r["sampler"]], r["steps"]))
-    args.out.mkdir(parents=True, exist_ok=True)
-    lines = [
-        f"Quality against steps: `{args.model}`, guidance scale {scale}, {args.num_prompts} canonical prompts (seen pairs) per cell.",
-        "",
-        "| sampler | steps | all four | shape | color | size | position | seconds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['sampler']} | {r['steps']} | {100 * r['all']:.1f}% | {100 * r['shape']:.1f}% | {100 * r['color']:.1f}% | "
-            f"{100 * r['size']:.1f}% | {100 * r['position']:.1f}% | {r['seconds']:.0f} |"
-        )
-    table = "\n".join(lines) + "\n\n![quality against steps](samplers.png)\n"
-    (args.out / "samplers.md").write_text(table)
-    (args.out / "samplers.json").write_text(json.dumps(rows, indent=2) + "\n")
-    plot_samplers(rows, args.out / "samplers.png")
-    print(table)
-    print(json.dumps(rows))
+    result: dict[str, Any] = {"model": args.model, "cpu": cpu_name(), "threads": torch.get_num_threads()}
+    result["latency"] = latency(pipe, pipe.example_prompts[0], args.rounds)
+    print(json.dumps(result["latency"]))
+    if not args.latency_only:
+        sampling = EvalSampling(guidance_scale=scale, batch_size=args.batch_size, seed=args.seed)
+        rows = sampler_table(pipe, samplers=args.samplers, nfe=args.nfe, num_prompts=args.num_prompts, images_per_prompt=1, sampling=sampling)
+        result["adherence"] = rows
+        lines = [
+            f"Prompt adherence against model evaluations: `{args.model}`, guidance scale {scale}, {args.num_prompts} "
+            "canonical prompts (seen pairs, one image each) per cell.",
+            "",
+            "| sampler | schedule | steps | NFE | all four | shape | color | size | position | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['sampler']} | {r['timestep_schedule']} | {r['steps']} | {r['nfe']} | {100 * r['all']:.1f}% | "
+                f"{100 * r['shape']:.1f}% | {100 * r['color']:.1f}% | {100 * r['size']:.1f}% | {100 * r['position']:.1f}% | {r['seconds']:.0f} |"
+            )
+        lat = result["latency"]
+        lines += [
+            "",
+            f"Latency of the demo's 4-image call ({lat['rounds']} interleaved rounds, medians): the model's default "
+            f"({lat['default_call']}) {lat['seconds_default']:.3f} s, ddpm-25 {lat['seconds_ddpm25']:.3f} s, ratio {lat['ratio']:.3f}.",
+            "",
+            "![quality against model evaluations](samplers.png)",
+        ]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "samplers.md").write_text("\n".join(lines) + "\n")
+        (args.out / "samplers.json").write_text(json.dumps(result, indent=2) + "\n")
+        plot_samplers(rows, args.out / "samplers.png")
+        print("\n".join(lines))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -25,10 +25,14 @@ def test_shapes32_ships_with_its_classifier_and_samples():
     assert guided.shape == (1, 32, 32, 3)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "dpm++"])
-def test_shapes32_draws_what_the_prompt_says(sampler):
+@pytest.mark.parametrize(
+    "settings",
+    [{"sampler": "ddpm", "steps": 20, "timestep_schedule": "uniform"}, {"sampler": "unipc", "steps": 20, "timestep_schedule": "karras"}, {}],
+)
+def test_shapes32_draws_what_the_prompt_says(settings):
     """Four canonical prompts, the last a colour-shape pair held out of training, read back by the
-    attribute reader: every attribute of every image must match (20 steps, seed 0)."""
+    attribute reader: every attribute of every image must match (seed 0), with the model's own sampling
+    config ({}: dpm++, 8 steps on the log-SNR schedule) and two others."""
     pipe = GuidedDiffusionPipeline.from_pretrained("shapes32")
     wanted = [
         ("circle", "red", "large", "top left"),
@@ -37,7 +41,8 @@ def test_shapes32_draws_what_the_prompt_says(sampler):
         ("triangle", "purple", "small", "right"),
     ]
     prompts = [canonical_caption(*attributes) for attributes in wanted]
-    images = pipe(prompts, sampler=sampler, steps=20, seed=0, output_type="np")
+    assert (pipe.sampling_config["sampler"], pipe.sampling_config["timestep_schedule"], pipe.sampling_config["steps"]) == ("dpm++", "log_snr", 8)
+    images = pipe(prompts, **settings, seed=0, output_type="np")
     keys = ("shape", "color", "size", "position")
     assert [tuple(describe(image)[k] for k in keys) for image in images] == wanted
 
