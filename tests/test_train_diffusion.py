@@ -240,12 +240,31 @@ def test_wrong_column_is_refused_with_the_columns(data: Path, tmp_path: Path) ->
     assert not (tmp_path / "run" / "checkpoint-4").exists()
 
 
-def test_non_finite_loss_stops_with_the_last_good_checkpoint(data: Path, tmp_path: Path) -> None:
+def test_non_finite_loss_stops_and_deletes_the_checkpoint_whose_weights_made_it(data: Path, tmp_path: Path) -> None:
     extra = ["--learning_rate", "1e30", "--lr_scheduler", "constant", "--checkpointing_steps", "1"]
     extra += ["--mixed_precision", "bf16"]
     line = _one_error_line(train(flags(data, tmp_path / "run", *extra), expect_ok=False))
-    assert "loss became" in line and "checkpoint-1" in line
-    assert_complete(tmp_path / "run" / "checkpoint-1")
+    # update 1 ruins the weights; update 2's loss, the first computed with them, is not finite
+    assert "loss became" in line and "at step 2" in line and "No checkpoint was confirmed good yet" in line
+    assert checkpoints(tmp_path / "run") == [] and not (tmp_path / "run" / "unet").exists()
+
+
+def test_a_diverging_run_stops_and_leaves_the_last_good_checkpoint_and_model(data: Path, tmp_path: Path) -> None:
+    # Warm-up from learning rate 0: update 1 leaves the weights as they are, update 2 (at 2.5e8) ruins them.
+    extra = ["--learning_rate", "1e9", "--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "4"]
+    extra += ["--checkpointing_steps", "1", "--checkpoints_total_limit", "1", "--validation_steps", "100"]
+    run = tmp_path / "run"
+    result = train(flags(data, run, *extra), expect_ok=False)
+    line = _one_error_line(result)
+    assert "Last good checkpoint: " + str(run / "checkpoint-1") in line and "learning rate" in line
+    assert "published the model of checkpoint-1" in result.stdout + result.stderr
+    assert ("loss diverged" in line and "more than 100x the median" in line) or "loss became" in line
+    assert checkpoints(run) == [run / "checkpoint-1"]  # 2, 3, ... were saved, never confirmed, and deleted
+    assert_complete(run / "checkpoint-1")
+    one_step = tmp_path / "one_step"
+    train(flags(data, one_step, *extra[:6], "--max_train_steps", "1", "--validation_steps", "100"))
+    published, expected = (load_file(str(d / "unet" / "model.safetensors")) for d in (run, one_step))
+    assert all(torch.equal(published[k], expected[k]) for k in expected)  # the model of step 1, as published then
 
 
 def test_starting_over_existing_checkpoints_is_refused(

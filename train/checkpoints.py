@@ -64,11 +64,9 @@ def resolve_resume(output_dir: str | os.PathLike, spec: str | None) -> Path | No
     return folder
 
 
-def save_checkpoint(
-    accelerator: Accelerator, output_dir: str | os.PathLike, step: int, state: dict[str, Any], total_limit: int | None
-) -> Path:
-    """Write ``checkpoint-{step}`` (every process must call this) and prune the oldest beyond
-    ``total_limit``. ``state`` is the JSON-able trainer state, written by the main process."""
+def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int, state: dict[str, Any]) -> Path:
+    """Write ``checkpoint-{step}`` (every process must call this). ``state`` is the JSON-able trainer
+    state, written by the main process."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     partial = output_dir / f".tmp-checkpoint-{step}"
@@ -81,16 +79,21 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
-            _delete(final)
+            delete_checkpoint(final)
         os.replace(partial, final)
-        if total_limit is not None:
-            for _, old in list_checkpoints(output_dir)[:-total_limit]:
-                _delete(old)
     accelerator.wait_for_everyone()
     return final
 
 
-def _delete(folder: Path) -> None:
+def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> None:
+    """Delete the oldest complete checkpoints beyond the newest ``total_limit`` (main process only)."""
+    if total_limit is not None:
+        for _, old in list_checkpoints(output_dir)[:-total_limit]:
+            delete_checkpoint(old)
+
+
+def delete_checkpoint(folder: Path) -> None:
+    """Remove ``folder``, renamed aside first so that a kill midway leaves no half checkpoint."""
     aside = folder.with_name(f".old-{folder.name}")
     shutil.rmtree(aside, ignore_errors=True)
     os.replace(folder, aside)

@@ -39,7 +39,10 @@ class TrainingConfig:
     Commands without prompts (the classifier) evaluate on held-out data on the same schedule instead.
     ``text_feature_cache`` is the number of captions whose frozen text features are kept (0: none).
     ``mixed_precision`` None takes accelerate's setting (``accelerate launch --mixed_precision`` or
-    ``accelerate config``), "no" when there is none.
+    ``accelerate config``), "no" when there is none. A loss above ``divergence_factor`` x the median
+    of the last ``divergence_window`` healthy updates for ``divergence_patience`` updates in a row, or
+    a loss that is not finite, stops the run (see :mod:`train.divergence`); ``divergence_factor`` None
+    keeps only the second check.
     """
 
     output_dir: str = "outputs/run"
@@ -68,6 +71,9 @@ class TrainingConfig:
     ema_warmup: bool = True
     snr_gamma: float | None = None
     text_feature_cache: int = 4096
+    divergence_factor: float | None = 100.0
+    divergence_patience: int = 3
+    divergence_window: int = 100
 
     def __post_init__(self) -> None:
         positive = ("train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "checkpointing_steps")
@@ -85,6 +91,11 @@ class TrainingConfig:
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"training.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise ConfigError(f"training.divergence_factor must be above 1 (or null), got {self.divergence_factor}")
+        for name in ("divergence_patience", "divergence_window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"training.{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ConfigError(f"training.learning_rate must be positive, got {self.learning_rate}")
         for name in ("lr_warmup_steps", "text_feature_cache"):
@@ -143,6 +154,8 @@ TRAINING_FLAGS: dict[str, dict[str, Any]] = {
     "use_ema": {"action": argparse.BooleanOptionalAction, "help": "keep an EMA of the weights and export it"},
     "ema_decay": {"type": float},
     "snr_gamma": {"type": float, "help": "min-SNR-gamma loss weighting (e.g. 5.0)"},
+    "divergence_factor": {"type": float, "help": "stop when the loss exceeds this many times its recent median (default 100)"},
+    "divergence_patience": {"type": int, "help": "... for this many updates in a row (default 3)"},
 }
 MODEL_FLAGS: dict[str, dict[str, Any]] = {
     "prediction_type": {"choices": ("eps", "x0", "v"), "help": "what the model predicts (diffusion.prediction)"},

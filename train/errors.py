@@ -1,7 +1,7 @@
 """The errors a user can cause in a training run, and how the command line shows them.
 
 A bad config key, a missing column, a bad path, an unusable checkpoint or a loss that stops being
-finite ends the run with one line on stderr and exit status 1, never a traceback. Anything else is a
+finite or diverges (:mod:`train.divergence`) ends the run with one line on stderr and exit status 1, never a traceback. Anything else is a
 bug and keeps its traceback.
 
 Under ``accelerate launch`` every process usually meets the same error. The main process prints it

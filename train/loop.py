@@ -34,8 +34,17 @@ from transformers import get_scheduler
 
 from guided_diffusion.data import DataError, DataPosition, TrainData, check_columns, load_source
 
-from .checkpoints import list_checkpoints, load_checkpoint, remove_partial_checkpoints, resolve_resume, save_checkpoint
+from .checkpoints import (
+    delete_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    remove_partial_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+)
 from .config import RunConfig, TrainingConfig
+from .divergence import DivergenceGuard, kept
 from .ema import EMA
 from .errors import ConfigError, TrainingError
 from .tracking import Tracker, tracker_backends
@@ -124,7 +133,11 @@ class Trainer:
         data: this process's training data.
         loss_fn: ``loss_fn(prepared_model, batch) -> scalar tensor``, the mean loss of one batch.
         publish: ``publish(step)`` writes the model users load into ``output_dir``; called on the
-            main process, with the EMA weights in place, at every checkpoint.
+            main process, with the EMA weights in place, for every checkpoint once it is confirmed: the
+            next update's loss, computed with its weights, is healthy (:mod:`train.divergence`). So a
+            diverging run stops with the last good checkpoint and published model as they were, and
+            the unconfirmed checkpoints after them deleted. The last checkpoint of a run has no next
+            update: it is published when the run's last loss is healthy.
         validate: ``validate(step)`` samples for inspection; called on the main process with the EMA
             weights in place, every ``validation_steps`` and at the end, when there are prompts.
         evaluate: ``evaluate(step) -> metrics`` measures the model on held-out data; called on the main
@@ -170,7 +183,11 @@ class Trainer:
         if config.use_ema:
             self.ema = EMA(accelerator.unwrap_model(self.model), decay=config.ema_decay, warmup=config.ema_warmup)
             accelerator.register_for_checkpointing(self.ema)
-        self.last_checkpoint: Path | None = None
+        self.guard = DivergenceGuard(config.divergence_factor, config.divergence_patience, config.divergence_window)
+        self.last_checkpoint: Path | None = None  # the last confirmed (published) or resumed checkpoint
+        self.pending: tuple[int, Path] | None = None  # saved, waiting for the next update's loss
+        self.unconfirmed: list[Path] = []  # saved, and the next update's loss was suspect
+        self.published: Path | None = None  # confirmed since the log last said so
         self.position = DataPosition()  # this process's place in its data, after the last batch read
 
     def _max_steps(self) -> int:
@@ -202,11 +219,14 @@ class Trainer:
                 if self.evaluate is not None and self._on_validation_schedule(state.step):
                     metrics.update(self._on_main_with_averaged_weights(self.evaluate, state.step) or {})
                 tracker.log(state.step, metrics)
+                self._report_publication(tracker)
                 if state.step % self.config.checkpointing_steps == 0 or state.step == self.max_steps:
                     self._checkpoint(state)
-                    tracker.write(f"saved {self.last_checkpoint} and published the model in {self.output_dir}")
+                    tracker.write(f"saved {self.pending[1]}")
                 if self._validation_due(state.step):
                     self._on_main_with_averaged_weights(self.validate, state.step)
+            self._finish()
+            self._report_publication(tracker)
         finally:
             tracker.close()
             accelerator.end_training()
@@ -274,12 +294,7 @@ class Trainer:
             reduction="sum",
         )
         loss_value = totals[0].item() / accelerator.num_processes
-        if not math.isfinite(loss_value):
-            last_good = self.last_checkpoint or "none yet"
-            raise TrainingError(
-                f"the loss became {loss_value} at step {state.step + 1}; training stopped. Last good checkpoint: "
-                f"{last_good}. Lower the learning rate, set max_grad_norm, or use mixed_precision no/bf16"
-            )
+        self._judge(state.step + 1, loss_value)
         if config.max_grad_norm is not None:
             accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
         self.optimizer.step()
@@ -300,17 +315,66 @@ class Trainer:
             "skipped_images": state.skipped_images,
         }
 
+    def _judge(self, step: int, loss: float) -> None:
+        """Run update ``step``'s loss past the guard, with the weights of the previous update still in
+        the model: a healthy loss confirms the pending checkpoint (saved with those weights), which is
+        then published and the older checkpoints pruned; a suspect one leaves it unconfirmed; a stop
+        deletes every unconfirmed checkpoint before the error goes up."""
+        try:
+            healthy = self.guard.check(step, loss, None if self.last_checkpoint is None else str(self.last_checkpoint))
+        except TrainingError:
+            self._discard_unconfirmed()
+            raise
+        if self.pending is None:
+            return
+        if healthy:
+            self._confirm()
+        else:
+            self.unconfirmed.append(self.pending[1])
+            self.pending = None
+
+    def _confirm(self) -> None:
+        """Publish the pending checkpoint (its weights are the model's now) and prune the older ones."""
+        step, folder = self.pending
+        self._on_main_with_averaged_weights(self.publish, step)
+        if self.accelerator.is_main_process:
+            prune_checkpoints(self.output_dir, self.config.checkpoints_total_limit)
+        self.accelerator.wait_for_everyone()
+        self.last_checkpoint = self.published = folder
+        self.pending, self.unconfirmed = None, []
+
+    def _report_publication(self, tracker: Tracker) -> None:
+        if self.published is not None:
+            tracker.write(f"published the model of {self.published.name} in {self.output_dir}")
+            self.published = None
+
+    def _discard_unconfirmed(self) -> None:
+        folders = self.unconfirmed + ([self.pending[1]] if self.pending is not None else [])
+        if self.accelerator.is_main_process:
+            for folder in folders:
+                if folder.exists():
+                    delete_checkpoint(folder)
+        self.accelerator.wait_for_everyone()
+        self.unconfirmed, self.pending = [], None
+
+    def _finish(self) -> None:
+        """Publish the run's last checkpoint, unless the last loss was suspect: then stop as a
+        divergence would, the last confirmed checkpoint and published model untouched."""
+        if self.guard.suspect:
+            self._discard_unconfirmed()
+            raise TrainingError(
+                f"the run ended on {self.guard.streak} suspect update(s) (loss above {self.guard.factor:g}x its recent "
+                f"median), so its last weights were not published. "
+                + kept(None if self.last_checkpoint is None else str(self.last_checkpoint))
+            )
+        if self.pending is not None:
+            self._confirm()
+
     def _checkpoint(self, state: TrainState) -> None:
         accelerator = self.accelerator
         mine = torch.tensor([[self.position.epoch, self.position.offset]], device=accelerator.device)
         state.positions = [DataPosition(int(e), int(o)) for e, o in accelerator.gather(mine).tolist()]
-        self.last_checkpoint = save_checkpoint(
-            accelerator, self.output_dir, state.step, state.to_dict(), self.config.checkpoints_total_limit
-        )
-        if accelerator.is_main_process:
-            with self.averaged_weights():
-                self.publish(state.step)
-        accelerator.wait_for_everyone()
+        self.pending = (state.step, save_checkpoint(accelerator, self.output_dir, state.step, state.to_dict()))
 
     def _on_validation_schedule(self, step: int) -> bool:
         every = self.config.validation_steps
