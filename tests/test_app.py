@@ -170,12 +170,12 @@ def test_models_are_the_given_ones_then_the_shipped_ones_each_loaded_once(monkey
     monkeypatch.setattr("guided_diffusion.pipeline.PRETRAINED_DIR", shipped)
 
     models = DemoModels.from_names([guided_dir, "guided"])  # a folder named like a shipped model, then that model
-    assert models.names == [str(guided_dir), "guided", "broken"] and models.default == str(guided_dir)
+    assert models.names == ["guided-2", "guided", "broken"] and models.default == "guided-2"  # never a path
     assert models.pipeline("guided") is models.pipeline("guided") and models.pipeline("guided").folder == shipped / "guided"
-    assert models.pipeline(str(guided_dir)).classifier is not None
+    assert models.pipeline("guided-2").classifier is not None and models.pipeline("guided-2").folder == guided_dir
     with pytest.raises(CheckpointError, match="model.safetensors"):  # shipped models load when first picked
         models.pipeline("broken")
-    with pytest.raises(ValueError, match=re.escape(f"unknown model 'nope'; choose one of {guided_dir}, guided, broken")):
+    with pytest.raises(ValueError, match=re.escape("unknown model 'nope'; choose one of guided-2, guided, broken")):
         models.pipeline("nope")
     with pytest.raises(CheckpointError, match="model.safetensors"):  # given models load at once
         DemoModels.from_names(["broken"])
@@ -187,9 +187,9 @@ def test_shapes32_offers_the_example_prompts_of_its_folder():
 
 
 def test_page_settings_follow_the_model(pipe, guided_dir, emoji_dir):
-    guided = model_settings(GuidedDiffusionPipeline.from_pretrained(guided_dir))
-    emoji = model_settings(GuidedDiffusionPipeline.from_pretrained(emoji_dir))
-    plain = model_settings(pipe)
+    guided = model_settings(GuidedDiffusionPipeline.from_pretrained(guided_dir), "guided")
+    emoji = model_settings(GuidedDiffusionPipeline.from_pretrained(emoji_dir), "tiny-emoji")
+    plain = model_settings(pipe, "plain")
     assert guided["examples"]["samples"] == [[p] for p in [*SHAPES_PROMPTS, ""]]
     assert guided["examples"]["sample_labels"][-1] == '"" (unconditional)'
     assert emoji["examples"]["samples"] == [[p] for p in [*EMOJI_PROMPTS, ""]]
@@ -289,11 +289,47 @@ def test_forward_process_shows_both_schedules(pipe):
     assert forward_view(pipe, None, 10)[:2] == (None, "Pick an example or upload an image.")
 
 
-def test_model_card_reads_the_folder_documents(pipe, guided_dir):
-    card = model_card(pipe, guided_dir)
+def test_model_card_reads_the_folder_documents_and_names_the_model_not_its_folder(guided_dir):
+    card = model_card(GuidedDiffusionPipeline.from_pretrained(guided_dir), "guided")
     assert "Trained on 100 Shapes32 images" in card["training"]
     assert "Not available" in card["evaluation"]
     assert "unet" in card["summary"] and "total" in card["summary"] and "beta_schedule" in card["config"]
+    assert "- **Model:** `guided`" in card["summary"] and str(guided_dir) not in "".join(card.values())
+
+
+def test_two_folders_of_one_name_are_told_apart_without_their_paths(guided_dir, tmp_path):
+    twin = tmp_path / "elsewhere" / guided_dir.name
+    shutil.copytree(guided_dir, twin)
+    models = DemoModels.from_names([guided_dir, twin])
+    assert models.names[:2] == ["guided", "guided-2"] and set(models.names[2:]) == set(shipped_models())
+
+
+def test_no_page_or_api_answer_shows_the_servers_paths(server, client, guided_dir, emoji_dir, tmp_path):
+    import urllib.request
+
+    from guided_diffusion.demo.public import scrub_paths
+
+    server_paths = [str(REPO), str(guided_dir), str(emoji_dir), str(guided_dir.parent), str(Path.home())]
+    answers = [urllib.request.urlopen(server.rstrip("/") + path).read().decode() for path in ("/", "/config", "/gradio_api/info")]
+    answers.append(str(client.view_api(print_info=False, return_format="dict")))
+    with pytest.raises(AppError) as refused:
+        client.predict(prompt="", num_images=1, model="/srv/models/secret", api_name="/generate")
+    answers.append(str(refused.value))
+    demo = build_demo(DemoModels.from_names([guided_dir, emoji_dir]))
+    switch = next(fn.fn for fn in demo.fns.values() if fn.name == "switch_model")
+    answers += [str(getattr(update, "value", update)) for update in switch("tiny-emoji", None, 10).values()]
+    leaked = [p for p in server_paths if any(p in answer for answer in answers)]
+    assert not leaked, leaked
+    # a model folder that breaks when first picked: its error names the file, not where it lives
+    broken = tmp_path / "broken"
+    shutil.copytree(guided_dir, broken)
+    (broken / "unet" / "model.safetensors").write_bytes(b"not a safetensors file")
+    demo = build_demo(DemoModels({"guided": guided_dir, "broken": broken}))
+    generate = next(fn.fn for fn in demo.fns.values() if fn.name == "generate")
+    with pytest.raises(gr.Error) as error:
+        generate("a red circle", model="broken")
+    assert "model.safetensors" in error.value.message and str(tmp_path) not in error.value.message
+    assert scrub_paths(f"cannot read {broken}/unet/model.safetensors") == "cannot read model.safetensors"
 
 
 def test_classifier_controls_are_hidden_without_a_classifier(pipe):

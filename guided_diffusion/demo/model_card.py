@@ -1,4 +1,8 @@
-"""What the Model tab says about the loaded pipeline: its configuration, size, data and evaluation."""
+"""What the Model tab says about the loaded pipeline: its configuration, size, data and evaluation.
+
+Everything here is shown to every visitor, so the model is named by its name in the picker, never by
+its folder, and the documents and config pass through :func:`~guided_diffusion.demo.public.scrub_paths`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..pipeline import GuidedDiffusionPipeline
+from .public import scrub_paths
 
 NOT_AVAILABLE = "_Not available: the pipeline folder has no {name}._"
 
@@ -15,7 +20,7 @@ def _document(folder: Path | None, name: str) -> str:
     path = folder / name if folder is not None else None
     if path is None or not path.is_file():
         return NOT_AVAILABLE.format(name=name)
-    return path.read_text(encoding="utf-8", errors="replace")
+    return scrub_paths(path.read_text(encoding="utf-8", errors="replace"))
 
 
 def parameter_table(pipe: GuidedDiffusionPipeline) -> str:
@@ -25,9 +30,10 @@ def parameter_table(pipe: GuidedDiffusionPipeline) -> str:
     return "\n".join(["| component | parameters |", "| --- | ---: |", *rows, f"| **total** | **{sum(counts.values()):,}** |"])
 
 
-def model_card(pipe: GuidedDiffusionPipeline, folder: Path | None) -> dict[str, str]:
-    """Markdown sections for the Model tab: ``summary``, ``config`` (YAML), ``training`` (the folder's
-    README.md) and ``evaluation`` (its evaluation.md); the last two say "not available" when absent."""
+def model_card(pipe: GuidedDiffusionPipeline, name: str) -> dict[str, str]:
+    """Markdown sections for the Model tab of the model called ``name``: ``summary``, ``config`` (YAML),
+    ``training`` (the README.md of ``pipe.folder``) and ``evaluation`` (its evaluation.md); the last two
+    say "not available" when absent."""
     unet = pipe.unet.config
     classifier = (
         ", ".join(f"{attribute} ({', '.join(names)})" for attribute, names in pipe.classifier.labels.items())
@@ -36,7 +42,7 @@ def model_card(pipe: GuidedDiffusionPipeline, folder: Path | None) -> dict[str, 
     )
     summary = "\n".join(
         [
-            f"- **Folder:** `{folder}`" if folder is not None else "- **Folder:** (built in memory)",
+            f"- **Model:** `{name}`",
             f"- **Images:** {unet.image_size}x{unet.image_size}, {unet.out_channels} channels",
             f"- **Text encoder:** {pipe.text_encoder.config['backend']}, context {pipe.text_encoder.context_length} tokens",
             f"- **Diffusion:** {pipe.diffusion!r}",
@@ -48,7 +54,7 @@ def model_card(pipe: GuidedDiffusionPipeline, folder: Path | None) -> dict[str, 
     )
     return {
         "summary": summary,
-        "config": "```yaml\n" + yaml.safe_dump(pipe.config, sort_keys=False) + "```",
-        "training": _document(folder, "README.md"),
-        "evaluation": _document(folder, "evaluation.md"),
+        "config": "```yaml\n" + scrub_paths(yaml.safe_dump(pipe.config, sort_keys=False)) + "```",
+        "training": _document(pipe.folder, "README.md"),
+        "evaluation": _document(pipe.folder, "evaluation.md"),
     }

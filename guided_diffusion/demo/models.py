@@ -2,7 +2,8 @@
 
 :meth:`DemoModels.from_names` offers the pipeline folders or shipped model names it is given (the first
 is the default) and then every other shipped model. A shipped model is named by its name; another
-folder by its folder name, or by its path when that name is already taken.
+folder by its folder name, with "-2", "-3", ... when that name is already taken: never by its path,
+which the picker would show to every visitor.
 """
 
 from __future__ import annotations
@@ -42,12 +43,11 @@ class DemoModels:
         candidates = [(str(given), resolve_pipeline_folder(given).resolve()) for given in names_or_paths]
         candidates += [(name, folder) for folder, name in shipped.items()]
         names: dict[Path, str] = {}
-        for spelled, folder in candidates:
+        for _, folder in candidates:
             if folder not in names:
+                taken = {*names.values(), *shipped.values()}
                 names[folder] = shipped.get(folder) or next(
-                    name
-                    for name in (folder.name, spelled, str(folder))
-                    if name not in names.values() and name not in shipped.values()
+                    name for name in (folder.name, *(f"{folder.name}-{i}" for i in range(2, len(candidates) + 2))) if name not in taken
                 )
         models = cls({name: folder for folder, name in names.items()}, device)
         for _, folder in candidates[: len(names_or_paths)]:

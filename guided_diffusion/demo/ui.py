@@ -41,6 +41,7 @@ from ..images import to_pil
 from .images import enlarge, enlargement, tensor_grid
 from .model_card import model_card
 from .models import DemoModels
+from .public import scrub_paths
 
 UNCONDITIONAL_LABEL = '"" (unconditional)'
 DEFAULT_NUM_IMAGES = 4
@@ -57,7 +58,8 @@ def default_concurrency(device: torch.device) -> int:
 
 
 def _user_error(message: str) -> gr.Error:
-    return gr.Error(html.escape(message, quote=False), print_exception=False)
+    """The message a client sees: no server paths (:func:`scrub_paths`), no traceback."""
+    return gr.Error(html.escape(scrub_paths(message), quote=False), print_exception=False)
 
 
 @contextlib.contextmanager
@@ -82,19 +84,20 @@ def example_prompts(pipe: GuidedDiffusionPipeline) -> list[str]:
     return pipe.example_prompts + ([] if "" in pipe.example_prompts else [""])
 
 
-def model_settings(pipe: GuidedDiffusionPipeline) -> dict[str, dict[str, Any]]:
+def model_settings(pipe: GuidedDiffusionPipeline, name: str) -> dict[str, dict[str, Any]]:
     """The properties of each control that follows the picked model, keyed by the control's name: the
     page is built with the default model's and updated with another model's when it is picked.
 
     The classifier-guidance controls show ``pipe``'s classifier attributes and classes (hidden without
-    a classifier, with the scale back at 0); the sampler controls its sampling config.
+    a classifier, with the scale back at 0); the sampler controls its sampling config; the Model tab
+    its card under ``name``, the name the picker shows.
     """
     size = pipe.unet.config.image_size
     sampling = pipe.sampling_config
     labels = pipe.classifier.labels if pipe.classifier is not None else {}
     attribute = next(iter(labels), None)
     prompts = example_prompts(pipe)
-    card = model_card(pipe, pipe.folder)
+    card = model_card(pipe, name)
     return {
         "about": {
             "value": f"A text-conditioned diffusion model with classifier-free"
@@ -138,7 +141,7 @@ def build_demo(
     :func:`default_concurrency` of the default model's device."""
     first = models.pipeline(models.default)
     concurrency_limit = concurrency_limit or default_concurrency(first.device)
-    settings = model_settings(first)
+    settings = model_settings(first, models.default)
     examples = {caption: enlarge(image, enlargement(image.width)) for caption, image in example_images().items()}
 
     def accept(pipe: GuidedDiffusionPipeline, *request_args: Any) -> GenerationRequest:
@@ -246,7 +249,7 @@ def build_demo(
         t = min(max(int(t), 0), pipe.diffusion.num_timesteps - 1)
         grid, table, figure = forward_view(pipe, image, t)
         return {
-            **{controls[name]: type(controls[name])(**props) for name, props in model_settings(pipe).items()},
+            **{controls[name]: type(controls[name])(**props) for name, props in model_settings(pipe, model).items()},
             timestep: gr.Slider(maximum=pipe.diffusion.num_timesteps - 1, value=t),
             noised: grid,
             values: table,
