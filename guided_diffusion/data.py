@@ -127,8 +127,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class DataPosition:
-    """Where one process is in its stream: ``offset`` batches (map-style) or examples (streaming)
-    of ``epoch`` already consumed."""
+    """Where a run is in its data: of ``epoch``, ``offset`` rows already read by all processes together
+    (map-style; the same for every process), or ``offset`` examples of this process's shard (streaming)."""
 
     epoch: int = 0
     offset: int = 0
@@ -455,9 +455,12 @@ class _MapStyleSamples(torch.utils.data.Dataset):
 class _EpochBatches(torch.utils.data.Sampler):
     """Endless batches of sample keys for one rank, from ``start`` on.
 
-    Each epoch is a permutation of all rows drawn from (seed, epoch); global batch ``b`` is rows
-    ``[b G, (b + 1) G)`` of it with ``G = batch_size * world_size``, and rank ``r`` reads the ``r``-th
-    slice of ``batch_size``. The last partial global batch of an epoch is dropped.
+    Each epoch is a permutation of all rows drawn from (seed, epoch). ``start.offset`` counts the rows
+    of ``start.epoch``'s permutation that all processes together have read; from there global batch k
+    is rows ``[offset + k G, offset + (k + 1) G)`` with ``G = batch_size * world_size``, and rank ``r``
+    reads the ``r``-th slice of ``batch_size``. A global batch the epoch cannot fill is dropped. The
+    position being global, a run resumed on another number of processes reads on from the next unread
+    row, neither repeating nor skipping any.
     """
 
     def __init__(self, num_rows: int, batch_size: int, seed: int, rank: int, world_size: int, start: DataPosition):
@@ -474,9 +477,10 @@ class _EpochBatches(torch.utils.data.Sampler):
         epoch, offset = self.start.epoch, self.start.offset
         while True:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
-            for b in range(offset, self.batches_per_epoch):
-                begin = b * global_batch + self.rank * self.batch_size
-                yield [(epoch, b + 1, int(i)) for i in order[begin : begin + self.batch_size]]
+            while offset + global_batch <= self.num_rows:
+                begin = offset + self.rank * self.batch_size
+                offset += global_batch
+                yield [(epoch, offset, int(i)) for i in order[begin : begin + self.batch_size]]
             epoch, offset = epoch + 1, 0
 
 

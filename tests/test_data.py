@@ -152,7 +152,7 @@ def test_imagefolder_batches(imagefolder: Path) -> None:
     batch = _take(data, 1)[0]
     assert batch["images"].shape == (4, 3, 8, 8)
     assert all(c.startswith("caption ") for c in batch["captions"])
-    assert batch["skipped"] == 0 and batch["position"] == DataPosition(0, 1)
+    assert batch["skipped"] == 0 and batch["position"] == DataPosition(0, 4)  # rows of the epoch read so far
 
 
 def test_unreadable_images_are_skipped_and_counted(tmp_path: Path) -> None:
@@ -212,6 +212,25 @@ def test_ranks_split_each_epoch_without_overlap(imagefolder: Path) -> None:
         for r in range(2)
     ]
     assert sorted(per_rank[0] + per_rank[1]) == sorted(f"caption {i}" for i in range(NUM_IMAGES))
+
+
+@pytest.mark.parametrize("old, new", [(1, 2), (2, 1), (2, 3)])
+def test_a_position_resumes_on_another_number_of_processes_without_repeating_or_skipping(imagefolder: Path, old: int, new: int) -> None:
+    """The rows the ``new`` processes read together from a position written by ``old`` are the rows
+    that one process reads from it, in the same order and with the same augmentations."""
+    config = DataConfig(train_data_dir=str(imagefolder), random_flip=True, center_crop=False)
+    written = _take(_open(config, resolution=12, rank=0, world_size=old), 2)[-1]["position"]
+    assert written == DataPosition(0, 2 * 4 * old)
+    alone = _take(_open(config, resolution=12), NUM_IMAGES)  # one process, from the start, two epochs
+    skip = written.offset // 4
+    ranks = [_take(_open(config, resolution=12, rank=r, world_size=new), 2, start=written) for r in range(new)]
+    together = [ranks[r][k] for k in range(2) for r in range(new)]  # global batch k is the ranks' slices in order
+    expected = alone[skip : skip + 2 * new] if written.offset + 2 * 4 * new <= NUM_IMAGES else None
+    if expected is not None:
+        for a, b in zip(together, expected, strict=True):
+            assert a["captions"] == b["captions"] and torch.equal(a["images"], b["images"])
+    else:  # the epoch's rest cannot fill a global batch: the next epoch starts
+        assert together[0]["position"].epoch == written.epoch + 1
 
 
 @pytest.mark.parametrize("streaming", [False, True])

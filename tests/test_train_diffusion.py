@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,9 +179,7 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint(reference: Path, 
     assert not list(output_dir.glob(".tmp-*")) and not list(output_dir.glob(".old-*"))
 
 
-def test_two_processes_frozen_text_encoder_accumulation_exact_resume(
-    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_two_processes_frozen_text_encoder_accumulation_exact_resume(data: Path, tmp_path: Path) -> None:
     frozen = tmp_path / "frozen_text_encoder.yaml"  # the UNet alone is data-parallel; text features are cached
     frozen.write_text((REPO / "configs" / "tiny.yaml").read_text().replace("trainable: true", "trainable: false"))
     args = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--gradient_accumulation_steps", "2"]
@@ -198,10 +197,38 @@ def test_two_processes_frozen_text_encoder_accumulation_exact_resume(
     train(flags(data, tmp_path / "ddp_resumed", *args, "--resume_from_checkpoint", str(checkpoint)), processes=2)
     assert [r["loss"] for r in metrics(tmp_path / "ddp_resumed")] == [r["loss"] for r in records[2:]]
 
-    refused = error_in_process(
-        flags(data, tmp_path / "one", *args, "--resume_from_checkpoint", str(checkpoint)), capsys
-    )
-    assert "written by 2 processes" in refused
+    # and on one process: the epoch goes on from the next unread row (32 rows read: 2 updates x 2 x 8)
+    one = tmp_path / "one"
+    result = train(flags(data, one, *args, "--resume_from_checkpoint", str(checkpoint)))
+    note = "resumed on 1 process a checkpoint written by 2: the data goes on from row 32 of epoch 0 in global batches of 4 (was 8)"
+    assert note in result.stdout + result.stderr
+    state = json.loads((one / "checkpoint-4" / "trainer_state.json").read_text())
+    # 33 rows: row 32 leaves no full batch, so epoch 1 starts; 2 updates x 2 micro-batches x 4 rows
+    assert state["num_processes"] == 1 and state["positions"] == [{"epoch": 1, "offset": 16}]
+
+
+def test_a_one_process_checkpoint_resumes_on_two_processes(reference: Path, data: Path, tmp_path: Path) -> None:
+    checkpoint = reference / "checkpoint-4"  # 16 rows of epoch 0 read
+    result = train(flags(data, tmp_path / "two", "--resume_from_checkpoint", str(checkpoint)), processes=2)
+    note = "resumed on 2 processes a checkpoint written by 1: the data goes on from row 16 of epoch 0 in global batches of 8"
+    assert note in result.stdout + result.stderr and "processes [1] seeded from (seed, step, process)" in result.stdout + result.stderr
+    state = json.loads((tmp_path / "two" / "checkpoint-8" / "trainer_state.json").read_text())
+    # rows 16-23 and 24-31 of epoch 0, then epoch 1's 0-7 and 8-15: none repeated, none skipped
+    assert state["positions"] == [{"epoch": 1, "offset": 16}] * 2 and state["position_unit"] == "rows"
+    records = metrics(tmp_path / "two")
+    assert [r["step"] for r in records] == [5, 6, 7, 8]
+    assert records[-1]["images_seen"] + records[-1]["skipped_images"] == 4 * BATCH + 4 * 2 * BATCH
+
+
+def test_a_checkpoint_that_counted_batches_still_resumes_exactly(reference: Path, data: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old-checkpoint-4"
+    shutil.copytree(reference / "checkpoint-4", old)
+    state = json.loads((old / "trainer_state.json").read_text())
+    del state["position_unit"]
+    state["positions"] = [{"epoch": 0, "offset": 4}]  # global batches, as checkpoints recorded them before
+    (old / "trainer_state.json").write_text(json.dumps(state))
+    train(flags(data, tmp_path / "resumed", "--resume_from_checkpoint", str(old)))
+    assert [r["loss"] for r in metrics(tmp_path / "resumed")] == [r["loss"] for r in metrics(reference)[4:]]
 
 
 # ---------------------------------------------------------------------------------- user errors

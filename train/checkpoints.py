@@ -102,15 +102,10 @@ def delete_checkpoint(folder: Path) -> None:
 
 def load_checkpoint(accelerator: Accelerator, folder: str | os.PathLike) -> dict[str, Any]:
     """Restore the prepared objects, registered objects and RNG states from ``folder``; returns the
-    trainer state. Refuses a checkpoint written by a different number of processes."""
+    trainer state. A process that the checkpoint has no random state for (it was written by fewer
+    processes) keeps its own; the trainer re-seeds it (:meth:`train.loop.Trainer._start`)."""
     folder = Path(folder)
     state = load_json(folder / STATE_NAME)
-    written_by = state.get("num_processes")
-    if written_by != accelerator.num_processes:
-        raise CheckpointError(
-            f"{folder} was written by {written_by} process{'es' if written_by != 1 else ''}; resume it with the "
-            f"same number (this run has {accelerator.num_processes})"
-        )
     try:
         accelerator.load_state(str(folder))
     except (OSError, RuntimeError, ValueError, KeyError) as err:

@@ -10,7 +10,8 @@ Randomness: the model is built before :class:`Trainer` under ``set_seed(seed)`` 
 every process); training then draws from per-process seeds (``set_seed(seed, device_specific=True)``),
 whose states the checkpoints save. Data order and augmentations depend only on the seed and the data
 position. Validation runs in a forked RNG. So a resumed run repeats the losses of an uninterrupted
-one bit for bit on the CPU (on GPUs, up to the non-determinism of some CUDA kernels).
+one bit for bit on the CPU (on GPUs, up to the non-determinism of some CUDA kernels). On another
+number of processes a run resumes too (:meth:`Trainer._adapt`), reading on from the next unread row.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -33,6 +35,7 @@ from torch import nn
 from transformers import get_scheduler
 
 from guided_diffusion.data import DataError, DataPosition, TrainData, check_columns, load_source
+from guided_diffusion.serialization import CheckpointError
 
 from .checkpoints import (
     delete_checkpoint,
@@ -97,18 +100,25 @@ def open_training_data(run: RunConfig, accelerator: Accelerator, resolution: int
 
 @dataclass
 class TrainState:
-    """What a checkpoint records beside the weights: the step, each process's data position, counters."""
+    """What a checkpoint records beside the weights: the step, each process's data position, counters.
+
+    ``position_unit`` says what a map-style position's offset counts: ``"rows"`` (all processes' rows
+    of the epoch; since the toolkit could resume on another number of processes) or ``"batches"``
+    (global batches, in checkpoints written before).
+    """
 
     step: int = 0
     positions: list[DataPosition] = field(default_factory=list)
     images_seen: int = 0
     skipped_images: int = 0
+    position_unit: str = "rows"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "num_processes": len(self.positions),
             "positions": [p.to_dict() for p in self.positions],
+            "position_unit": self.position_unit,
             "images_seen": self.images_seen,
             "skipped_images": self.skipped_images,
         }
@@ -120,6 +130,7 @@ class TrainState:
             positions=[DataPosition.from_dict(p) for p in d["positions"]],
             images_seen=int(d["images_seen"]),
             skipped_images=int(d["skipped_images"]),
+            position_unit=d.get("position_unit", "batches"),
         )
 
 
@@ -188,6 +199,7 @@ class Trainer:
         self.pending: tuple[int, Path] | None = None  # saved, waiting for the next update's loss
         self.unconfirmed: list[Path] = []  # saved, and the next update's loss was suspect
         self.published: Path | None = None  # confirmed since the log last said so
+        self.resume_note: str | None = None  # how a resumed run on another process count differs
         self.position = DataPosition()  # this process's place in its data, after the last batch read
 
     def _max_steps(self) -> int:
@@ -211,6 +223,8 @@ class Trainer:
         tracker = Tracker(accelerator, self.output_dir, self.max_steps, state.step)
         if state.step:
             tracker.write(f"resumed from {self.last_checkpoint} at step {state.step}")
+        if self.resume_note is not None:
+            tracker.write(self.resume_note)
         self.position = state.positions[accelerator.process_index]
         batches = self.data.batches(self.position)
         try:
@@ -252,6 +266,7 @@ class Trainer:
         if folder is not None:
             state = TrainState.from_dict(load_checkpoint(accelerator, folder))
             self.last_checkpoint = folder
+            self.resume_note = self._adapt(state, folder)
         if accelerator.is_main_process:
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config.to_dict(), sort_keys=False))
         hyperparameters = {
@@ -259,6 +274,40 @@ class Trainer:
         }
         accelerator.init_trackers(self.output_dir.name or "run", config=hyperparameters)
         return state
+
+    def _adapt(self, state: TrainState, folder: Path) -> str | None:
+        """Fit a resumed ``state`` to this run's number of processes; returns the line that says how the
+        run differs from an uninterrupted one (None when it does not).
+
+        Map-style data: every process gets the checkpoint's global position (older checkpoints'
+        batch counts become rows), so the epoch goes on from its next unread row. Streaming data is
+        sharded by process count, so it cannot. Processes the checkpoint has no random state for are
+        seeded from (seed, step, process index)."""
+        accelerator, config = self.accelerator, self.config
+        written_by, now = len(state.positions), accelerator.num_processes
+        if self.data.batches_per_epoch is not None and state.position_unit == "batches":
+            rows = config.train_batch_size * written_by
+            state.positions = [DataPosition(p.epoch, p.offset * rows) for p in state.positions]
+        state.position_unit = "rows"
+        if written_by == now:
+            return None
+        if self.data.batches_per_epoch is None:
+            raise CheckpointError(
+                f"{folder} was written by {written_by} process{'es' if written_by != 1 else ''} on streaming data, whose "
+                f"shards depend on the number of processes; resume it with {written_by} (this run has {now})"
+            )
+        position = state.positions[0]
+        state.positions = [position] * now
+        reseeded = list(range(written_by, now))
+        if accelerator.process_index in reseeded:
+            set_seed(int(np.random.SeedSequence([config.seed, state.step, accelerator.process_index]).generate_state(1)[0]))
+        return (
+            f"resumed on {now} process{'es' if now != 1 else ''} a checkpoint written by {written_by}: the data goes on "
+            f"from row {position.offset} of epoch {position.epoch} in global batches of "
+            f"{config.train_batch_size * now} (was {config.train_batch_size * written_by})"
+            + (f", processes {reseeded} seeded from (seed, step, process)" if reseeded else "")
+            + "; the losses differ from an uninterrupted run's from here"
+        )
 
     def _next_batch(self, batches: Iterator[Batch]) -> tuple[Batch, int]:
         """The next batch with at least one readable image, and the number of unreadable images read
