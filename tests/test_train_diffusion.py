@@ -207,6 +207,16 @@ def test_two_processes_frozen_text_encoder_accumulation_exact_resume(data: Path,
     assert state["num_processes"] == 1 and state["positions"] == [{"epoch": 1, "offset": 16}]
 
 
+def test_bf16_autocast_trains_and_resumes_exactly_on_the_cpu(data: Path, tmp_path: Path) -> None:
+    bf16 = ["--mixed_precision", "bf16", "--validation_steps", "100"]
+    train(flags(data, tmp_path / "bf16", *bf16))
+    records = metrics(tmp_path / "bf16")
+    assert len(records) == STEPS and all(np.isfinite(r["loss"]) for r in records)
+    train(flags(data, tmp_path / "resumed", *bf16, "--resume_from_checkpoint", str(tmp_path / "bf16" / "checkpoint-4")))
+    assert [r["loss"] for r in metrics(tmp_path / "resumed")] == [r["loss"] for r in records[4:]]
+    GuidedDiffusionPipeline.from_pretrained(tmp_path / "bf16")("a red square", steps=2, seed=0)
+
+
 def test_a_one_process_checkpoint_resumes_on_two_processes(reference: Path, data: Path, tmp_path: Path) -> None:
     checkpoint = reference / "checkpoint-4"  # 16 rows of epoch 0 read
     result = train(flags(data, tmp_path / "two", "--resume_from_checkpoint", str(checkpoint)), processes=2)
