@@ -422,6 +422,17 @@ def test_busy_server_refuses_excess_requests_and_recovers(server):
     assert len(clients[0].predict(prompt="", num_images=1, steps=2, api_name="/generate")) == 1
 
 
+def test_the_default_queue_serves_32_simultaneous_clients(guided_dir):
+    demo = build_demo(DemoModels({"guided": guided_dir}))  # the default queue limit
+    url = launch_demo(demo, port=free_port(), prevent_thread_lock=True)
+    try:
+        clients = [Client(url, verbose=False) for _ in range(32)]
+        jobs = [c.submit(prompt="a red circle", num_images=2, steps=3, seed=i, api_name="/generate") for i, c in enumerate(clients)]
+        assert [len(job.result(timeout=300)) for job in jobs] == [2] * 32
+    finally:
+        demo.close()
+
+
 # ---------------------------------------------------------------------------------------- the page
 
 

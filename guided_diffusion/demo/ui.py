@@ -45,7 +45,7 @@ from .public import scrub_paths
 
 UNCONDITIONAL_LABEL = '"" (unconditional)'
 DEFAULT_NUM_IMAGES = 4
-DEFAULT_MAX_QUEUE = 8
+DEFAULT_MAX_QUEUE = 64  # a crowd of 32 clients all get their images (tests/test_app.py)
 MAX_UPLOAD = "10mb"
 SAMPLING_GROUP = "sampling"
 READY = "Press **Generate** to sample."
