@@ -54,7 +54,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from guided_diffusion.diffusion import GaussianDiffusion
-from guided_diffusion.samplers import TIMESTEP_SCHEDULES, model_evaluations, sample
+from guided_diffusion.samplers import TIMESTEP_SCHEDULES, sample, steps_for_nfe
 from guided_diffusion.schedule import get_beta_schedule
 
 NUM_TIMESTEPS = 1000
@@ -209,11 +209,6 @@ def run_ours(
         model, diffusion, tuple(x_T.shape), sampler=sampler, steps=steps, timestep_schedule=schedule, noise=x_T,
         dtype=torch.float64,
     )
-
-
-def our_steps(sampler: str, nfe: int) -> int:
-    """The most steps ``sampler`` takes within ``nfe`` model evaluations."""
-    return max(steps for steps in range(1, nfe + 1) if model_evaluations(sampler, steps) <= nfe)
 
 
 @dataclass(frozen=True)
@@ -412,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     ours = []
     for nfe in budgets:
         for sampler in OUR_SAMPLERS:
-            steps = our_steps(sampler, nfe)
+            steps = steps_for_nfe(sampler, nfe)
             for schedule in TIMESTEP_SCHEDULES:
                 model.calls = 0
                 x0 = run_ours(model, diffusion, x_T, sampler, schedule, steps)

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -256,10 +254,17 @@ class GaussianDiffusion:
 
     def split_output(self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A model output at steps ``t`` -> (x_0, eps) estimates, unclipped. Shapes [B, ...]."""
+        a = self._extract(self.sqrt_alphas_cumprod, t, x_t)
+        s = self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        x0 = self._x0_of_output(x_t, output, a, s)
+        return x0, output if self.prediction == "eps" else (x_t - a * x0) / s
+
+    def _x0_of_output(self, x_t: torch.Tensor, output: torch.Tensor, a: Any, s: Any) -> torch.Tensor:
+        """x_0 from a model output by ``prediction``, with a = sqrt(alpha_bar) and s = sqrt(1 - alpha_bar)
+        (numbers or tensors broadcasting against x_t): eps -> (x_t - s eps) / a, v -> a x_t - s v."""
         if self.prediction == "eps":
-            return self.x0_from_eps(x_t, t, output), output
-        x0 = output if self.prediction == "x0" else self.x0_from_v(x_t, t, output)
-        return x0, self.eps_from_x0(x_t, t, x0)
+            return (x_t - s * output) / a
+        return output if self.prediction == "x0" else a * x_t - s * output
 
     # ----------------------------------------------------------------------------- noise levels
 
@@ -323,12 +328,7 @@ class GaussianDiffusion:
         output = model(x_t, t, **(model_kwargs or {}))
         if output.shape != x.shape:
             raise ValueError(f"model output has shape {tuple(output.shape)}, expected {tuple(x.shape)}")
-        if self.prediction == "eps":
-            x0 = (x_t - s * output) / a
-        elif self.prediction == "x0":
-            x0 = output
-        else:
-            x0 = a * x_t - s * output
+        x0 = self._x0_of_output(x_t, output, a, s)
         if thresholding is not None:
             x0 = dynamic_threshold(x0, thresholding)
         elif self.clip_denoised:

@@ -30,6 +30,7 @@ classifier-guidance sweep judged by the nearest real image's label::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -58,6 +59,7 @@ from .evaluation.likelihood import bits_per_dim
 from .evaluation.sampling import EvalSampling
 from .pipeline import GuidedDiffusionPipeline
 from .samplers import SAMPLERS, TIMESTEP_SCHEDULES, checked_sampler, model_evaluations, steps_for_nfe
+from .timestep_schedules import checked_schedule
 from .datasets.fetch import FetchError
 from .serialization import TRAINING_DATA_NAME, CheckpointError
 
@@ -188,11 +190,8 @@ def parse_sampler_spec(spec: str, default_schedule: str) -> tuple[str, str]:
     """``"dpm++:karras"`` -> ``("dpm++", "karras")``; ``"dpm++"`` takes ``default_schedule``. Unknown
     samplers and schedules are refused with the valid ones."""
     name, _, schedule = spec.partition(":")
-    schedule = schedule or default_schedule
     checked_sampler(name)
-    if schedule not in TIMESTEP_SCHEDULES:
-        raise ValueError(f"unknown timestep schedule {schedule!r} in {spec!r}; choose one of {', '.join(TIMESTEP_SCHEDULES)}")
-    return name, schedule
+    return name, checked_schedule(schedule or default_schedule)
 
 
 def sampler_table(
@@ -219,7 +218,7 @@ def sampler_table(
                 heldout=False,
                 num_prompts=num_prompts,
                 images_per_prompt=images_per_prompt,
-                sampling=sampling.replace(sampler=name, steps=n, timestep_schedule=schedule),
+                sampling=dataclasses.replace(sampling, sampler=name, steps=n, timestep_schedule=schedule),
             )
             rows.append({
                 "sampler": name, "timestep_schedule": schedule, "steps": n, "nfe": model_evaluations(name, n),
@@ -389,7 +388,7 @@ def evaluate(
             heldout=False,
             num_prompts=num_prompts,
             images_per_prompt=images_per_prompt,
-            sampling=sampling.replace(guidance_scale=float(scale)),
+            sampling=dataclasses.replace(sampling, guidance_scale=float(scale)),
         )
         report.guidance_scales.append({"guidance_scale": float(scale), **scores})
     if pipe.classifier is not None and classifier_scales:

@@ -30,7 +30,7 @@ from .diffusion import GaussianDiffusion
 from .guidance import ClassifierFreeGuidance, classifier_cond_fn, resolve_labels
 from .models.classifier import NoiseAwareClassifier
 from .models.unet import UNet, UNetConfig
-from .samplers import checked_sampler, sample, sampler_options
+from .samplers import sample, sampler_options
 from .serialization import CheckpointError, load_json, save_json
 from .text import TextEncoder, build_text_encoder, load_text_encoder
 
@@ -293,7 +293,6 @@ class GuidedDiffusionPipeline:
             raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
         settings = self.sampling_config
         sampler = settings["sampler"] if sampler is None else sampler
-        checked_sampler(sampler)
         timestep_schedule = settings["timestep_schedule"] if timestep_schedule is None else timestep_schedule
         steps = int(settings["steps"] if steps is None else steps)
         options = {}

@@ -68,18 +68,23 @@ class Denoiser:
 Solver = Callable[..., torch.Tensor]
 
 
+def one_per_step(steps: int) -> int:
+    """The model evaluations of a solver that calls the model once per step."""
+    return steps
+
+
 @dataclass(frozen=True)
 class Sampler:
     """A registered solver and the number of model evaluations it makes for ``steps`` steps."""
 
     solve: Solver
-    evaluations: Callable[[int], int] = lambda steps: steps
+    evaluations: Callable[[int], int] = one_per_step
 
 
 SAMPLERS: dict[str, Sampler] = {}
 
 
-def register(name: str, evaluations: Callable[[int], int] = lambda steps: steps) -> Callable[[Solver], Solver]:
+def register(name: str, evaluations: Callable[[int], int] = one_per_step) -> Callable[[Solver], Solver]:
     """Decorator: put ``solver`` in :data:`SAMPLERS` under ``name``, which the pipeline, the CLI, the demo
     and ``gd-eval`` then offer; ``evaluations(steps)`` is its number of model calls."""
 
@@ -151,12 +156,10 @@ def ddim(
 
 @register("euler")
 def euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: torch.Generator | None, on_step: OnStep) -> torch.Tensor:
-    """Euler's method on the probability-flow ODE (Karras et al. 2022, EDM): x_{i+1} = x + (s' - s) eps_i."""
-    for i, (s, s_next) in enumerate(_pairs(sigmas)):
-        out = denoiser(x, s)
-        x = x + (s_next - s) * out.eps
-        on_step(i, x, out.x0)
-    return x
+    """Euler's method on the probability-flow ODE (Karras et al. 2022, EDM): x_{i+1} = x + (s' - s) eps_i.
+
+    Since x = D_i + s eps_i, that is D_i + s' eps_i: deterministic DDIM's update, which runs it."""
+    return ddim(denoiser, x, sigmas, generator=generator, on_step=on_step, eta=0.0)
 
 
 @register("heun", evaluations=lambda steps: 2 * steps - 1)
@@ -181,23 +184,9 @@ def dpm_solver_pp_2m(
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), the second-order multistep solver
     in data-prediction form: x_{i+1} = (s'/s) x - (e^{-h} - 1) D', with D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},
-    r = h_{i-1} / h, from the second step on (the first is first order); the step to 0 returns D_i."""
-    previous, h_previous = None, None
-    for i, (s, s_next) in enumerate(_pairs(sigmas)):
-        out = denoiser(x, s)
-        if s_next == 0:
-            x = out.x0
-        else:
-            h = math.log(s / s_next)
-            denoised = out.x0
-            if previous is not None:
-                r = h_previous / h
-                denoised = (1 + 1 / (2 * r)) * out.x0 - (1 / (2 * r)) * previous
-            x = (s_next / s) * x - math.expm1(-h) * denoised
-            h_previous = h
-        previous = out.x0
-        on_step(i, x, out.x0)
-    return x
+    r = h_{i-1} / h, from the second step on (the first is first order); the step to 0 returns D_i.
+    Written out, that is ``"dpm++2m-sde"``'s update without noise (eta = 0), which runs it."""
+    return dpm_solver_pp_2m_sde(denoiser, x, sigmas, generator=generator, on_step=on_step, eta=0.0)
 
 
 @register("dpm++2m-sde")

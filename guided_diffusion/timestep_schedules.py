@@ -68,13 +68,19 @@ TIMESTEP_SCHEDULES: dict[str, Callable[[GaussianDiffusion, int], torch.Tensor]] 
 }
 
 
+def checked_schedule(name: str) -> str:
+    """``name`` when it is in :data:`TIMESTEP_SCHEDULES`; otherwise refused with the valid names."""
+    if name not in TIMESTEP_SCHEDULES:
+        raise ValueError(f"unknown timestep schedule {name!r}; choose one of {', '.join(TIMESTEP_SCHEDULES)}")
+    return name
+
+
 def sigma_schedule(diffusion: GaussianDiffusion, name: str, steps: int) -> torch.Tensor:
     """The levels [steps + 1] (descending, ending in 0, float64) of schedule ``name`` for ``diffusion``.
 
     Refuses unknown names (listing the valid ones) and ``steps`` outside 1..T.
     """
-    if name not in TIMESTEP_SCHEDULES:
-        raise ValueError(f"unknown timestep schedule {name!r}; choose one of {', '.join(TIMESTEP_SCHEDULES)}")
+    checked_schedule(name)
     if not 1 <= steps <= diffusion.num_timesteps:
         raise ValueError(f"steps must be between 1 and {diffusion.num_timesteps}, got {steps}")
     return TIMESTEP_SCHEDULES[name](diffusion, steps)

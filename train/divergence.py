@@ -14,6 +14,7 @@ is published and older checkpoints pruned only then (see :class:`~train.loop.Tra
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections import deque
 
@@ -26,7 +27,7 @@ CAUSES = (
 )
 
 
-def kept(last_good: str | None) -> str:
+def kept(last_good: os.PathLike | str | None) -> str:
     """What a stopped run leaves: its last good checkpoint, whose weights are the published model's."""
     if last_good is None:
         return "No checkpoint was confirmed good yet: none is kept and no model was published."
@@ -53,7 +54,7 @@ class DivergenceGuard:
         """True while the latest loss is suspect (a streak is under way)."""
         return self.streak > 0
 
-    def check(self, step: int, loss: float, last_good: str | None) -> bool:
+    def check(self, step: int, loss: float, last_good: os.PathLike | str | None) -> bool:
         """Judge update ``step``'s ``loss``: True when healthy, False when suspect; raises
         :class:`~train.errors.TrainingError` (naming the step, the last good checkpoint ``last_good``
         and the likely causes) when the loss is not finite or has been suspect for ``patience``

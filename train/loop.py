@@ -370,7 +370,7 @@ class Trainer:
         then published and the older checkpoints pruned; a suspect one leaves it unconfirmed; a stop
         deletes every unconfirmed checkpoint before the error goes up."""
         try:
-            healthy = self.guard.check(step, loss, None if self.last_checkpoint is None else str(self.last_checkpoint))
+            healthy = self.guard.check(step, loss, self.last_checkpoint)
         except TrainingError:
             self._discard_unconfirmed()
             raise
@@ -414,7 +414,7 @@ class Trainer:
             raise TrainingError(
                 f"the run ended on {self.guard.streak} suspect update(s) (loss above {self.guard.factor:g}x its recent "
                 f"median), so its last weights were not published. "
-                + kept(None if self.last_checkpoint is None else str(self.last_checkpoint))
+                + kept(self.last_checkpoint)
             )
         if self.pending is not None:
             self._confirm()

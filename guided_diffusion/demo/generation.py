@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ..pipeline import GuidedDiffusionPipeline
-from ..samplers import TIMESTEP_SCHEDULES, checked_sampler
+from ..samplers import checked_sampler
+from ..timestep_schedules import checked_schedule
 from ..text import TextEncoder
 
 MAX_IMAGES = 16
@@ -128,8 +129,7 @@ def check_request(
     timestep_schedule = settings["timestep_schedule"] if timestep_schedule is None else timestep_schedule
     steps = _whole_number("steps", steps, 1, pipe.diffusion.num_timesteps)
     checked_sampler(sampler)
-    if timestep_schedule not in TIMESTEP_SCHEDULES:
-        raise ValueError(f"unknown timestep schedule {timestep_schedule!r}; choose one of {', '.join(TIMESTEP_SCHEDULES)}")
+    checked_schedule(timestep_schedule)
     guidance_scale = _number("guidance_scale", guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
     classifier_scale = _number("classifier_scale", classifier_scale, 0.0, MAX_CLASSIFIER_SCALE)
     labels = _classifier_labels(pipe, classifier_attribute, classifier_label, classifier_scale)

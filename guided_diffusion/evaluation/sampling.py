@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,10 +43,6 @@ class EvalSampling:
             "timestep_schedule": self.timestep_schedule,
             "guidance_scale": self.guidance_scale,
         }
-
-    def replace(self, **changes: Any) -> "EvalSampling":
-        """A copy with ``changes`` (field -> value) applied."""
-        return dataclasses.replace(self, **changes)
 
 
 def generate(
