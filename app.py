@@ -38,6 +38,10 @@ images at the model's own resolution, as a list of ``{"image": path_to_png, "cap
     )
     images = [Image.open(item["image"]) for item in result]
 
+Requests that arrive together and share the model and settings (prompts and seeds may differ) are
+sampled in one batch of at most ``--max-batch-images`` images; every image keeps its own request's
+seed, so a request gets the same images alone or batched.
+
 Bad values (an unknown model among them) raise ``gradio_client.exceptions.AppError`` with the
 server's message, which names the valid values; when the queue is full the client raises
 ``gradio_client.utils.QueueError`` ("Queue is full! Please try again.") and the page says "This
@@ -53,6 +57,7 @@ from collections.abc import Sequence
 import torch
 
 from guided_diffusion.demo import DemoModels, build_demo, launch_demo
+from guided_diffusion.demo.batching import DEFAULT_MAX_BATCH_IMAGES
 from guided_diffusion.demo.ui import DEFAULT_MAX_QUEUE
 from guided_diffusion.serialization import CheckpointError
 
@@ -78,7 +83,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--queue-size",
         type=int,
         default=DEFAULT_MAX_QUEUE,
-        help=f"requests that may wait for the sampler before new ones are refused as busy (default: {DEFAULT_MAX_QUEUE})",
+        help=f"requests that may wait beyond those being sampled before new ones are refused as busy (default: {DEFAULT_MAX_QUEUE})",
+    )
+    parser.add_argument(
+        "--max-batch-images",
+        type=int,
+        default=DEFAULT_MAX_BATCH_IMAGES,
+        help="images that concurrent requests with the same settings share in one sampling batch; also the number of "
+        f"requests sampled at once (default: {DEFAULT_MAX_BATCH_IMAGES})",
     )
     return parser.parse_args(argv)
 
@@ -97,8 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Load the given models and serve the demo until interrupted; user errors print one line and return 2."""
     args = parse_args(argv)
     try:
-        if args.queue_size < 1:
-            raise ValueError(f"--queue-size must be at least 1, got {args.queue_size}")
+        for flag, value in (("--queue-size", args.queue_size), ("--max-batch-images", args.max_batch_images)):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}")
         device = _device(args.device)
         models = DemoModels.from_names(args.model or [DEFAULT_MODEL], device=device)
     except (CheckpointError, FileNotFoundError) as err:
@@ -107,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError) as err:
         print(f"app.py: error: {err}", file=sys.stderr)
         return 2
-    demo = build_demo(models, max_queue=args.queue_size)
+    demo = build_demo(models, max_batch_images=args.max_batch_images, max_queue=args.queue_size)
     try:
         launch_demo(demo, host=args.host, port=args.port, share=args.share)
     except OSError as err:

@@ -264,7 +264,7 @@ class GuidedDiffusionPipeline:
         classifier_max_t: int | None = None,
         thresholding: float | None = None,
         seed: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         callback: Callback | None = None,
         output_type: str = "pil",
         progress: bool = False,
@@ -280,7 +280,9 @@ class GuidedDiffusionPipeline:
         ``guidance_scale`` is classifier-free (1 plain conditional, 0 unconditional); ``classifier_scale``
         > 0 steers towards ``classifier_labels`` (attribute -> class name or index) with the classifier,
         at every step or, with ``classifier_max_t``, only at timesteps t <= it (0..T-1).
-        ``seed`` (or ``generator``) makes the result reproducible on the same device. ``callback(step,
+        ``seed`` (or ``generator``) makes the result reproducible on the same device; ``generator`` may
+        also be a list with one generator per image (prompt-major), where consecutive images that share
+        one generator draw their noise together, as that generator alone would for them. ``callback(step,
         num_steps, x_t, pred_x0)`` sees each step's tensors [N, C, H, W] in [-1, 1].
         Returns a list of PIL images, a tensor [N, 3, H, W] in [0, 1] (``"pt"``), or uint8 [N, H, W, 3] (``"np"``).
         """

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import CondFn, Denoised, GaussianDiffusion, Model
+from .noise import Generators, check_generators, randn
 from .timestep_schedules import TIMESTEP_SCHEDULES, sigma_schedule
 
 __all__ = [
@@ -95,8 +96,8 @@ def register(name: str, evaluations: Callable[[int], int] = one_per_step) -> Cal
     return decorate
 
 
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _noise(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    return randn(x.shape, generator, x.device, x.dtype)
 
 
 def _pairs(sigmas: torch.Tensor) -> list[tuple[float, float]]:
@@ -108,7 +109,7 @@ def _pairs(sigmas: torch.Tensor) -> list[tuple[float, float]]:
 
 
 @register("ddpm")
-def ddpm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: torch.Generator | None, on_step: OnStep) -> torch.Tensor:
+def ddpm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators, on_step: OnStep) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020): x_{i+1} ~ p_theta(x_{i+1} | x_i), the posterior
     q(x_{i+1} | x_i, x_0 = D_i) with the process's variance.
 
@@ -137,7 +138,7 @@ def ddpm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator
 
 @register("ddim")
 def ddim(
-    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: torch.Generator | None, on_step: OnStep, eta: float = 0.0
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators, on_step: OnStep, eta: float = 0.0
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021): x_{i+1} = D + sqrt(s'^2 - c^2) eps + c z with c = eta s' sqrt(1 - s'^2 / s^2).
 
@@ -155,7 +156,7 @@ def ddim(
 
 
 @register("euler")
-def euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: torch.Generator | None, on_step: OnStep) -> torch.Tensor:
+def euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators, on_step: OnStep) -> torch.Tensor:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, EDM): x_{i+1} = x + (s' - s) eps_i.
 
     Since x = D_i + s eps_i, that is D_i + s' eps_i: deterministic DDIM's update, which runs it."""
@@ -163,7 +164,7 @@ def euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generato
 
 
 @register("heun", evaluations=lambda steps: 2 * steps - 1)
-def heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: torch.Generator | None, on_step: OnStep) -> torch.Tensor:
+def heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators, on_step: OnStep) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, EDM, Algorithm 1 without churn): an Euler step to
     x', then x_{i+1} = x + (s' - s)(eps_i + eps(x', s')) / 2; the step to 0 stays Euler. 2N - 1 model
     calls for N steps."""
@@ -180,7 +181,7 @@ def heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator
 
 @register("dpm++")
 def dpm_solver_pp_2m(
-    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: torch.Generator | None, on_step: OnStep
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators, on_step: OnStep
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), the second-order multistep solver
     in data-prediction form: x_{i+1} = (s'/s) x - (e^{-h} - 1) D', with D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},
@@ -191,7 +192,7 @@ def dpm_solver_pp_2m(
 
 @register("dpm++2m-sde")
 def dpm_solver_pp_2m_sde(
-    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: torch.Generator | None, on_step: OnStep, eta: float = 1.0
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators, on_step: OnStep, eta: float = 1.0
 ) -> torch.Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", section 5 and appendix), with ``eta`` scaling
     the injected noise (1: the reverse SDE; 0: no noise, exactly ``"dpm++"``):
@@ -222,7 +223,7 @@ def dpm_solver_pp_2m_sde(
 
 @register("dpm++3m")
 def dpm_solver_pp_3m(
-    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: torch.Generator | None, on_step: OnStep
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators, on_step: OnStep
 ) -> torch.Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022, "DPM-Solver++", the third-order multistep update of its
     appendix), in data-prediction form with phi_1 = e^{-h} - 1, phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1/2:
@@ -307,7 +308,7 @@ def _unipc_update(
 
 @register("unipc")
 def unipc(
-    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: torch.Generator | None, on_step: OnStep, order: int = 2
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators, on_step: OnStep, order: int = 2
 ) -> torch.Tensor:
     """UniPC (Zhao et al. 2023), the unified predictor-corrector, with B(h) = e^{-h} - 1 ("bh2"), in
     data-prediction form, of ``order`` (1 to 3) at most.
@@ -383,7 +384,7 @@ def sample(
     cond_fn: CondFn | None = None,
     thresholding: float | None = None,
     noise: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     callback: Callback | None = None,
@@ -394,7 +395,8 @@ def sample(
 
     ``timestep_schedule`` (a name in :data:`TIMESTEP_SCHEDULES`) places the steps. ``noise`` (shape
     ``shape``) is the starting x_T at the schedule's first level; otherwise it is drawn from
-    ``generator``, which also draws the noise of stochastic steps. ``cond_fn`` (classifier guidance) and
+    ``generator``, which also draws the noise of stochastic steps: one generator for the batch, or a
+    list of B, one per image (see :func:`guided_diffusion.noise.randn`). ``cond_fn`` (classifier guidance) and
     ``thresholding`` enter every model evaluation as :meth:`GaussianDiffusion.denoise
     <guided_diffusion.diffusion.GaussianDiffusion.denoise>` defines. ``callback(step, num_steps, x_t,
     pred_x0)`` sees each step's new x_t (on the x_t scale) and the x_0 estimate it came from. ``options``
@@ -405,13 +407,14 @@ def sample(
     if unknown:
         valid = ", ".join(sampler_options(sampler)) or "none"
         raise ValueError(f"sampler {sampler!r} takes no option {unknown[0]!r}; its options: {valid}")
+    check_generators(generator, shape[0])
     sigmas = sigma_schedule(diffusion, timestep_schedule, steps)
     if noise is not None:
         if tuple(noise.shape) != tuple(shape):
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
         x = noise.to(device=device, dtype=dtype)
     else:
-        x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        x = randn(shape, generator, device, dtype)
     bar = tqdm(total=steps, disable=not progress, desc=sampler)
 
     def on_step(i: int, x_next: torch.Tensor, x0: torch.Tensor) -> None:

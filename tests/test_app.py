@@ -6,10 +6,10 @@ import os
 import re
 import shutil
 import socket
-import threading
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
 from gradio_client import Client
@@ -18,16 +18,10 @@ from gradio_client.utils import QueueError
 from PIL import Image
 
 from guided_diffusion import GuidedDiffusionPipeline
-from guided_diffusion.demo import DemoModels, build_demo, launch_demo
+from guided_diffusion.demo import DemoModels, SamplingBatcher, build_demo, launch_demo
+from guided_diffusion.demo.batching import SamplingDone, StepUpdate, preview_steps
 from guided_diffusion.demo.forward import example_images, image_to_tensor, noised_grid, schedule_figure, schedule_processes, schedule_table
-from guided_diffusion.demo.generation import (
-    SamplingDone,
-    StepUpdate,
-    check_request,
-    preview_steps,
-    prompt_truncation,
-    sample_with_previews,
-)
+from guided_diffusion.demo.generation import check_request, prompt_truncation
 from guided_diffusion.demo.model_card import model_card
 from guided_diffusion.demo.ui import forward_view, model_settings
 from guided_diffusion.models.classifier import ClassifierConfig, NoiseAwareClassifier
@@ -119,9 +113,9 @@ def emoji_dir(tiny_pipeline_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(guided_dir, emoji_dir):
-    """The demo of the two tiny models (and the shipped ones) served in this process; at most 2
-    requests wait in its queue."""
-    demo = build_demo(DemoModels.from_names([guided_dir, emoji_dir]), max_queue=2)
+    """The demo of the two tiny models (and the shipped ones) served in this process; one request is
+    sampled at a time and at most 2 more wait in its queue."""
+    demo = build_demo(DemoModels.from_names([guided_dir, emoji_dir]), concurrency_limit=1, max_queue=2)
     url = launch_demo(demo, port=free_port(), prevent_thread_lock=True)
     yield url
     demo.close()
@@ -258,18 +252,71 @@ def test_over_long_prompts_are_noticed_and_truncated_at_the_context(pipe):
 
 
 def test_sampling_streams_every_step_with_a_few_previews_and_stops_when_closed(pipe):
+    batcher = SamplingBatcher()
     request = check_request(pipe, "a green square", 2, 12, "ddpm", 3.0, None, None, 0, 7)
-    updates = list(sample_with_previews(pipe, request, max_previews=4))
+    updates = list(batcher.submit("tiny", pipe, request, max_previews=4))
     steps = [u for u in updates if isinstance(u, StepUpdate)]
     assert [u.step for u in steps] == list(range(12)) and isinstance(updates[-1], SamplingDone)
     assert [u.step for u in steps if u.x_t is not None] == preview_steps(12, 4) == [0, 4, 7, 11]
+    assert preview_steps(12, 0) == [] and preview_steps(12, 1) == [11]
     assert steps[-1].pred_x0.shape == (2, 3, 16, 16)
-    assert torch.equal(updates[-1].images, pipe(**request.pipeline_kwargs(), output_type="pt"))
+    assert torch.equal(updates[-1].images, pipe(**request.pipeline_kwargs(), output_type="pt"))  # alone: exactly
 
-    stream = sample_with_previews(pipe, check_request(pipe, "", 1, 500, "ddim", 1.0, None, None, 0, 0))
-    next(stream)
-    stream.close()  # stops and joins the worker at its next step
-    assert not any(t.name == "guided-diffusion-sampler" for t in threading.enumerate())
+    evaluations = []
+    hook = pipe.unet.register_forward_hook(lambda *_: evaluations.append(1))
+    try:
+        stream = batcher.submit("tiny", pipe, check_request(pipe, "", 1, 500, "ddim", 1.0, None, None, 0, 0))
+        next(stream)
+        stream.close()  # the batch has no consumer left: it stops at its next step
+        batcher.close()  # joins the worker once its batch is over
+    finally:
+        hook.remove()
+    assert len(evaluations) < 10  # of 500 steps
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit("tiny", pipe, request)
+
+
+def test_requests_that_arrive_together_are_batched_and_keep_their_own_images(pipe):
+    """Different prompts, seeds and image counts share a batch; other settings wait for their own;
+    each request gets the images it gets alone (ddpm draws fresh noise at every step)."""
+    batcher = SamplingBatcher(max_batch_images=8, gather_seconds=1.0)
+    raw = [
+        ("a green square", 2, 10, "ddpm", 3.0, None, None, 0, 5),
+        ("a red circle", 1, 10, "ddpm", 3.0, None, None, 0, 6),
+        ("a green square", 3, 10, "ddpm", 3.0, None, None, 0, 5),
+        ("a red circle", 2, 10, "ddpm", 2.0, None, None, 0, 6),  # another guidance scale: its own batch
+        ("", 1, 10, "ddpm", 3.0, None, None, 0, 7),  # unguided: its own batch
+        ("a blue triangle", 3, 10, "ddpm", 3.0, None, None, 0, 8),  # over the 8 images: the next batch
+    ]
+    requests = [check_request(pipe, *args) for args in raw]
+    streams = [batcher.submit("tiny", pipe, request, max_previews=2) for request in requests]
+    results = [list(stream) for stream in streams]
+    batcher.close()
+    assert batcher.batch_sizes == [3, 1, 1, 1]
+    for request, updates in zip(requests, results):
+        alone = pipe(**request.pipeline_kwargs(), output_type="pt")
+        assert updates[-1].images.shape == alone.shape
+        torch.testing.assert_close(updates[-1].images, alone, rtol=0, atol=1e-4)
+        previews = [u for u in updates if isinstance(u, StepUpdate) and u.x_t is not None]
+        assert [u.step for u in previews] == [0, 9] and previews[0].x_t.shape[0] == request.num_images
+
+
+def test_a_pipeline_error_reaches_every_request_of_its_batch(pipe):
+    class Broken:
+        device = torch.device("cpu")
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("the device fell over")
+
+    batcher = SamplingBatcher(gather_seconds=1.0)
+    request = check_request(pipe, "a red circle", 1, 3, "ddim", 3.0, None, None, 0, 0)
+    streams = [batcher.submit("broken", Broken(), request) for _ in range(2)]
+    for stream in streams:
+        with pytest.raises(RuntimeError, match="the device fell over"):
+            list(stream)
+    assert batcher.batch_sizes == [2]
+    assert isinstance(list(batcher.submit("tiny", pipe, request))[-1], SamplingDone)  # the worker goes on
+    batcher.close()
 
 
 def test_forward_process_shows_both_schedules(pipe):
@@ -422,15 +469,24 @@ def test_busy_server_refuses_excess_requests_and_recovers(server):
     assert len(clients[0].predict(prompt="", num_images=1, steps=2, api_name="/generate")) == 1
 
 
-def test_the_default_queue_serves_32_simultaneous_clients(guided_dir):
-    demo = build_demo(DemoModels({"guided": guided_dir}))  # the default queue limit
+def test_the_default_queue_serves_32_simultaneous_clients_in_batches_with_their_own_images(guided_dir):
+    batcher = SamplingBatcher()
+    demo = build_demo(DemoModels({"guided": guided_dir}), batcher=batcher)  # the default limits
     url = launch_demo(demo, port=free_port(), prevent_thread_lock=True)
     try:
         clients = [Client(url, verbose=False) for _ in range(32)]
         jobs = [c.submit(prompt="a red circle", num_images=2, steps=3, seed=i, api_name="/generate") for i, c in enumerate(clients)]
-        assert [len(job.result(timeout=300)) for job in jobs] == [2] * 32
+        results = [job.result(timeout=300) for job in jobs]
     finally:
         demo.close()
+        batcher.close()
+    assert [len(result) for result in results] == [2] * 32
+    assert sum(batcher.batch_sizes) == 32 and max(batcher.batch_sizes) > 1
+    pipe = GuidedDiffusionPipeline.from_pretrained(guided_dir)
+    for seed, result in enumerate(results):
+        alone = np.stack([np.asarray(image) for image in pipe("a red circle", num_images_per_prompt=2, steps=3, seed=seed)])
+        served = np.stack([np.asarray(Image.open(item["image"])) for item in result])
+        assert np.abs(served.astype(int) - alone.astype(int)).max() <= 1  # float rounding may flip a last bit
 
 
 # ---------------------------------------------------------------------------------------- the page

@@ -1,23 +1,16 @@
-"""Checked generation requests and sampling with live previews, independent of the web UI.
+"""Checked generation requests, independent of the web UI.
 
 :func:`check_request` turns raw user input (from the browser or an API client) into a
 :class:`GenerationRequest`, refusing bad values with a ``ValueError`` that names the valid range, and
-noting when the prompt is longer than the text encoder reads. :func:`sample_with_previews` runs the
-pipeline in a worker thread and hands back every step as it happens, with the tensors of a handful of
-evenly spaced steps for previews.
+noting when the prompt is longer than the text encoder reads. :mod:`.batching` samples them.
 """
 
 from __future__ import annotations
 
 import math
-import queue
 import secrets
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 from ..pipeline import GuidedDiffusionPipeline
 from ..samplers import checked_sampler
@@ -29,7 +22,6 @@ MAX_PROMPT_CHARS = 1000
 MAX_GUIDANCE_SCALE = 20.0
 MAX_CLASSIFIER_SCALE = 100.0
 MAX_SEED = 2**32 - 1
-MAX_PREVIEWS = 8
 
 
 @dataclass(frozen=True)
@@ -51,18 +43,26 @@ class GenerationRequest:
     notices: tuple[str, ...] = field(default=())
 
     def pipeline_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :meth:`GuidedDiffusionPipeline.__call__` for this request."""
+        """The keyword arguments of :meth:`GuidedDiffusionPipeline.__call__` for this request alone."""
+        return {"prompt": self.prompt, "num_images_per_prompt": self.num_images, "seed": self.seed, **self.sampling_kwargs()}
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The pipeline's keyword arguments that every request sampled in one batch must share."""
         return {
-            "prompt": self.prompt,
-            "num_images_per_prompt": self.num_images,
             "steps": self.steps,
             "sampler": self.sampler,
             "timestep_schedule": self.timestep_schedule,
             "guidance_scale": self.guidance_scale,
             "classifier_scale": self.classifier_scale,
             "classifier_labels": self.classifier_labels,
-            "seed": self.seed,
         }
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Requests with equal keys can be sampled in one batch: the same settings, and classifier-free
+        guidance either applied to both or to neither (the pipeline skips it for the empty prompt)."""
+        settings = self.sampling_kwargs()
+        settings["classifier_labels"] = tuple(sorted((self.classifier_labels or {}).items()))
+        return (*settings.values(), self.guidance_scale != 1.0 and bool(self.prompt))
 
 
 def _whole_number(name: str, value: Any, low: int, high: int) -> int:
@@ -162,73 +162,3 @@ def _classifier_labels(
     if not isinstance(label, str) or label not in names[attribute]:
         raise ValueError(f"unknown classifier_label {label!r} for {attribute!r}; choose one of {', '.join(names[attribute])}")
     return {attribute: label}
-
-
-def preview_steps(num_steps: int, max_previews: int = MAX_PREVIEWS) -> list[int]:
-    """At most ``max_previews`` evenly spaced steps of ``0..num_steps - 1``, the last one included."""
-    count = min(num_steps, max_previews)
-    if count == 1:
-        return [num_steps - 1]
-    return sorted({round(i * (num_steps - 1) / (count - 1)) for i in range(count)})
-
-
-@dataclass(frozen=True)
-class StepUpdate:
-    """Step ``step`` (0-based) of ``num_steps`` is done; ``x_t`` and ``pred_x0`` ([N, 3, H, W] in
-    [-1, 1], on the CPU) are set on preview steps and None otherwise."""
-
-    step: int
-    num_steps: int
-    x_t: torch.Tensor | None = None
-    pred_x0: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class SamplingDone:
-    """The final images ``[N, 3, H, W]`` in [0, 1], on the CPU."""
-
-    images: torch.Tensor
-
-
-class SamplingCancelled(Exception):
-    """Raised inside the worker thread when the consumer of :func:`sample_with_previews` went away."""
-
-
-def sample_with_previews(
-    pipe: GuidedDiffusionPipeline, request: GenerationRequest, max_previews: int = MAX_PREVIEWS
-) -> Iterator[StepUpdate | SamplingDone]:
-    """Sample ``request`` in a worker thread, yielding a :class:`StepUpdate` per step and then one
-    :class:`SamplingDone`. Errors of the pipeline are raised here. Closing the iterator early stops
-    the worker at its next step and waits for it, so no sampling outlives its consumer.
-    """
-    updates: queue.SimpleQueue[StepUpdate | SamplingDone | BaseException] = queue.SimpleQueue()
-    stop = threading.Event()
-    shown = set(preview_steps(request.steps, max_previews))
-
-    def callback(step: int, num_steps: int, x_t: torch.Tensor, pred_x0: torch.Tensor) -> None:
-        if stop.is_set():
-            raise SamplingCancelled
-        if step in shown:
-            updates.put(StepUpdate(step, num_steps, x_t.detach().float().cpu(), pred_x0.detach().float().cpu()))
-        else:
-            updates.put(StepUpdate(step, num_steps))
-
-    def work() -> None:
-        try:
-            updates.put(SamplingDone(pipe(**request.pipeline_kwargs(), callback=callback, output_type="pt")))
-        except Exception as err:  # handed to the consumer, which raises it in its own thread
-            updates.put(err)
-
-    worker = threading.Thread(target=work, name="guided-diffusion-sampler", daemon=True)
-    worker.start()
-    try:
-        while True:
-            update = updates.get()
-            if isinstance(update, BaseException):
-                raise update
-            yield update
-            if isinstance(update, SamplingDone):
-                return
-    finally:
-        stop.set()
-        worker.join()

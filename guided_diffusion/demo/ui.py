@@ -4,9 +4,11 @@ Picking a model switches the whole page to it: its example prompts, sampling def
 attributes and classes, forward process and model card (:func:`model_settings`, :func:`forward_view`).
 
 Sampling runs through Gradio's queue in one concurrency group shared by the browser's streaming event
-and the ``/generate`` API, ``concurrency_limit`` jobs at a time (1 on a CPU, where one job already
-uses every core) and at most ``max_queue`` waiting; further requests are refused at once with Gradio's
-"busy, please try again" message (``gradio_client`` raises ``QueueError``). Bad input comes back as a
+and the ``/generate`` API: ``concurrency_limit`` requests at a time go to one
+:class:`~.batching.SamplingBatcher`, which samples those that arrive together in one batch (each with
+its own seed, so batching changes no image), and at most ``max_queue`` more wait in Gradio's queue;
+further requests are refused at once with Gradio's "busy, please try again" message
+(``gradio_client`` raises ``QueueError``). Bad input comes back as a
 ``gr.Error`` naming the valid values; the server keeps running.
 """
 
@@ -27,16 +29,8 @@ from ..pipeline import GuidedDiffusionPipeline
 from ..samplers import SAMPLERS, TIMESTEP_SCHEDULES
 from ..schedule import BETA_SCHEDULES
 from .forward import example_images, image_to_tensor, noised_grid, schedule_figure, schedule_processes, schedule_table
-from .generation import (
-    MAX_CLASSIFIER_SCALE,
-    MAX_GUIDANCE_SCALE,
-    MAX_IMAGES,
-    MAX_SEED,
-    GenerationRequest,
-    SamplingDone,
-    check_request,
-    sample_with_previews,
-)
+from .batching import DEFAULT_MAX_BATCH_IMAGES, SamplingBatcher, SamplingDone
+from .generation import MAX_CLASSIFIER_SCALE, MAX_GUIDANCE_SCALE, MAX_IMAGES, MAX_SEED, GenerationRequest, check_request
 from ..images import to_pil
 from .images import enlarge, enlargement, tensor_grid
 from .model_card import model_card
@@ -45,16 +39,11 @@ from .public import scrub_paths
 
 UNCONDITIONAL_LABEL = '"" (unconditional)'
 DEFAULT_NUM_IMAGES = 4
-DEFAULT_MAX_QUEUE = 64  # a crowd of 32 clients all get their images (tests/test_app.py)
+DEFAULT_MAX_QUEUE = 64  # beyond the requests being sampled; a crowd of 32 clients all get their images (tests/test_app.py)
 MAX_UPLOAD = "10mb"
 SAMPLING_GROUP = "sampling"
 READY = "Press **Generate** to sample."
 CSS = ".pixelated img { image-rendering: pixelated; }"
-
-
-def default_concurrency(device: torch.device) -> int:
-    """Sampling jobs run at once: 1 on a CPU (one job already uses every core), 2 on an accelerator."""
-    return 1 if device.type == "cpu" else 2
 
 
 def _user_error(message: str) -> gr.Error:
@@ -134,13 +123,23 @@ def forward_view(pipe: GuidedDiffusionPipeline, image: Image.Image | None, t: fl
 
 
 def build_demo(
-    models: DemoModels, *, concurrency_limit: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE
+    models: DemoModels,
+    *,
+    max_batch_images: int = DEFAULT_MAX_BATCH_IMAGES,
+    concurrency_limit: int | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    batcher: SamplingBatcher | None = None,
 ) -> gr.Blocks:
     """The app for ``models``, with its queue set up: the page starts on the default model and the
-    model picker switches the whole page to another; ``concurrency_limit`` defaults to
-    :func:`default_concurrency` of the default model's device."""
+    model picker switches the whole page to another.
+
+    Requests are sampled by ``batcher`` (default: a new :class:`SamplingBatcher` of
+    ``max_batch_images`` images a batch), ``concurrency_limit`` at a time (default: ``max_batch_images``,
+    as many as one batch can hold), with ``max_queue`` more waiting.
+    """
     first = models.pipeline(models.default)
-    concurrency_limit = concurrency_limit or default_concurrency(first.device)
+    batcher = batcher or SamplingBatcher(max_batch_images)
+    concurrency_limit = concurrency_limit or batcher.max_batch_images
     settings = model_settings(first, models.default)
     examples = {caption: enlarge(image, enlargement(image.width)) for caption, image in example_images().items()}
 
@@ -173,7 +172,9 @@ def build_demo(
                 pipe, prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
             )
-            return pipe(**request.pipeline_kwargs())
+            with contextlib.closing(batcher.submit(model, pipe, request, max_previews=0)) as updates:
+                done = next(update for update in updates if isinstance(update, SamplingDone))
+        return to_pil(done.images * 2 - 1)
 
     def generate_live(
         prompt: str,
@@ -200,7 +201,7 @@ def build_demo(
             yield {gallery: None, trajectory: None, status: f"Sampling with seed {request.seed}..."}
             frames: list[torch.Tensor] = []
             shown: list[int] = []
-            with contextlib.closing(sample_with_previews(pipe, request)) as updates:
+            with contextlib.closing(batcher.submit(model, pipe, request)) as updates:
                 for update in updates:
                     if isinstance(update, SamplingDone):
                         break
