@@ -1,23 +1,65 @@
-"""Guidance: classifier-free guidance (a model wrapper) and classifier guidance (a ``cond_fn``).
+"""Guidance: classifier-free guidance and autoguidance (a model wrapper), classifier guidance (a
+``cond_fn``), guidance intervals and condition annealing (CADS).
 
 Classifier-free guidance mixes the conditional and unconditional predictions,
 ``out = out(x, "") + w * (out(x, c) - out(x, ""))``, batching both in one forward: w = 1 is the plain
 conditional model and w = 0 the unconditional one. The mix is linear in the model output, so it applies
-to eps, x_0 and v predictions alike.
+to eps, x_0 and v predictions alike. Autoguidance (Karras et al. 2024, "Guiding a diffusion model with
+a bad version of itself") replaces the unconditional branch by a weaker model of the same kind (an
+earlier checkpoint, or a smaller model trained by the same recipe) given the same prompt:
+``out = weak(x, c) + w * (out(x, c) - weak(x, c))``.
 
 Classifier guidance (Dhariwal & Nichol 2021) adds the gradient of a noise-aware classifier's
 log p(y | x_t, t) to the reverse step; :func:`classifier_cond_fn` builds that gradient function in the
 form :class:`~guided_diffusion.diffusion.GaussianDiffusion` expects.
+
+A guidance interval (Kynkaenniemi et al. 2024, "Applying guidance in a limited interval improves sample
+and distribution quality") is an inclusive range ``(t_low, t_high)`` of original-scale timesteps
+(0..T-1, fractional ones included) in which a guidance acts; elsewhere classifier-free guidance gives the
+plain conditional output (one forward instead of two) and classifier guidance no gradient.
+
+CADS (Sadat et al. 2024, "CADS: unleashing the diversity of diffusion models through condition-annealed
+sampling") adds Gaussian noise to the conditional text features at high noise levels, annealed away as
+sampling proceeds, for diversity at high guidance scales (:class:`ConditionAnnealing`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .noise import Generators, randn
+
 Model = Callable[..., torch.Tensor]
+Interval = tuple[float, float]
+
+
+def check_interval(name: str, interval: Sequence[float] | None, num_timesteps: int) -> Interval | None:
+    """``interval`` as a ``(t_low, t_high)`` tuple with 0 <= t_low <= t_high <= T - 1; None stays None;
+    anything else is refused with a message naming ``name``."""
+    if interval is None:
+        return None
+    if isinstance(interval, (str, bytes)) or len(interval) != 2:
+        raise ValueError(f"{name} must be a pair (t_low, t_high) of timesteps in 0..{num_timesteps - 1}, got {interval!r}")
+    low, high = (float(v) for v in interval)
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high <= num_timesteps - 1):
+        raise ValueError(f"{name} must satisfy 0 <= t_low <= t_high <= {num_timesteps - 1}, got ({low:g}, {high:g})")
+    return low, high
+
+
+def in_interval(t: torch.Tensor, interval: Interval | None) -> torch.Tensor:
+    """BoolTensor [B]: which rows of the original-scale timesteps ``t`` [B] lie in ``interval`` (all, for None)."""
+    if interval is None:
+        return torch.ones(t.shape, dtype=torch.bool, device=t.device)
+    return (t >= interval[0]) & (t <= interval[1])
+
+
+def _where_rows(mask: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, *[1] * (inside.ndim - 1)), inside, outside)
 
 
 class ClassifierFreeGuidance:
@@ -26,29 +68,112 @@ class ClassifierFreeGuidance:
     Args:
         model: called as ``model(x_t, t, **kwargs)``.
         guidance_scale: w above.
-        uncond_kwargs: the model kwargs of the unconditional input (e.g. the empty prompt's text
-            features), with the same batch size and shapes as the conditional kwargs of each call.
+        uncond_kwargs: the kwargs of the guiding branch: the unconditional input (e.g. the empty
+            prompt's text features) with the same batch size and shapes as the conditional kwargs of
+            each call, or, with ``guide_model``, that model's own conditional kwargs.
+        interval: the guidance interval (see the module); None guides at every timestep.
+        guide_model: autoguidance's weaker model, called as ``guide_model(x_t, t, **uncond_kwargs)``
+            in a forward of its own; None guides with ``model`` itself (classifier-free guidance).
     """
 
-    def __init__(self, model: Model, guidance_scale: float, uncond_kwargs: Mapping[str, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        model: Model,
+        guidance_scale: float,
+        uncond_kwargs: Mapping[str, torch.Tensor],
+        interval: Interval | None = None,
+        guide_model: Model | None = None,
+    ) -> None:
         self.model = model
         self.guidance_scale = float(guidance_scale)
         self.uncond_kwargs = dict(uncond_kwargs)
+        self.interval = interval
+        self.guide_model = guide_model
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **cond_kwargs: torch.Tensor) -> torch.Tensor:
         """x_t [B, C, H, W], t [B] -> the guided output [B, C, H, W]."""
-        if self.guidance_scale == 1.0:
+        guided = in_interval(t, self.interval)
+        if self.guidance_scale == 1.0 or not bool(guided.any()):
             return self.model(x_t, t, **cond_kwargs)
-        if self.guidance_scale == 0.0:
+        if self.guide_model is not None:
+            cond, uncond = self.model(x_t, t, **cond_kwargs), self.guide_model(x_t, t, **self.uncond_kwargs)
+        elif self.guidance_scale == 0.0 and bool(guided.all()):
             return self.model(x_t, t, **self.uncond_kwargs)
-        if set(cond_kwargs) != set(self.uncond_kwargs):
-            raise ValueError(
-                f"conditional kwargs {sorted(cond_kwargs)} and unconditional kwargs {sorted(self.uncond_kwargs)} differ"
-            )
-        both = {key: torch.cat([cond_kwargs[key], self.uncond_kwargs[key]]) for key in cond_kwargs}
-        out = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), **both)
-        cond, uncond = out.chunk(2)
-        return uncond + self.guidance_scale * (cond - uncond)
+        else:
+            if set(cond_kwargs) != set(self.uncond_kwargs):
+                raise ValueError(
+                    f"conditional kwargs {sorted(cond_kwargs)} and unconditional kwargs {sorted(self.uncond_kwargs)} differ"
+                )
+            both = {key: torch.cat([cond_kwargs[key], self.uncond_kwargs[key]]) for key in cond_kwargs}
+            cond, uncond = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
+        return _where_rows(guided, uncond + self.guidance_scale * (cond - uncond), cond)
+
+
+@dataclass(frozen=True)
+class CADS:
+    """The settings of condition-annealed sampling (Sadat et al. 2024), with the paper's defaults.
+
+    With tau = t / (T - 1) the normalised timestep (1: pure noise), the condition y becomes
+    ``sqrt(gamma) y + noise_scale sqrt(1 - gamma) n``, n ~ N(0, I), where gamma is 1 for tau <= tau1,
+    0 for tau >= tau2 and linear between; the result is rescaled to y's mean and standard deviation and
+    mixed with the unrescaled one as ``psi * rescaled + (1 - psi) * noised``.
+    """
+
+    tau1: float = 0.6
+    tau2: float = 0.9
+    noise_scale: float = 0.25
+    psi: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.tau1 < self.tau2 <= 1:
+            raise ValueError(f"CADS needs 0 <= tau1 < tau2 <= 1, got tau1={self.tau1:g}, tau2={self.tau2:g}")
+        if not self.noise_scale >= 0 or not 0 <= self.psi <= 1:
+            raise ValueError(f"CADS needs noise_scale >= 0 and psi in [0, 1], got {self.noise_scale:g} and {self.psi:g}")
+
+    def gamma(self, tau: torch.Tensor) -> torch.Tensor:
+        """gamma(tau) [B] for normalised timesteps ``tau`` [B]."""
+        return ((self.tau2 - tau) / (self.tau2 - self.tau1)).clamp(0.0, 1.0)
+
+
+class ConditionAnnealing:
+    """Wraps a (guided) model and anneals its conditional ``text_features`` [B, L, D] by :class:`CADS`
+    before each call; ``text_mask`` [B, L] picks the tokens whose statistics the rescaling keeps.
+
+    ``num_timesteps`` is T of the original timesteps the model receives; ``generator`` (one, or one per
+    image) draws the noise, so the same seed gives the same images.
+    """
+
+    def __init__(self, model: Model, cads: CADS, num_timesteps: int, generator: Generators = None) -> None:
+        self.model = model
+        self.cads = cads
+        self.num_timesteps = num_timesteps
+        self.generator = generator
+
+    def anneal(self, features: torch.Tensor, mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The annealed features [B, L, D] at original-scale timesteps ``t`` [B]."""
+        gamma = self.cads.gamma(t.to(torch.float64) / (self.num_timesteps - 1)).to(features.dtype).view(-1, 1, 1)
+        if bool((gamma == 1).all()):
+            return features  # below tau1 everywhere: the condition itself, and no noise drawn
+        noise = randn(features.shape, self.generator, features.device, features.dtype)
+        noised = gamma.sqrt() * features + self.cads.noise_scale * (1 - gamma).sqrt() * noise
+        if self.cads.psi == 0:
+            return noised
+        weights = mask.to(features.dtype).unsqueeze(-1).expand_as(features)
+        count = weights.sum(dim=(1, 2), keepdim=True).clamp(min=1)
+
+        def stats(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mean = (y * weights).sum(dim=(1, 2), keepdim=True) / count
+            std = (((y - mean) ** 2 * weights).sum(dim=(1, 2), keepdim=True) / count).sqrt()
+            return mean, std
+
+        (mean_in, std_in), (mean_out, std_out) = stats(features), stats(noised)
+        rescaled = (noised - mean_out) / std_out.clamp(min=1e-12) * std_in + mean_in
+        return self.cads.psi * rescaled + (1 - self.cads.psi) * noised
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **cond_kwargs: torch.Tensor) -> torch.Tensor:
+        """x_t [B, C, H, W], t [B] -> the wrapped model's output with annealed text features."""
+        annealed = self.anneal(cond_kwargs["text_features"], cond_kwargs["text_mask"], t)
+        return self.model(x_t, t, **{**cond_kwargs, "text_features": annealed})
 
 
 def resolve_labels(
@@ -80,34 +205,48 @@ def resolve_labels(
     return resolved
 
 
+def _target(classifier: Any, attribute: str, y: Any, x_t: torch.Tensor) -> torch.Tensor:
+    """The class indices [B] of ``attribute``: ``y`` itself when a LongTensor [B], else resolved by name."""
+    if isinstance(y, torch.Tensor) and y.ndim == 1:
+        return y
+    return resolve_labels(classifier.labels, {attribute: y}, x_t.shape[0], x_t.device)[attribute]
+
+
 def classifier_cond_fn(
     classifier: Callable[[torch.Tensor, torch.Tensor], Mapping[str, torch.Tensor]],
-    labels: Mapping[str, torch.Tensor],
+    labels: Mapping[str, Any],
     scale: float,
     max_t: int | None = None,
+    interval: Interval | None = None,
 ) -> Callable[..., torch.Tensor]:
     """The classifier-guidance hook ``cond_fn(x_t, t, **model_kwargs) -> [B, C, H, W]``.
 
-    ``classifier(x_t, t)`` returns attribute -> logits [B, K]; ``labels`` maps attribute -> LongTensor [B]
-    (see :func:`resolve_labels`). The hook returns
+    ``classifier(x_t, t)`` returns attribute -> logits [B, K]; ``labels`` maps attribute -> LongTensor [B],
+    or, for a classifier with ``labels`` (attribute -> class names), a class name or index or a sequence
+    of them (see :func:`resolve_labels`). The hook returns
     ``scale * grad_x sum_attributes log softmax(logits)[y]``, evaluated at x_t; ``t`` is on the original scale.
-    With ``max_t``, rows whose t exceeds it get a zero gradient: guidance starts later in the trajectory,
-    leaving the high-noise steps (where a classifier reads little but size and colour) unguided.
+    Rows whose t is outside ``interval`` (see the module), or above ``max_t`` (the interval (0, max_t)),
+    get a zero gradient: guidance starting later in the trajectory leaves the high-noise steps (where a
+    classifier reads little but size and colour) unguided.
     """
+    if max_t is not None:
+        if interval is not None:
+            raise ValueError("give either max_t or interval, not both (max_t is the interval (0, max_t))")
+        interval = (0.0, float(max_t))
 
     def cond_fn(x_t: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
-        if max_t is not None and not bool((t <= max_t).any()):
+        guided = in_interval(t, interval)
+        if not bool(guided.any()):
             return torch.zeros_like(x_t)  # no row is guided: skip the classifier's forward and backward
+        targets = {attribute: _target(classifier, attribute, y, x_t) for attribute, y in labels.items()}
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             logits = classifier(x, t)
             log_prob = x.new_zeros(())
-            for attribute, y in labels.items():
+            for attribute, y in targets.items():
                 log_probs = torch.log_softmax(logits[attribute].to(x.dtype), dim=-1)
                 log_prob = log_prob + log_probs.gather(1, y.view(-1, 1).to(log_probs.device)).sum()
             (grad,) = torch.autograd.grad(log_prob, x)
-        if max_t is not None:
-            grad = grad * (t <= max_t).to(grad.dtype).view(-1, *[1] * (grad.ndim - 1))
-        return scale * grad
+        return scale * _where_rows(guided, grad, torch.zeros_like(grad))
 
     return cond_fn

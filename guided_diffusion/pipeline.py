@@ -15,6 +15,7 @@ also takes the name of a model shipped inside the package (``guided_diffusion/pr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from .diffusion import GaussianDiffusion
-from .guidance import ClassifierFreeGuidance, classifier_cond_fn, resolve_labels
+from .guidance import CADS, ClassifierFreeGuidance, ConditionAnnealing, check_interval, classifier_cond_fn, resolve_labels
 from .models.classifier import NoiseAwareClassifier
 from .models.unet import UNet, UNetConfig
 from .samplers import sample, sampler_options
@@ -262,6 +263,10 @@ class GuidedDiffusionPipeline:
         classifier_scale: float = 0.0,
         classifier_labels: Mapping[str, Any] | None = None,
         classifier_max_t: int | None = None,
+        classifier_interval: Sequence[float] | None = None,
+        guidance_interval: Sequence[float] | None = None,
+        autoguidance: "GuidedDiffusionPipeline | None" = None,
+        cads: CADS | bool | Mapping[str, float] | None = None,
         thresholding: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
@@ -280,6 +285,14 @@ class GuidedDiffusionPipeline:
         ``guidance_scale`` is classifier-free (1 plain conditional, 0 unconditional); ``classifier_scale``
         > 0 steers towards ``classifier_labels`` (attribute -> class name or index) with the classifier,
         at every step or, with ``classifier_max_t``, only at timesteps t <= it (0..T-1).
+        ``guidance_interval`` and ``classifier_interval`` (``(t_low, t_high)``, original timesteps
+        0..T-1, inclusive) limit classifier-free and classifier guidance to those timesteps (Kynkaenniemi
+        et al. 2024); outside, the model is plain conditional and unguided by the classifier.
+        ``autoguidance`` (a weaker pipeline of the same kind: an earlier checkpoint, or a smaller model
+        trained by the same config) replaces the unconditional branch by that model given the same
+        prompts, mixed with ``guidance_scale`` (Karras et al. 2024). ``cads`` (True for the paper's
+        settings, or a :class:`~guided_diffusion.guidance.CADS` or a dict of its fields) anneals noise
+        into the text features at high noise levels, for diversity at high guidance scales.
         ``seed`` (or ``generator``) makes the result reproducible on the same device; ``generator`` may
         also be a list with one generator per image (prompt-major), where consecutive images that share
         one generator draw their noise together, as that generator alone would for them. ``callback(step,
@@ -308,18 +321,33 @@ class GuidedDiffusionPipeline:
         if generator is None and seed is not None:
             generator = torch.Generator(device=device).manual_seed(int(seed))
 
-        with _eval_mode(self.unet, self.text_encoder, self.classifier), torch.no_grad():
+        num_timesteps = self.diffusion.num_timesteps
+        guidance_interval = check_interval("guidance_interval", guidance_interval, num_timesteps)
+        classifier_interval = check_interval("classifier_interval", classifier_interval, num_timesteps)
+        cads = self._checked_cads(cads)
+        self._check_autoguidance(autoguidance)
+        guides = [autoguidance.unet, autoguidance.text_encoder] if autoguidance is not None else []
+
+        with _eval_mode(self.unet, self.text_encoder, self.classifier, *guides), torch.no_grad():
             features, mask = self.text_encoder.encode(prompts)
             model_kwargs = {"text_features": features, "text_mask": mask}
             model: Callable[..., torch.Tensor] = self.unet
-            if guidance_scale != 1.0 and any(prompts):  # all empty: cond == uncond, the mix changes nothing
+            if autoguidance is not None and guidance_scale != 1.0:
+                weak_features, weak_mask = autoguidance.text_encoder.encode(prompts)
+                weak = {"text_features": weak_features, "text_mask": weak_mask}
+                model = ClassifierFreeGuidance(self.unet, guidance_scale, weak, guidance_interval, guide_model=autoguidance.unet)
+            elif guidance_scale != 1.0 and any(prompts):  # all empty: cond == uncond, the mix changes nothing
                 empty_features, empty_mask = self.text_encoder.encode([""])
                 uncond = {
                     "text_features": empty_features.expand_as(features),
                     "text_mask": empty_mask.expand_as(mask),
                 }
-                model = ClassifierFreeGuidance(self.unet, guidance_scale, uncond)
-            cond_fn = self._classifier_cond_fn(classifier_scale, classifier_labels, classifier_max_t, len(prompts), device)
+                model = ClassifierFreeGuidance(self.unet, guidance_scale, uncond, guidance_interval)
+            if cads is not None:
+                model = ConditionAnnealing(model, cads, num_timesteps, generator)
+            cond_fn = self._classifier_cond_fn(
+                classifier_scale, classifier_labels, classifier_max_t, classifier_interval, len(prompts), device
+            )
             config = self.unet.config
             x = sample(
                 model,
@@ -346,11 +374,48 @@ class GuidedDiffusionPipeline:
             return array
         return [Image.fromarray(a) for a in array]
 
+    def _checked_cads(self, cads: CADS | bool | Mapping[str, float] | None) -> CADS | None:
+        if cads is None or cads is False:
+            return None
+        if cads is True:
+            return CADS()
+        if isinstance(cads, CADS):
+            return cads
+        if isinstance(cads, Mapping):
+            unknown = sorted(set(cads) - {f.name for f in dataclasses.fields(CADS)})
+            if unknown:
+                raise ValueError(f"unknown CADS setting {unknown[0]!r}; valid: {', '.join(f.name for f in dataclasses.fields(CADS))}")
+            return CADS(**cads)
+        raise ValueError(f"cads must be True, a CADS or a dict of its settings, got {cads!r}")
+
+    def _check_autoguidance(self, weak: "GuidedDiffusionPipeline | None") -> None:
+        """Refuse a guiding pipeline whose predictions cannot be mixed with this one's."""
+        if weak is None:
+            return
+        if not isinstance(weak, GuidedDiffusionPipeline):
+            raise ValueError(f"autoguidance must be a GuidedDiffusionPipeline (a weaker model of the same kind), got {type(weak).__name__}")
+        ours, theirs = self.diffusion_config, weak.diffusion_config
+        for key in ("num_timesteps", "prediction"):
+            if ours.get(key) != theirs.get(key):
+                raise ValueError(f"autoguidance needs a model with the same diffusion {key}: this one has {ours.get(key)!r}, the guide {theirs.get(key)!r}")
+        if (weak.unet.config.image_size, weak.unet.config.out_channels) != (self.unet.config.image_size, self.unet.config.out_channels):
+            raise ValueError("autoguidance needs a model of the same image size and channels as this one")
+        if weak.device != self.device:
+            raise ValueError(f"autoguidance's model is on {weak.device}, this one on {self.device}: move it with .to()")
+
     def _classifier_cond_fn(
-        self, scale: float, labels: Mapping[str, Any] | None, max_t: int | None, batch_size: int, device: torch.device
+        self,
+        scale: float,
+        labels: Mapping[str, Any] | None,
+        max_t: int | None,
+        interval: tuple[float, float] | None,
+        batch_size: int,
+        device: torch.device,
     ) -> Callable[..., torch.Tensor] | None:
         if max_t is not None and not 0 <= max_t < self.diffusion.num_timesteps:
             raise ValueError(f"classifier_max_t must be between 0 and {self.diffusion.num_timesteps - 1}, got {max_t}")
+        if max_t is not None and interval is not None:
+            raise ValueError("give classifier_max_t or classifier_interval, not both (classifier_max_t is the interval (0, max_t))")
         if not scale:
             return None
         if self.classifier is None:
@@ -359,4 +424,4 @@ class GuidedDiffusionPipeline:
             names = {attr: list(classes) for attr, classes in self.classifier.labels.items()}
             raise ValueError(f"classifier_scale needs classifier_labels, e.g. one of {names}")
         resolved = resolve_labels(self.classifier.labels, labels, batch_size, device)
-        return classifier_cond_fn(self.classifier, resolved, float(scale), max_t)
+        return classifier_cond_fn(self.classifier, resolved, float(scale), max_t, interval)

@@ -37,6 +37,7 @@ EMOJI_SAMPLING = {"sampler": "dpm++", "steps": 20, "guidance_scale": 2.0}
 API_PARAMETERS = [
     "prompt", "num_images", "steps", "sampler", "guidance_scale",
     "classifier_attribute", "classifier_label", "classifier_scale", "seed", "model", "timestep_schedule",
+    "guidance_t_min", "guidance_t_max", "classifier_t_min", "classifier_t_max", "cads",
 ]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IN_CI = os.environ.get("CI") == "true"
@@ -239,6 +240,14 @@ def test_check_request_refuses_bad_values_and_needs_a_classifier_for_guidance(pi
         check_request(pipe, **{**ok, "steps": 2.5})
     with pytest.raises(ValueError, match="guidance_scale must be a number"):
         check_request(pipe, **{**ok, "guidance_scale": float("inf")})
+    scheduled = check_request(pipe, **ok, guidance_t_min=100, cads=True)
+    assert scheduled.guidance_interval == (100.0, 999.0) and scheduled.cads and scheduled.classifier_interval is None
+    assert check_request(pipe, **ok, guidance_t_min=0, guidance_t_max=999).guidance_interval is None  # the whole range
+    kwargs = scheduled.pipeline_kwargs()
+    assert (kwargs["guidance_interval"], kwargs["cads"]) == ((100.0, 999.0), True)
+    assert scheduled.batch_key() != request.batch_key()
+    with pytest.raises(ValueError, match="cads must be true or false"):
+        check_request(pipe, **ok, cads="sometimes")
 
 
 def test_over_long_prompts_are_noticed_and_truncated_at_the_context(pipe):
@@ -392,8 +401,8 @@ def test_generate_api_returns_the_images(client):
     assert list(info) == ["/generate"]
     parameters = info["/generate"]["parameters"]
     assert [p["parameter_name"] for p in parameters] == API_PARAMETERS
-    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 10
-    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided", None]
+    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 15
+    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided", None] + [None] * 4 + [False]
 
     result = client.predict(prompt="a large red circle in the center", num_images=4, steps=25, seed=3, api_name="/generate")
     images = [Image.open(item["image"]) for item in result]
@@ -412,6 +421,13 @@ def test_generate_api_returns_the_images(client):
     plain = client.predict(prompt="", num_images=2, steps=5, sampler="dpm++", seed=1, api_name="/generate")
     assert len(guided) == 2
     assert Image.open(guided[0]["image"]).tobytes() != Image.open(plain[0]["image"]).tobytes()
+
+    def first_image(**kwargs):
+        return Image.open(client.predict(prompt="a green square", num_images=1, steps=5, seed=4, api_name="/generate", **kwargs)[0]["image"]).tobytes()
+
+    everywhere = first_image()
+    assert first_image(guidance_t_min=0, guidance_t_max=999) == everywhere
+    assert first_image(guidance_t_min=500) != everywhere and first_image(cads=True) != everywhere
 
 
 def test_generate_api_samples_the_named_model_with_its_own_settings(client, emoji_dir):
@@ -441,6 +457,8 @@ def test_generate_api_samples_the_named_model_with_its_own_settings(client, emoj
         ({"model": "tiny-emoji", "classifier_scale": 3.0, "classifier_attribute": "shape", "classifier_label": "circle"},
          "unknown classifier_attribute 'shape'; choose one of style, category"),
         ({"model": "tiny-emoji", "steps": 501}, "steps must be between 1 and 500"),
+        ({"guidance_t_min": 600, "guidance_t_max": 200}, "guidance_t_min \\(600\\) must not be above guidance_t_max \\(200\\)"),
+        ({"model": "tiny-emoji", "classifier_t_max": 700}, "classifier_t_max must be between 0 and 499"),
     ],
 )
 def test_bad_input_is_refused_with_a_message(client, bad, message):

@@ -1,10 +1,17 @@
-"""Classifier-free guidance batching and the classifier-guidance gradient."""
+"""Classifier-free guidance batching, autoguidance, guidance intervals, CADS and the classifier-guidance gradient."""
 
 import pytest
 import torch
 
 from guided_diffusion import GaussianDiffusion, get_beta_schedule
-from guided_diffusion.guidance import ClassifierFreeGuidance, classifier_cond_fn, resolve_labels
+from guided_diffusion.guidance import (
+    CADS,
+    ClassifierFreeGuidance,
+    ConditionAnnealing,
+    check_interval,
+    classifier_cond_fn,
+    resolve_labels,
+)
 
 F64 = torch.float64
 
@@ -33,6 +40,74 @@ def test_classifier_free_guidance_batches_both_inputs_in_one_forward():
     torch.testing.assert_close(ClassifierFreeGuidance(model, 1.0, uncond)(x, t, **cond), c)
     torch.testing.assert_close(ClassifierFreeGuidance(model, 0.0, uncond)(x, t, **cond), u)
     assert model.calls == [3, 3]
+
+
+def test_a_guidance_interval_guides_the_rows_inside_it_and_leaves_the_others_conditional():
+    model = CountingModel()
+    x = torch.randn(3, 2, 4, 4, dtype=F64)
+    t = torch.tensor([5.0, 9.5, 11.0])
+    cond = {"text_features": torch.randn(3, 7, 8, dtype=F64)}
+    uncond = {"text_features": torch.randn(3, 7, 8, dtype=F64)}
+    c, u = model(x, t, **cond), model(x, t, **uncond)
+    model.calls.clear()
+    guided = ClassifierFreeGuidance(model, 4.0, uncond, interval=(9.5, 20))(x, t, **cond)
+    torch.testing.assert_close(guided[0], c[0])
+    torch.testing.assert_close(guided[1:], (u + 4.0 * (c - u))[1:])  # both ends inclusive
+    outside = ClassifierFreeGuidance(model, 4.0, uncond, interval=(20, 30))(x, t, **cond)
+    torch.testing.assert_close(outside, c)
+    assert model.calls == [6, 3]  # outside the interval: the conditional forward alone
+
+
+def test_autoguidance_mixes_the_model_with_its_weaker_guide_on_the_same_prompt():
+    model, weak = CountingModel(), CountingModel()
+    x = torch.randn(2, 2, 4, 4, dtype=F64)
+    t = torch.tensor([3, 8])
+    cond = {"text_features": torch.randn(2, 7, 8, dtype=F64)}
+    weak_cond = {"text_features": torch.randn(2, 7, 8, dtype=F64)}  # the guide's own text encoder's features
+    guided = ClassifierFreeGuidance(model, 2.5, weak_cond, guide_model=lambda x, t, **kw: 0.5 * weak(x, t, **kw))(x, t, **cond)
+    strong, poor = model(x, t, **cond), 0.5 * weak(x, t, **weak_cond)
+    torch.testing.assert_close(guided, poor + 2.5 * (strong - poor))
+    assert model.calls == [2, 2] and weak.calls == [2, 2]
+
+
+def test_cads_anneals_the_condition_from_pure_noise_to_the_condition():
+    cads = CADS(tau1=0.6, tau2=0.9, noise_scale=0.25, psi=1.0)
+    torch.testing.assert_close(cads.gamma(torch.tensor([0.0, 0.6, 0.75, 0.9, 1.0], dtype=F64)), torch.tensor([1, 1, 0.5, 0, 0], dtype=F64))
+    features = torch.randn(3, 5, 4, dtype=F64) * 2 + 1
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    t = torch.tensor([0.0, 749.25, 999.0])  # T = 1000: tau = t / 999 is 0, 0.75 and 1
+
+    def annealed(psi, seed):
+        return ConditionAnnealing(None, CADS(0.6, 0.9, 0.25, psi), 1000, torch.Generator().manual_seed(seed)).anneal(features, mask, t)
+
+    noise = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(7), dtype=F64)
+    raw = annealed(0.0, 7)
+    torch.testing.assert_close(raw[0], features[0])  # gamma 1: the condition itself
+    generator = torch.Generator().manual_seed(3)
+    untouched = ConditionAnnealing(None, cads, 1000, generator).anneal(features, mask, torch.tensor([0.0, 100.0, 599.0]))
+    assert untouched is features and torch.equal(generator.get_state(), torch.Generator().manual_seed(3).get_state())
+    torch.testing.assert_close(raw[1], 0.5**0.5 * features[1] + 0.25 * 0.5**0.5 * noise[1])
+    torch.testing.assert_close(raw[2], 0.25 * noise[2])  # gamma 0: noise alone
+    rescaled = annealed(1.0, 7)
+    for i, n in enumerate(mask.sum(1).tolist()):
+        kept, noised = features[i][mask[i]], raw[i][mask[i]]
+        expected = (noised - noised.mean()) / noised.std(unbiased=False) * kept.std(unbiased=False) + kept.mean()
+        torch.testing.assert_close(rescaled[i][mask[i]], expected)  # the real tokens' mean and spread
+    with pytest.raises(ValueError, match="tau1 < tau2"):
+        CADS(tau1=0.9, tau2=0.6)
+    with pytest.raises(ValueError, match="psi in"):
+        CADS(psi=2.0)
+
+
+def test_intervals_are_checked():
+    assert check_interval("guidance_interval", None, 100) is None
+    assert check_interval("guidance_interval", [10, 20.5], 100) == (10.0, 20.5)
+    with pytest.raises(ValueError, match=r"guidance_interval must satisfy 0 <= t_low <= t_high <= 99, got \(30, 20\)"):
+        check_interval("guidance_interval", (30, 20), 100)
+    with pytest.raises(ValueError, match="classifier_interval must be a pair"):
+        check_interval("classifier_interval", (1, 2, 3), 100)
+    with pytest.raises(ValueError, match="<= 99"):
+        check_interval("classifier_interval", (0, 100), 100)
 
 
 class TinyClassifier(torch.nn.Module):
@@ -76,6 +151,23 @@ def test_max_t_zeroes_the_gradient_above_it_and_keeps_it_below():
     counting = lambda x, t: calls.append(t) or clf(x, t)  # noqa: E731
     unguided = classifier_cond_fn(counting, labels, scale=2.0, max_t=10)(x, torch.tensor([20, 20, 30, 30]))
     assert torch.all(unguided == 0) and calls == []
+    torch.testing.assert_close(classifier_cond_fn(clf, labels, scale=2.0, interval=(0, 10))(x, t), late)
+    middle = classifier_cond_fn(clf, labels, scale=2.0, interval=(5, 25))(x, t)
+    torch.testing.assert_close(middle[1:3], full[1:3])
+    assert torch.all(middle[0] == 0) and torch.all(middle[3] == 0)
+    with pytest.raises(ValueError, match="either max_t or interval"):
+        classifier_cond_fn(clf, labels, scale=2.0, max_t=10, interval=(0, 10))
+
+
+def test_classifier_guidance_takes_class_names_as_well_as_indices():
+    clf = TinyClassifier()
+    x = torch.randn(2, 3, 2, 2, dtype=F64)
+    t = torch.tensor([4, 9])
+    by_index = classifier_cond_fn(clf, resolve_labels(clf.labels, {"shape": 1, "color": [0, 1]}, 2, "cpu"), scale=1.5)(x, t)
+    torch.testing.assert_close(classifier_cond_fn(clf, {"shape": "square", "color": ["red", "blue"]}, scale=1.5)(x, t), by_index)
+    torch.testing.assert_close(classifier_cond_fn(clf, {"shape": 1, "color": ["red", 1]}, scale=1.5)(x, t), by_index)
+    with pytest.raises(ValueError, match="valid: circle, square, triangle"):
+        classifier_cond_fn(clf, {"shape": "hexagon"}, scale=1.5)(x, t)
 
 
 def test_guided_ancestral_mean_is_mean_plus_variance_times_gradient():
@@ -102,3 +194,47 @@ def test_bad_labels_are_refused_with_the_valid_ones():
         resolve_labels(names, {"color": 2}, 1, "cpu")
     with pytest.raises(ValueError, match="expected 3"):
         resolve_labels(names, {"color": ["red"]}, 3, "cpu")
+
+
+# ------------------------------------------------------------------------------------ in the pipeline
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir):
+    from guided_diffusion import GuidedDiffusionPipeline
+
+    return GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+
+
+def sampled(pipe, **kwargs):
+    return pipe(["a red circle", "a blue square"], steps=4, sampler="ddim", guidance_scale=3.0, seed=0, output_type="pt", **kwargs)
+
+
+def test_the_pipeline_takes_intervals_autoguidance_and_cads(pipe):
+    plain = sampled(pipe)
+    last = pipe.diffusion.num_timesteps - 1
+    assert torch.equal(sampled(pipe, guidance_interval=(0, last)), plain)
+    assert not torch.equal(sampled(pipe, guidance_interval=(0, last // 2)), plain)
+    conditional = pipe(
+        ["a red circle", "a blue square"], steps=4, sampler="ddim", guidance_scale=1.0, seed=0, output_type="pt"
+    )
+    torch.testing.assert_close(sampled(pipe, autoguidance=pipe), conditional)  # guided by itself: no guidance
+    annealed = sampled(pipe, cads=True)
+    assert torch.equal(annealed, sampled(pipe, cads={"tau1": 0.6}))  # the same seed, the same noise
+    assert not torch.equal(annealed, plain)
+
+
+def test_bad_guidance_settings_are_refused(pipe):
+    from guided_diffusion import GuidedDiffusionPipeline
+
+    with pytest.raises(ValueError, match="guidance_interval must satisfy"):
+        sampled(pipe, guidance_interval=(500, 100))
+    with pytest.raises(ValueError, match="unknown CADS setting 'tau3'; valid: tau1, tau2, noise_scale, psi"):
+        sampled(pipe, cads={"tau3": 0.1})
+    with pytest.raises(ValueError, match="cads must be True"):
+        sampled(pipe, cads="yes")
+    other = GuidedDiffusionPipeline(pipe.unet, pipe.text_encoder, {**pipe.diffusion_config, "prediction": "x0"}, pipe.sampling_config)
+    with pytest.raises(ValueError, match="same diffusion prediction"):
+        sampled(pipe, autoguidance=other)
+    with pytest.raises(ValueError, match="must be a GuidedDiffusionPipeline"):
+        sampled(pipe, autoguidance=pipe.unet)

@@ -40,6 +40,9 @@ class GenerationRequest:
     classifier_labels: dict[str, str] | None
     seed: int
     timestep_schedule: str = "uniform"
+    guidance_interval: tuple[float, float] | None = None
+    classifier_interval: tuple[float, float] | None = None
+    cads: bool = False
     notices: tuple[str, ...] = field(default=())
 
     def pipeline_kwargs(self) -> dict[str, Any]:
@@ -55,6 +58,9 @@ class GenerationRequest:
             "guidance_scale": self.guidance_scale,
             "classifier_scale": self.classifier_scale,
             "classifier_labels": self.classifier_labels,
+            "guidance_interval": self.guidance_interval,
+            "classifier_interval": self.classifier_interval,
+            "cads": self.cads,
         }
 
     def batch_key(self) -> tuple[Any, ...]:
@@ -104,13 +110,20 @@ def check_request(
     classifier_scale: Any,
     seed: Any,
     timestep_schedule: Any = None,
+    guidance_t_min: Any = None,
+    guidance_t_max: Any = None,
+    classifier_t_min: Any = None,
+    classifier_t_max: Any = None,
+    cads: Any = False,
 ) -> GenerationRequest:
     """Check raw user input against ``pipe`` and the demo's limits; ``ValueError`` names the problem.
 
     ``steps``, ``sampler``, ``guidance_scale`` and ``timestep_schedule`` None take ``pipe``'s sampling
-    config; ``seed`` None
-    draws a random seed. Classifier settings (a non-empty attribute or label, or a positive scale)
-    need a pipeline with a classifier and a label among ``pipe.classifier.labels``.
+    config; ``seed`` None draws a random seed. Classifier settings (a non-empty attribute or label, or a
+    positive scale) need a pipeline with a classifier and a label among ``pipe.classifier.labels``.
+    ``guidance_t_min``/``guidance_t_max`` and ``classifier_t_min``/``classifier_t_max`` bound the
+    timesteps (0..T-1) at which classifier-free and classifier guidance act (None: that end of the
+    range); ``cads`` turns on condition-annealed sampling.
     """
     if prompt is None:
         prompt = ""
@@ -134,6 +147,11 @@ def check_request(
     classifier_scale = _number("classifier_scale", classifier_scale, 0.0, MAX_CLASSIFIER_SCALE)
     labels = _classifier_labels(pipe, classifier_attribute, classifier_label, classifier_scale)
     seed = secrets.randbelow(MAX_SEED + 1) if seed is None else _whole_number("seed", seed, 0, MAX_SEED)
+    last = pipe.diffusion.num_timesteps - 1
+    guidance_interval = _interval("guidance", guidance_t_min, guidance_t_max, last)
+    classifier_interval = _interval("classifier", classifier_t_min, classifier_t_max, last)
+    if cads not in (True, False, None):
+        raise ValueError(f"cads must be true or false, got {cads!r}")
     notice = prompt_truncation(pipe.text_encoder, prompt)
     return GenerationRequest(
         prompt=prompt,
@@ -145,8 +163,20 @@ def check_request(
         classifier_labels=labels if classifier_scale > 0 else None,
         seed=seed,
         timestep_schedule=timestep_schedule,
+        guidance_interval=guidance_interval,
+        classifier_interval=classifier_interval if classifier_scale > 0 else None,
+        cads=bool(cads),
         notices=(notice,) if notice else (),
     )
+
+
+def _interval(kind: str, low: Any, high: Any, last: int) -> tuple[float, float] | None:
+    """The interval ``(low, high)`` of timesteps (None ends: 0 and ``last``); None for the whole range."""
+    low = 0.0 if low is None else _number(f"{kind}_t_min", low, 0, last)
+    high = float(last) if high is None else _number(f"{kind}_t_max", high, 0, last)
+    if low > high:
+        raise ValueError(f"{kind}_t_min ({low:g}) must not be above {kind}_t_max ({high:g})")
+    return None if (low, high) == (0.0, float(last)) else (low, high)
 
 
 def _classifier_labels(

@@ -82,6 +82,7 @@ def model_settings(pipe: GuidedDiffusionPipeline, name: str) -> dict[str, dict[s
     its card under ``name``, the name the picker shows.
     """
     size = pipe.unet.config.image_size
+    last = pipe.diffusion.num_timesteps - 1
     sampling = pipe.sampling_config
     labels = pipe.classifier.labels if pipe.classifier is not None else {}
     attribute = next(iter(labels), None)
@@ -102,6 +103,11 @@ def model_settings(pipe: GuidedDiffusionPipeline, name: str) -> dict[str, dict[s
         "classifier_attribute": {"choices": list(labels), "value": attribute},
         "classifier_label": {"choices": labels.get(attribute or "", []), "value": labels[attribute][0] if attribute else None},
         "classifier_scale": {"value": 0.0},
+        **{
+            f"{kind}_t_{end}": {"maximum": last, "value": 0 if end == "min" else last}
+            for kind in ("guidance", "classifier")
+            for end in ("min", "max")
+        },
         "summary": {"value": "## Summary\n" + card["summary"]},
         "config": {"value": card["config"]},
         "training": {"value": "## Training data\n" + card["training"]},
@@ -162,15 +168,23 @@ def build_demo(
         seed: int | None = 0,
         model: str = models.default,
         timestep_schedule: str | None = None,
+        guidance_t_min: float | None = None,
+        guidance_t_max: float | None = None,
+        classifier_t_min: float | None = None,
+        classifier_t_max: float | None = None,
+        cads: bool = False,
     ) -> list[Image.Image]:
         """Sample `num_images` images for `prompt` ("" is unconditional) with the model named `model`;
         returns them at the model's resolution as PNG files. `steps`, `sampler`, `guidance_scale` and
-        `timestep_schedule` None take the model's sampling config; `seed` None draws a random seed."""
+        `timestep_schedule` None take the model's sampling config; `seed` None draws a random seed.
+        Classifier-free and classifier guidance act only at timesteps between their `_t_min` and
+        `_t_max` (None: 0 and T-1); `cads` anneals the condition (CADS) for diversity."""
         with _user_errors():
             pipe = models.pipeline(model)
             request = accept(
                 pipe, prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
+                guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
             )
             with contextlib.closing(batcher.submit(model, pipe, request, max_previews=0)) as updates:
                 done = next(update for update in updates if isinstance(update, SamplingDone))
@@ -188,6 +202,11 @@ def build_demo(
         seed: int | None,
         model: str,
         timestep_schedule: str,
+        guidance_t_min: float,
+        guidance_t_max: float,
+        classifier_t_min: float,
+        classifier_t_max: float,
+        cads: bool,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[dict[gr.components.Component, Any]]:
         """The browser's Generate button: stream x_t and the predicted x_0 at a few steps, then the
@@ -197,6 +216,7 @@ def build_demo(
             request = accept(
                 pipe, prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
+                guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
             )
             yield {gallery: None, trajectory: None, status: f"Sampling with seed {request.seed}..."}
             frames: list[torch.Tensor] = []
@@ -296,6 +316,19 @@ def build_demo(
                         classifier_scale = gr.Slider(
                             0, MAX_CLASSIFIER_SCALE, step=0.5, label="Classifier scale (0 off)", **settings["classifier_scale"]
                         )
+                    with gr.Accordion("Guidance schedule", open=False, elem_id="guidance-schedule"):
+                        gr.Markdown(
+                            "Guidance acts only at timesteps t in [from, to] (0 is clean, T-1 pure noise; "
+                            "Kynkäänniemi et al. 2024). CADS anneals noise into the prompt at high noise, "
+                            "for diversity at high guidance scales (Sadat et al. 2024)."
+                        )
+                        with gr.Row():
+                            guidance_t_min = gr.Slider(0, step=1, label="Classifier-free guidance from t", **settings["guidance_t_min"])
+                            guidance_t_max = gr.Slider(0, step=1, label="to t", **settings["guidance_t_max"])
+                        with gr.Row():
+                            classifier_t_min = gr.Slider(0, step=1, label="Classifier guidance from t", **settings["classifier_t_min"])
+                            classifier_t_max = gr.Slider(0, step=1, label="to t", **settings["classifier_t_max"])
+                        cads = gr.Checkbox(value=False, label="CADS (condition annealing)")
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=3)
                         random_seed = gr.Button("Random", scale=1)
@@ -353,6 +386,10 @@ def build_demo(
             "classifier_attribute": classifier_attribute,
             "classifier_label": classifier_label,
             "classifier_scale": classifier_scale,
+            "guidance_t_min": guidance_t_min,
+            "guidance_t_max": guidance_t_max,
+            "classifier_t_min": classifier_t_min,
+            "classifier_t_max": classifier_t_max,
             "summary": summary,
             "config": config,
             "training": training,
@@ -370,6 +407,7 @@ def build_demo(
             inputs=[
                 prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed, picker, timestep_schedule,
+                guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
             ],
             outputs=[x_t_view, x0_view, gallery, trajectory, status],
             show_progress_on=[gallery],
@@ -390,6 +428,11 @@ def build_demo(
                 gr.Number(value=0, precision=0, label="Seed"),
                 gr.Dropdown(models.names, value=models.default, label="Model"),
                 gr.Radio(list(TIMESTEP_SCHEDULES), value=None, label="Timestep schedule"),
+                gr.Number(value=None, label="Classifier-free guidance from t"),
+                gr.Number(value=None, label="Classifier-free guidance to t"),
+                gr.Number(value=None, label="Classifier guidance from t"),
+                gr.Number(value=None, label="Classifier guidance to t"),
+                gr.Checkbox(value=False, label="CADS"),
             ]
             api_run = gr.Button()
         api_run.click(
