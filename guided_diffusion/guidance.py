@@ -11,7 +11,8 @@ earlier checkpoint, or a smaller model trained by the same recipe) given the sam
 
 Classifier guidance (Dhariwal & Nichol 2021) adds the gradient of a noise-aware classifier's
 log p(y | x_t, t) to the reverse step; :func:`classifier_cond_fn` builds that gradient function in the
-form :class:`~guided_diffusion.diffusion.GaussianDiffusion` expects.
+form :class:`~guided_diffusion.diffusion.GaussianDiffusion` expects. CLIP guidance (Nichol et al. 2022,
+GLIDE) does the same with a noise-aware CLIP's image-text logit for any prompt (:func:`clip_cond_fn`).
 
 A guidance interval (Kynkaenniemi et al. 2024, "Applying guidance in a limited interval improves sample
 and distribution quality") is an inclusive range ``(t_low, t_high)`` of original-scale timesteps
@@ -247,6 +248,35 @@ def classifier_cond_fn(
                 log_probs = torch.log_softmax(logits[attribute].to(x.dtype), dim=-1)
                 log_prob = log_prob + log_probs.gather(1, y.view(-1, 1).to(log_probs.device)).sum()
             (grad,) = torch.autograd.grad(log_prob, x)
+        return scale * _where_rows(guided, grad, torch.zeros_like(grad))
+
+    return cond_fn
+
+
+def clip_cond_fn(clip: Any, prompts: Sequence[str], scale: float, interval: Interval | None = None) -> Callable[..., torch.Tensor]:
+    """The CLIP-guidance hook ``cond_fn(x_t, t, **model_kwargs) -> [B, C, H, W]`` for a noise-aware CLIP
+    (:class:`~guided_diffusion.models.clip.NoiseAwareCLIP`) and one prompt per image.
+
+    It returns ``scale * grad_x logit(x_t, t, prompt)``, the logit being the CLIP's temperature times
+    the cosine similarity of the image embedding of (x_t, t) and the prompt's text embedding: the
+    quantity the contrastive loss trains as a log-odds, so scales compare with classifier guidance's.
+    The text embeddings are computed once. Rows whose t is outside ``interval`` get a zero gradient.
+    """
+    with torch.no_grad():
+        text = clip.encode_text(list(prompts))
+        temperature = clip.scale()
+
+    def cond_fn(x_t: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
+        if x_t.shape[0] != text.shape[0]:
+            raise ValueError(f"CLIP guidance has {text.shape[0]} prompts for a batch of {x_t.shape[0]} images")
+        guided = in_interval(t, interval)
+        if not bool(guided.any()):
+            return torch.zeros_like(x_t)
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            image = clip.encode_image(x, t)
+            logits = temperature.to(image.dtype) * (image * text.to(image.dtype)).sum(dim=-1)
+            (grad,) = torch.autograd.grad(logits.sum(), x)
         return scale * _where_rows(guided, grad, torch.zeros_like(grad))
 
     return cond_fn

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,8 +29,17 @@ from PIL import Image
 from torch import nn
 
 from .diffusion import GaussianDiffusion
-from .guidance import CADS, ClassifierFreeGuidance, ConditionAnnealing, check_interval, classifier_cond_fn, resolve_labels
+from .guidance import (
+    CADS,
+    ClassifierFreeGuidance,
+    ConditionAnnealing,
+    check_interval,
+    classifier_cond_fn,
+    clip_cond_fn,
+    resolve_labels,
+)
 from .models.classifier import NoiseAwareClassifier
+from .models.clip import NoiseAwareCLIP
 from .models.unet import UNet, UNetConfig
 from .samplers import sample, sampler_options
 from .serialization import CheckpointError, load_json, save_json
@@ -44,9 +54,10 @@ SAMPLING_DEFAULTS: dict[str, Any] = {
     "timestep_schedule": "uniform",
     "guidance_scale": 3.0,
     "eta": None,
+    "clip_guidance_scale": 0.0,
 }
 CONFIG_SECTIONS = ("unet", "text_encoder", "diffusion", "sampling")
-INDEX_KEYS = ("format", "format_version", "unet", "text_encoder", "classifier", "diffusion", "sampling", "example_prompts")
+INDEX_KEYS = ("format", "format_version", "unet", "text_encoder", "classifier", "clip", "diffusion", "sampling", "example_prompts")
 OUTPUT_TYPES = ("pil", "pt", "np")
 
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -94,6 +105,13 @@ def _checked_sampling(config: Mapping[str, Any]) -> dict[str, Any]:
     return {**SAMPLING_DEFAULTS, **config}
 
 
+def _summed(cond_fns: list[Callable[..., torch.Tensor]]) -> Callable[..., torch.Tensor] | None:
+    """One guidance hook adding up the gradients of ``cond_fns`` (None for none; the one for one)."""
+    if len(cond_fns) < 2:
+        return cond_fns[0] if cond_fns else None
+    return lambda x_t, t, **kwargs: sum(fn(x_t, t, **kwargs) for fn in cond_fns)
+
+
 def _checked_prompts(prompts: Sequence[str]) -> list[str]:
     if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"example_prompts must be a list of strings, got {prompts!r}")
@@ -115,7 +133,8 @@ def _eval_mode(*modules: nn.Module | None) -> Iterator[None]:
 
 
 class GuidedDiffusionPipeline:
-    """A UNet, its text encoder, the diffusion process and (optionally) a noise-aware classifier.
+    """A UNet, its text encoder, the diffusion process and, optionally, a noise-aware classifier and a
+    noise-aware CLIP (:class:`~guided_diffusion.models.clip.NoiseAwareCLIP`) to guide with.
 
     Build one fresh with :meth:`from_config`, load one with :meth:`from_pretrained`, and call it with
     prompts to get images. ``example_prompts`` are prompts the model draws well (the demo offers them);
@@ -130,6 +149,7 @@ class GuidedDiffusionPipeline:
         sampling_config: Mapping[str, Any] | None = None,
         classifier: NoiseAwareClassifier | None = None,
         example_prompts: Sequence[str] = (),
+        clip: NoiseAwareCLIP | None = None,
     ) -> None:
         if unet.config.text_dim != text_encoder.width:
             raise ValueError(
@@ -141,6 +161,7 @@ class GuidedDiffusionPipeline:
         self.diffusion = GaussianDiffusion.from_config(self.diffusion_config)
         self.sampling_config = _checked_sampling(sampling_config or {})
         self.classifier = classifier
+        self.clip = clip
         self.example_prompts = _checked_prompts(example_prompts)
         self.folder: Path | None = None
 
@@ -161,8 +182,8 @@ class GuidedDiffusionPipeline:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The full configuration, in the layout :meth:`from_config` reads (plus ``classifier`` when
-        the pipeline has one)."""
+        """The full configuration, in the layout :meth:`from_config` reads (plus ``classifier`` and
+        ``clip`` when the pipeline has them)."""
         config = {
             "unet": self.unet.config.to_dict(),
             "text_encoder": dict(self.text_encoder.config),
@@ -171,6 +192,8 @@ class GuidedDiffusionPipeline:
         }
         if self.classifier is not None:
             config["classifier"] = self.classifier.config.to_dict()
+        if self.clip is not None:
+            config["clip"] = self.clip.config.to_dict()
         return config
 
     @classmethod
@@ -192,6 +215,7 @@ class GuidedDiffusionPipeline:
                 index.get("sampling", {}),
                 NoiseAwareClassifier.from_pretrained(directory / index["classifier"]) if index.get("classifier") else None,
                 index.get("example_prompts", []),
+                NoiseAwareCLIP.from_pretrained(directory / index["clip"]) if index.get("clip") else None,
             )
         except KeyError as err:
             raise CheckpointError(f"{directory / PIPELINE_INDEX} lacks the entry {err}") from None
@@ -199,7 +223,7 @@ class GuidedDiffusionPipeline:
             if isinstance(err, CheckpointError):
                 raise
             raise CheckpointError(f"bad pipeline in {directory}: {err}") from None
-        for module in (pipe.unet, pipe.classifier):
+        for module in (pipe.unet, pipe.classifier, pipe.clip):
             if module is not None:
                 module.eval()
         pipe.folder = directory
@@ -216,6 +240,8 @@ class GuidedDiffusionPipeline:
         self.text_encoder.save_pretrained(directory / "text_encoder")
         if self.classifier is not None:
             self.classifier.save_pretrained(directory / "classifier")
+        if self.clip is not None:
+            self.clip.save_pretrained(directory / "clip")
         save_json(
             directory / PIPELINE_INDEX,
             {
@@ -224,6 +250,7 @@ class GuidedDiffusionPipeline:
                 "unet": "unet",
                 "text_encoder": "text_encoder",
                 "classifier": "classifier" if self.classifier is not None else None,
+                "clip": "clip" if self.clip is not None else None,
                 "diffusion": self.diffusion_config,
                 "sampling": self.sampling_config,
                 "example_prompts": self.example_prompts,
@@ -232,7 +259,7 @@ class GuidedDiffusionPipeline:
 
     def to(self, device: str | torch.device) -> "GuidedDiffusionPipeline":
         """Move every component to ``device``; returns self."""
-        for module in (self.unet, self.text_encoder, self.classifier):
+        for module in (self.unet, self.text_encoder, self.classifier, self.clip):
             if module is not None:
                 module.to(device)
         return self
@@ -267,6 +294,9 @@ class GuidedDiffusionPipeline:
         guidance_interval: Sequence[float] | None = None,
         autoguidance: "GuidedDiffusionPipeline | None" = None,
         cads: CADS | bool | Mapping[str, float] | None = None,
+        clip_guidance_scale: float | None = None,
+        clip_guidance_prompt: str | list[str] | None = None,
+        clip_guidance_interval: Sequence[float] | None = None,
         thresholding: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
@@ -293,6 +323,10 @@ class GuidedDiffusionPipeline:
         prompts, mixed with ``guidance_scale`` (Karras et al. 2024). ``cads`` (True for the paper's
         settings, or a :class:`~guided_diffusion.guidance.CADS` or a dict of its fields) anneals noise
         into the text features at high noise levels, for diversity at high guidance scales.
+        ``clip_guidance_scale`` > 0 (None: the sampling config's, 0 unless the model records one) steers
+        each image towards ``clip_guidance_prompt`` (one prompt, or one per prompt; default: the
+        prompts themselves) with the pipeline's noise-aware CLIP (GLIDE's CLIP guidance), within
+        ``clip_guidance_interval`` when given; it works with the empty prompt too.
         ``seed`` (or ``generator``) makes the result reproducible on the same device; ``generator`` may
         also be a list with one generator per image (prompt-major), where consecutive images that share
         one generator draw their noise together, as that generator alone would for them. ``callback(step,
@@ -328,7 +362,7 @@ class GuidedDiffusionPipeline:
         self._check_autoguidance(autoguidance)
         guides = [autoguidance.unet, autoguidance.text_encoder] if autoguidance is not None else []
 
-        with _eval_mode(self.unet, self.text_encoder, self.classifier, *guides), torch.no_grad():
+        with _eval_mode(self.unet, self.text_encoder, self.classifier, self.clip, *guides), torch.no_grad():
             features, mask = self.text_encoder.encode(prompts)
             model_kwargs = {"text_features": features, "text_mask": mask}
             model: Callable[..., torch.Tensor] = self.unet
@@ -345,9 +379,11 @@ class GuidedDiffusionPipeline:
                 model = ClassifierFreeGuidance(self.unet, guidance_scale, uncond, guidance_interval)
             if cads is not None:
                 model = ConditionAnnealing(model, cads, num_timesteps, generator)
-            cond_fn = self._classifier_cond_fn(
-                classifier_scale, classifier_labels, classifier_max_t, classifier_interval, len(prompts), device
-            )
+            cond_fns = [
+                self._classifier_cond_fn(classifier_scale, classifier_labels, classifier_max_t, classifier_interval, len(prompts), device),
+                self._clip_cond_fn(clip_guidance_scale, clip_guidance_prompt, clip_guidance_interval, prompts, num_images_per_prompt),
+            ]
+            cond_fn = _summed([fn for fn in cond_fns if fn is not None])
             config = self.unet.config
             x = sample(
                 model,
@@ -373,6 +409,32 @@ class GuidedDiffusionPipeline:
         if output_type == "np":
             return array
         return [Image.fromarray(a) for a in array]
+
+    def _clip_cond_fn(
+        self,
+        scale: float | None,
+        guidance_prompt: str | list[str] | None,
+        interval: Sequence[float] | None,
+        prompts: list[str],
+        per_prompt: int,
+    ) -> Callable[..., torch.Tensor] | None:
+        scale = float(self.sampling_config["clip_guidance_scale"] if scale is None else scale)
+        interval = check_interval("clip_guidance_interval", interval, self.diffusion.num_timesteps)
+        if not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"clip_guidance_scale must be a number >= 0, got {scale}")
+        if not scale:
+            return None
+        if self.clip is None:
+            raise ValueError("clip_guidance_scale needs a pipeline with a noise-aware CLIP (pipe.clip); this one has none")
+        if guidance_prompt is None:
+            targets = prompts
+        elif isinstance(guidance_prompt, str):
+            targets = [guidance_prompt] * len(prompts)
+        elif isinstance(guidance_prompt, list) and all(isinstance(p, str) for p in guidance_prompt) and len(guidance_prompt) * per_prompt == len(prompts):
+            targets = [p for p in guidance_prompt for _ in range(per_prompt)]
+        else:
+            raise ValueError(f"clip_guidance_prompt must be a string or a list with one string per prompt ({len(prompts) // per_prompt}), got {guidance_prompt!r}")
+        return clip_cond_fn(self.clip, targets, scale, interval)
 
     def _checked_cads(self, cads: CADS | bool | Mapping[str, float] | None) -> CADS | None:
         if cads is None or cads is False:

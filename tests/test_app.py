@@ -28,6 +28,8 @@ from guided_diffusion.models.classifier import ClassifierConfig, NoiseAwareClass
 from guided_diffusion.pipeline import shipped_models
 from guided_diffusion.serialization import CheckpointError
 
+from .test_guidance import tiny_clip
+
 REPO = Path(__file__).resolve().parents[1]
 LABELS = {"shape": ["circle", "square", "triangle"], "color": ["red", "green", "blue"]}
 SHAPES_PROMPTS = ["a small blue triangle in the top right", "a large red circle in the center", "a green square"]
@@ -38,6 +40,7 @@ API_PARAMETERS = [
     "prompt", "num_images", "steps", "sampler", "guidance_scale",
     "classifier_attribute", "classifier_label", "classifier_scale", "seed", "model", "timestep_schedule",
     "guidance_t_min", "guidance_t_max", "classifier_t_min", "classifier_t_max", "cads",
+    "clip_guidance_scale", "clip_guidance_prompt",
 ]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IN_CI = os.environ.get("CI") == "true"
@@ -86,6 +89,7 @@ def guided_dir(tiny_pipeline_dir, tmp_path_factory):
     saved to its own folder."""
     pipe = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
     pipe.classifier = tiny_classifier(LABELS)
+    pipe.clip = tiny_clip().float()
     pipe.example_prompts = SHAPES_PROMPTS
     directory = tmp_path_factory.mktemp("pipelines") / "guided"
     pipe.save_pretrained(directory)
@@ -391,6 +395,8 @@ def test_no_page_or_api_answer_shows_the_servers_paths(server, client, guided_di
 def test_classifier_controls_are_hidden_without_a_classifier(pipe):
     demo = build_demo(DemoModels({"plain": pipe}))
     assert block_by(demo.blocks.values(), elem_id="classifier-guidance").visible is False
+    assert block_by(demo.blocks.values(), elem_id="clip-guidance").visible is False
+    assert model_settings(pipe, "plain")["clip_guidance"] == {"visible": False}
 
 
 # ---------------------------------------------------------------------------------------- the API
@@ -401,8 +407,8 @@ def test_generate_api_returns_the_images(client):
     assert list(info) == ["/generate"]
     parameters = info["/generate"]["parameters"]
     assert [p["parameter_name"] for p in parameters] == API_PARAMETERS
-    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 15
-    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided", None] + [None] * 4 + [False]
+    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 17
+    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided", None] + [None] * 4 + [False, None, None]
 
     result = client.predict(prompt="a large red circle in the center", num_images=4, steps=25, seed=3, api_name="/generate")
     images = [Image.open(item["image"]) for item in result]
@@ -426,6 +432,8 @@ def test_generate_api_returns_the_images(client):
         return Image.open(client.predict(prompt="a green square", num_images=1, steps=5, seed=4, api_name="/generate", **kwargs)[0]["image"]).tobytes()
 
     everywhere = first_image()
+    steered = first_image(clip_guidance_scale=50.0, clip_guidance_prompt="a red circle")
+    assert steered != everywhere and first_image(clip_guidance_scale=50.0) != steered  # default: the prompt itself
     assert first_image(guidance_t_min=0, guidance_t_max=999) == everywhere
     assert first_image(guidance_t_min=500) != everywhere and first_image(cads=True) != everywhere
 
@@ -459,6 +467,8 @@ def test_generate_api_samples_the_named_model_with_its_own_settings(client, emoj
         ({"model": "tiny-emoji", "steps": 501}, "steps must be between 1 and 500"),
         ({"guidance_t_min": 600, "guidance_t_max": 200}, "guidance_t_min \\(600\\) must not be above guidance_t_max \\(200\\)"),
         ({"model": "tiny-emoji", "classifier_t_max": 700}, "classifier_t_max must be between 0 and 499"),
+        ({"model": "tiny-emoji", "clip_guidance_scale": 5}, "this model has no noise-aware CLIP"),
+        ({"clip_guidance_scale": -5}, "clip_guidance_scale must be between 0 and 1000"),
     ],
 )
 def test_bad_input_is_refused_with_a_message(client, bad, message):
@@ -528,14 +538,14 @@ def test_page_generates_with_previews_in_headless_chromium(server, tmp_path):
             page = browser.new_page()
             page.goto(server)
             page.locator("#example-prompts").get_by_text("a large red circle in the center", exact=True).click()
-            sync_api.expect(page.get_by_label("Prompt")).to_have_value("a large red circle in the center")
+            sync_api.expect(page.get_by_label("Prompt", exact=True)).to_have_value("a large red circle in the center")
             page.get_by_role("button", name="Generate").click()
             page.get_by_text("Done: 4 image(s), 50 ddim steps (uniform), seed 0").wait_for(timeout=60_000)
             page.screenshot(path=tmp_path / "generate.png", full_page=True)
             assert page.locator("#samples img").count() >= 4
             assert page.locator("#x0-preview img").count() == 1 and page.locator("#trajectory img").count() == 1
 
-            page.get_by_label("Prompt").fill("x" * 1001)
+            page.get_by_label("Prompt", exact=True).fill("x" * 1001)
             page.get_by_role("button", name="Generate").click()
             page.get_by_text("the limit is 1000").first.wait_for(timeout=20_000)
 
@@ -557,7 +567,7 @@ def test_page_generates_with_previews_in_headless_chromium(server, tmp_path):
             sync_api.expect(examples.get_by_text("a large red circle in the center", exact=True)).to_have_count(0)
             sync_api.expect(page.get_by_label("Attribute", exact=True)).to_have_value("style")
             examples.get_by_text("a grinning face", exact=True).click()
-            sync_api.expect(page.get_by_label("Prompt")).to_have_value("a grinning face")
+            sync_api.expect(page.get_by_label("Prompt", exact=True)).to_have_value("a grinning face")
             page.get_by_role("button", name="Generate").click()
             page.get_by_text("Done: 4 image(s), 20 dpm++ steps (uniform), seed 0").wait_for(timeout=60_000)
             page.screenshot(path=tmp_path / "second-model.png", full_page=True)

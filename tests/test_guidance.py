@@ -10,6 +10,7 @@ from guided_diffusion.guidance import (
     ConditionAnnealing,
     check_interval,
     classifier_cond_fn,
+    clip_cond_fn,
     resolve_labels,
 )
 
@@ -196,6 +197,48 @@ def test_bad_labels_are_refused_with_the_valid_ones():
         resolve_labels(names, {"color": ["red"]}, 3, "cpu")
 
 
+def tiny_clip():
+    from guided_diffusion.models.clip import CLIPConfig, NoiseAwareCLIP
+
+    torch.manual_seed(0)
+    text = {"backend": "open_clip", "context_length": 16, "width": 32, "heads": 2, "layers": 1}
+    config = CLIPConfig(image_size=16, embed_dim=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(8,), num_heads=2, text_encoder=text)
+    clip = NoiseAwareCLIP(config).double().eval()
+    with torch.no_grad():
+        for p in clip.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.1)
+    return clip
+
+
+def test_clip_guidance_is_the_gradient_of_the_image_text_logit_and_enters_the_mean_like_a_classifier():
+    clip = tiny_clip()
+    prompts = ["a red circle", "a blue square", "a red circle"]
+    x = torch.randn(3, 3, 16, 16, dtype=F64)
+    t = torch.tensor([10, 400, 900])
+    grad = clip_cond_fn(clip, prompts, scale=4.0)(x, t)
+    for i, prompt in enumerate(prompts):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        logit = clip.logits(xi, t[i : i + 1], [prompt])[0, 0]
+        (expected,) = torch.autograd.grad(logit, xi)
+        torch.testing.assert_close(grad[i : i + 1], 4.0 * expected)
+    late = clip_cond_fn(clip, prompts, scale=4.0, interval=(0, 500))(x, t)
+    torch.testing.assert_close(late[:2], grad[:2])
+    assert torch.all(late[2] == 0)
+
+    d = GaussianDiffusion(get_beta_schedule("linear", 1000))
+    model = lambda x, t: 0.2 * x  # noqa: E731
+    cond_fn = clip_cond_fn(clip, prompts, scale=4.0)
+    noise = torch.randn_like(x)
+    out = d.p_mean_variance(model, x, t)
+    step = d.p_sample(model, x, t, cond_fn=cond_fn, noise=noise)
+    expected = out["mean"] + out["variance"] * cond_fn(x, t) + (0.5 * out["log_variance"]).exp() * noise
+    torch.testing.assert_close(step["sample"], expected)
+    with pytest.raises(ValueError, match="3 prompts for a batch of 2 images"):
+        cond_fn(x[:2], t[:2])
+
+
 # ------------------------------------------------------------------------------------ in the pipeline
 
 
@@ -238,3 +281,31 @@ def test_bad_guidance_settings_are_refused(pipe):
         sampled(pipe, autoguidance=other)
     with pytest.raises(ValueError, match="must be a GuidedDiffusionPipeline"):
         sampled(pipe, autoguidance=pipe.unet)
+
+
+def test_a_pipeline_guides_any_prompt_with_its_clip_and_saves_and_loads_it(pipe, tmp_path):
+    from guided_diffusion import GuidedDiffusionPipeline
+    from guided_diffusion.serialization import CheckpointError
+
+    with pytest.raises(ValueError, match="needs a pipeline with a noise-aware CLIP"):
+        sampled(pipe, clip_guidance_scale=5.0)
+    with_clip = GuidedDiffusionPipeline(pipe.unet, pipe.text_encoder, pipe.diffusion_config, pipe.sampling_config, clip=tiny_clip().float())
+    plain = sampled(with_clip)
+    assert torch.equal(sampled(with_clip, clip_guidance_scale=0.0), plain)
+    steered = sampled(with_clip, clip_guidance_scale=50.0, clip_guidance_prompt="a green triangle")
+    assert not torch.equal(steered, plain)
+    assert not torch.equal(steered, sampled(with_clip, clip_guidance_scale=50.0))  # default: each image's own prompt
+    late = sampled(with_clip, clip_guidance_scale=50.0, clip_guidance_prompt=["a green triangle", "a red circle"], clip_guidance_interval=(0, 10))
+    assert not torch.equal(late, steered)
+    with pytest.raises(ValueError, match="one string per prompt \\(2\\)"):
+        sampled(with_clip, clip_guidance_scale=5.0, clip_guidance_prompt=["a", "b", "c"])
+    with pytest.raises(ValueError, match="clip_guidance_scale must be a number >= 0"):
+        sampled(with_clip, clip_guidance_scale=-1.0)
+
+    with_clip.save_pretrained(tmp_path / "with_clip")
+    loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "with_clip")
+    assert loaded.config["clip"] == with_clip.config["clip"]
+    assert torch.equal(sampled(loaded, clip_guidance_scale=50.0, clip_guidance_prompt="a green triangle"), steered)
+    (tmp_path / "with_clip" / "clip" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        GuidedDiffusionPipeline.from_pretrained(tmp_path / "with_clip")

@@ -21,6 +21,7 @@ MAX_IMAGES = 16
 MAX_PROMPT_CHARS = 1000
 MAX_GUIDANCE_SCALE = 20.0
 MAX_CLASSIFIER_SCALE = 100.0
+MAX_CLIP_GUIDANCE_SCALE = 1000.0
 MAX_SEED = 2**32 - 1
 
 
@@ -43,6 +44,8 @@ class GenerationRequest:
     guidance_interval: tuple[float, float] | None = None
     classifier_interval: tuple[float, float] | None = None
     cads: bool = False
+    clip_guidance_scale: float = 0.0
+    clip_guidance_prompt: str | None = None
     notices: tuple[str, ...] = field(default=())
 
     def pipeline_kwargs(self) -> dict[str, Any]:
@@ -61,6 +64,8 @@ class GenerationRequest:
             "guidance_interval": self.guidance_interval,
             "classifier_interval": self.classifier_interval,
             "cads": self.cads,
+            "clip_guidance_scale": self.clip_guidance_scale,
+            "clip_guidance_prompt": self.clip_guidance_prompt,
         }
 
     def batch_key(self) -> tuple[Any, ...]:
@@ -115,6 +120,8 @@ def check_request(
     classifier_t_min: Any = None,
     classifier_t_max: Any = None,
     cads: Any = False,
+    clip_guidance_scale: Any = None,
+    clip_guidance_prompt: Any = None,
 ) -> GenerationRequest:
     """Check raw user input against ``pipe`` and the demo's limits; ``ValueError`` names the problem.
 
@@ -123,7 +130,9 @@ def check_request(
     positive scale) need a pipeline with a classifier and a label among ``pipe.classifier.labels``.
     ``guidance_t_min``/``guidance_t_max`` and ``classifier_t_min``/``classifier_t_max`` bound the
     timesteps (0..T-1) at which classifier-free and classifier guidance act (None: that end of the
-    range); ``cads`` turns on condition-annealed sampling.
+    range); ``cads`` turns on condition-annealed sampling. ``clip_guidance_scale`` (None: the model's
+    sampling config) > 0 needs a pipeline with a noise-aware CLIP, which steers towards
+    ``clip_guidance_prompt`` (None or empty: the prompt).
     """
     if prompt is None:
         prompt = ""
@@ -152,6 +161,14 @@ def check_request(
     classifier_interval = _interval("classifier", classifier_t_min, classifier_t_max, last)
     if cads not in (True, False, None):
         raise ValueError(f"cads must be true or false, got {cads!r}")
+    clip_scale = settings["clip_guidance_scale"] if clip_guidance_scale is None else clip_guidance_scale
+    clip_scale = _number("clip_guidance_scale", clip_scale, 0.0, MAX_CLIP_GUIDANCE_SCALE)
+    if clip_scale > 0 and pipe.clip is None:
+        raise ValueError("this model has no noise-aware CLIP: leave clip_guidance_scale at 0")
+    if clip_guidance_prompt is not None and not isinstance(clip_guidance_prompt, str):
+        raise ValueError(f"clip_guidance_prompt must be text, got {type(clip_guidance_prompt).__name__}")
+    if clip_guidance_prompt is not None and len(clip_guidance_prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the CLIP guidance prompt is {len(clip_guidance_prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
     notice = prompt_truncation(pipe.text_encoder, prompt)
     return GenerationRequest(
         prompt=prompt,
@@ -166,6 +183,8 @@ def check_request(
         guidance_interval=guidance_interval,
         classifier_interval=classifier_interval if classifier_scale > 0 else None,
         cads=bool(cads),
+        clip_guidance_scale=clip_scale,
+        clip_guidance_prompt=(clip_guidance_prompt or None) if clip_scale > 0 else None,
         notices=(notice,) if notice else (),
     )
 

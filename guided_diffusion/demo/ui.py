@@ -30,7 +30,15 @@ from ..samplers import SAMPLERS, TIMESTEP_SCHEDULES
 from ..schedule import BETA_SCHEDULES
 from .forward import example_images, image_to_tensor, noised_grid, schedule_figure, schedule_processes, schedule_table
 from .batching import DEFAULT_MAX_BATCH_IMAGES, SamplingBatcher, SamplingDone
-from .generation import MAX_CLASSIFIER_SCALE, MAX_GUIDANCE_SCALE, MAX_IMAGES, MAX_SEED, GenerationRequest, check_request
+from .generation import (
+    MAX_CLASSIFIER_SCALE,
+    MAX_CLIP_GUIDANCE_SCALE,
+    MAX_GUIDANCE_SCALE,
+    MAX_IMAGES,
+    MAX_SEED,
+    GenerationRequest,
+    check_request,
+)
 from ..images import to_pil
 from .images import enlarge, enlargement, tensor_grid
 from .model_card import model_card
@@ -103,6 +111,8 @@ def model_settings(pipe: GuidedDiffusionPipeline, name: str) -> dict[str, dict[s
         "classifier_attribute": {"choices": list(labels), "value": attribute},
         "classifier_label": {"choices": labels.get(attribute or "", []), "value": labels[attribute][0] if attribute else None},
         "classifier_scale": {"value": 0.0},
+        "clip_guidance": {"visible": pipe.clip is not None},
+        "clip_guidance_scale": {"value": float(sampling["clip_guidance_scale"])},
         **{
             f"{kind}_t_{end}": {"maximum": last, "value": 0 if end == "min" else last}
             for kind in ("guidance", "classifier")
@@ -173,18 +183,23 @@ def build_demo(
         classifier_t_min: float | None = None,
         classifier_t_max: float | None = None,
         cads: bool = False,
+        clip_guidance_scale: float | None = None,
+        clip_guidance_prompt: str | None = None,
     ) -> list[Image.Image]:
         """Sample `num_images` images for `prompt` ("" is unconditional) with the model named `model`;
         returns them at the model's resolution as PNG files. `steps`, `sampler`, `guidance_scale` and
         `timestep_schedule` None take the model's sampling config; `seed` None draws a random seed.
         Classifier-free and classifier guidance act only at timesteps between their `_t_min` and
-        `_t_max` (None: 0 and T-1); `cads` anneals the condition (CADS) for diversity."""
+        `_t_max` (None: 0 and T-1); `cads` anneals the condition (CADS) for diversity.
+        `clip_guidance_scale` > 0 (None: the model's) steers towards `clip_guidance_prompt` (None: the
+        prompt) with the model's noise-aware CLIP."""
         with _user_errors():
             pipe = models.pipeline(model)
             request = accept(
                 pipe, prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
                 guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
+                clip_guidance_scale, clip_guidance_prompt,
             )
             with contextlib.closing(batcher.submit(model, pipe, request, max_previews=0)) as updates:
                 done = next(update for update in updates if isinstance(update, SamplingDone))
@@ -207,6 +222,8 @@ def build_demo(
         classifier_t_min: float,
         classifier_t_max: float,
         cads: bool,
+        clip_guidance_scale: float,
+        clip_guidance_prompt: str,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[dict[gr.components.Component, Any]]:
         """The browser's Generate button: stream x_t and the predicted x_0 at a few steps, then the
@@ -217,6 +234,7 @@ def build_demo(
                 pipe, prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
                 guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
+                clip_guidance_scale, clip_guidance_prompt,
             )
             yield {gallery: None, trajectory: None, status: f"Sampling with seed {request.seed}..."}
             frames: list[torch.Tensor] = []
@@ -316,6 +334,12 @@ def build_demo(
                         classifier_scale = gr.Slider(
                             0, MAX_CLASSIFIER_SCALE, step=0.5, label="Classifier scale (0 off)", **settings["classifier_scale"]
                         )
+                    with gr.Group(elem_id="clip-guidance", **settings["clip_guidance"]) as clip_guidance:
+                        gr.Markdown("**CLIP guidance** (the model's noise-aware CLIP; any prompt, the empty one included)")
+                        clip_guidance_prompt = gr.Textbox(value=None, label="Guide towards (empty: the prompt)")
+                        clip_guidance_scale = gr.Slider(
+                            0, MAX_CLIP_GUIDANCE_SCALE, step=5, label="CLIP guidance scale (0 off)", **settings["clip_guidance_scale"]
+                        )
                     with gr.Accordion("Guidance schedule", open=False, elem_id="guidance-schedule"):
                         gr.Markdown(
                             "Guidance acts only at timesteps t in [from, to] (0 is clean, T-1 pure noise; "
@@ -390,6 +414,8 @@ def build_demo(
             "guidance_t_max": guidance_t_max,
             "classifier_t_min": classifier_t_min,
             "classifier_t_max": classifier_t_max,
+            "clip_guidance": clip_guidance,
+            "clip_guidance_scale": clip_guidance_scale,
             "summary": summary,
             "config": config,
             "training": training,
@@ -408,6 +434,7 @@ def build_demo(
                 prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed, picker, timestep_schedule,
                 guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
+                clip_guidance_scale, clip_guidance_prompt,
             ],
             outputs=[x_t_view, x0_view, gallery, trajectory, status],
             show_progress_on=[gallery],
@@ -433,6 +460,8 @@ def build_demo(
                 gr.Number(value=None, label="Classifier guidance from t"),
                 gr.Number(value=None, label="Classifier guidance to t"),
                 gr.Checkbox(value=False, label="CADS"),
+                gr.Number(value=None, label="CLIP guidance scale"),
+                gr.Textbox(value=None, label="CLIP guidance prompt"),
             ]
             api_run = gr.Button()
         api_run.click(
