@@ -253,6 +253,12 @@ def test_evaluation_rows_are_held_out_of_training() -> None:
         split_evaluation(dataset, run)
 
 
+@pytest.mark.parametrize("key", ["gradient_checkpointing", "snr_gamma"])
+def test_diffusion_only_keys_are_refused(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"training.{key} belongs to diffusion runs"):
+        ClassifierTrainingConfig(**{key: True if key == "gradient_checkpointing" else 5.0})
+
+
 def test_t_ranges_are_the_quarters_and_match_the_diffusion() -> None:
     assert t_ranges(1000) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
     assert t_ranges(10) == [(0, 2), (2, 5), (5, 8), (8, 10)]

@@ -241,6 +241,18 @@ def test_a_checkpoint_that_counted_batches_still_resumes_exactly(reference: Path
     assert [r["loss"] for r in metrics(tmp_path / "resumed")] == [r["loss"] for r in metrics(reference)[4:]]
 
 
+def test_gradient_checkpointing_trains_the_same_losses_and_publishes_the_same_model(
+    reference: Path, data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "checkpointed"
+    train(flags(data, run, "--gradient_checkpointing", "--max_train_steps", "4", "--validation_steps", "100"))
+    assert [r["loss"] for r in metrics(run)] == [r["loss"] for r in metrics(reference)[:4]]
+    config, expected = (json.loads((d / "unet" / "config.json").read_text()) for d in (run, reference))
+    assert config == expected
+    published = load_file(str(run / "unet" / "model.safetensors"))
+    assert set(published) == set(load_file(str(reference / "unet" / "model.safetensors")))
+
+
 # ---------------------------------------------------------------------------------- user errors
 
 

@@ -1,3 +1,4 @@
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -371,3 +372,69 @@ def test_runs_in_bfloat16_close_to_float32(trained_unet):
     assert _relative_error(out.float(), expected) < 0.05
     low(x.bfloat16(), t, features.bfloat16(), mask).float().square().mean().backward()
     assert all(p.grad.dtype == torch.bfloat16 and torch.isfinite(p.grad).all() for p in low.parameters())
+
+
+def _loss_and_gradients(unet: UNet, x, t, features, mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    unet.zero_grad(set_to_none=True)
+    torch.manual_seed(5)  # the dropout masks
+    loss = unet(x, t, features, mask).square().mean()
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in unet.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients_in_float64():
+    unet = randomize(UNet(tiny_config(dropout=0.1))).double().train()
+    x, t, features, mask = inputs()
+    x, features = x.double(), features.double()
+    loss, grads = _loss_and_gradients(unet, x, t, features, mask)
+    unet.enable_gradient_checkpointing()
+    checkpointed_loss, checkpointed_grads = _loss_and_gradients(unet, x, t, features, mask)
+    torch.testing.assert_close(checkpointed_loss, loss, rtol=1e-12, atol=0)
+    assert checkpointed_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-12, atol=1e-15)
+
+
+def test_gradient_checkpointing_recomputes_only_in_training_with_gradients(monkeypatch):
+    import guided_diffusion.models.unet as unet_module
+
+    calls = []
+    checkpoint = unet_module.checkpoint
+
+    def counted_checkpoint(*args, **kwargs):
+        calls.append(kwargs)
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(unet_module, "checkpoint", counted_checkpoint)
+    unet = UNet(tiny_config())
+    state = unet.state_dict()
+    unet.enable_gradient_checkpointing()
+    x, t, features, mask = inputs()
+    unet.train()(x, t, features, mask)
+    blocks = len(unet.input_blocks) + 1 + len(unet.output_blocks)
+    assert calls == [{"use_reentrant": False}] * blocks
+    with torch.no_grad():
+        unet(x, t, features, mask)
+    unet.eval()(x, t, features, mask)
+    unet.disable_gradient_checkpointing()
+    unet.train()(x, t, features, mask)
+    assert len(calls) == blocks
+    assert list(unet.state_dict()) == list(state) and unet.config == tiny_config()
+
+
+def test_compiled_unet_with_gradient_checkpointing_gives_the_eager_loss_and_gradients():
+    """torch.compile (AOTAutograd, as inductor uses it, without code generation) through the checkpointed
+    blocks and the fused normalisation's autograd function, in float64; the parameter names stay."""
+    config = tiny_config(image_size=8, channel_mult=[1], attention_resolutions=[], base_channels=8)
+    unet = randomize(UNet(config)).double().train()
+    compiled = copy.deepcopy(unet)
+    compiled.enable_gradient_checkpointing()
+    compiled.compile(backend="aot_eager")
+    x, t, features, mask = inputs(size=8)
+    x, features = x.double(), features.double()
+    loss, grads = _loss_and_gradients(unet, x, t, features, mask)
+    compiled_loss, compiled_grads = _loss_and_gradients(compiled, x, t, features, mask)
+    torch.testing.assert_close(compiled_loss, loss, rtol=1e-12, atol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-10, atol=1e-14)
+    assert list(compiled.state_dict()) == list(unet.state_dict())

@@ -64,7 +64,7 @@ from .loop import EvaluateFn, LossFn, Trainer, make_accelerator
 CLASSIFIER_DIR = "classifier"
 REPORT_NAME = "accuracy_by_t"
 NUM_T_RANGES = 4
-DIFFUSION_ONLY_KEYS = ("validation_prompts", "validation_sampling_steps", "snr_gamma")
+DIFFUSION_ONLY_KEYS = ("validation_prompts", "validation_sampling_steps", "snr_gamma", "gradient_checkpointing")
 
 
 @dataclass

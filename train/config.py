@@ -43,6 +43,7 @@ class TrainingConfig:
     of the last ``divergence_window`` healthy updates for ``divergence_patience`` updates in a row, or
     a loss that is not finite, stops the run (see :mod:`train.divergence`); ``divergence_factor`` None
     keeps only the second check.
+    ``gradient_checkpointing`` recomputes the UNet's activations in the backward pass (diffusion runs).
     """
 
     output_dir: str = "outputs/run"
@@ -74,6 +75,7 @@ class TrainingConfig:
     divergence_factor: float | None = 100.0
     divergence_patience: int = 3
     divergence_window: int = 100
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         positive = ("train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "checkpointing_steps")
@@ -156,6 +158,10 @@ TRAINING_FLAGS: dict[str, dict[str, Any]] = {
     "snr_gamma": {"type": float, "help": "min-SNR-gamma loss weighting (e.g. 5.0)"},
     "divergence_factor": {"type": float, "help": "stop when the loss exceeds this many times its recent median (default 100)"},
     "divergence_patience": {"type": int, "help": "... for this many updates in a row (default 3)"},
+    "gradient_checkpointing": {
+        "action": argparse.BooleanOptionalAction,
+        "help": "recompute the UNet's activations in the backward pass: less memory, one more forward",
+    },
 }
 MODEL_FLAGS: dict[str, dict[str, Any]] = {
     "prediction_type": {"choices": ("eps", "x0", "v"), "help": "what the model predicts (diffusion.prediction)"},

@@ -102,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     accelerator = make_accelerator(training)
     set_seed(training.seed)
     pipe = build_pipeline(run).to(accelerator.device)
+    if training.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
     pipe.example_prompts = list(training.validation_prompts)  # the demo offers what validation shows
     data = open_training_data(run, accelerator, training_resolution(run, pipe))
     conditioning = TextConditioning(pipe.unet, pipe.text_encoder, cache_size=training.text_feature_cache)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig, PretrainedModel
 from .layers import (
@@ -90,6 +91,10 @@ class UNet(PretrainedModel, nn.Module):
     -> ``[B, C_out, H, W]`` (contiguous). The output layer is zero-initialised, so a fresh model predicts
     zeros. Inside, feature maps are channels-last, the layout in which CPU convolutions run fastest;
     parameters keep the default layout, so checkpoints are unaffected.
+
+    :meth:`enable_gradient_checkpointing` trades compute for memory in training: each block keeps only
+    its inputs for the backward pass and recomputes its activations there (the same gradients, one
+    more forward). It changes neither the config nor the weights.
     """
 
     config_class = UNetConfig
@@ -142,6 +147,15 @@ class UNet(PretrainedModel, nn.Module):
         self.out = nn.Sequential(
             normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1))
         )
+        self.gradient_checkpointing = False
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each block's activations in the backward pass (in training mode with gradients on)."""
+        self.gradient_checkpointing = True
+
+    def disable_gradient_checkpointing(self) -> None:
+        """Keep every block's activations for the backward pass again (the default)."""
+        self.gradient_checkpointing = False
 
     @property
     def num_parameters(self) -> int:
@@ -171,13 +185,20 @@ class UNet(PretrainedModel, nn.Module):
         h = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for block in self.input_blocks:
-            h = block(h, emb, text_features, text_mask)
+            h = self._run(block, h, emb, text_features, text_mask)
             skips.append(h)
-        h = self.middle_block(h, emb, text_features, text_mask)
+        h = self._run(self.middle_block, h, emb, text_features, text_mask)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, text_features, text_mask)
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, text_features, text_mask)
         norm, _, conv = self.out
         return conv(group_norm_act(h, norm)).contiguous()
+
+    def _run(self, block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+        """``block(*args)``; with gradient checkpointing on, in training, its activations are recomputed
+        in the backward pass instead of kept."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     @staticmethod
     def _pool_text(features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
