@@ -44,6 +44,8 @@ class TrainingConfig:
     a loss that is not finite, stops the run (see :mod:`train.divergence`); ``divergence_factor`` None
     keeps only the second check.
     ``gradient_checkpointing`` recomputes the UNet's activations in the backward pass (diffusion runs).
+    ``fused_adamw`` picks AdamW's fused kernel (None: where it pays, see
+    :func:`train.optimizer.use_fused_adamw`).
     """
 
     output_dir: str = "outputs/run"
@@ -76,6 +78,7 @@ class TrainingConfig:
     divergence_patience: int = 3
     divergence_window: int = 100
     gradient_checkpointing: bool = False
+    fused_adamw: bool | None = None
 
     def __post_init__(self) -> None:
         positive = ("train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "checkpointing_steps")
@@ -162,6 +165,7 @@ TRAINING_FLAGS: dict[str, dict[str, Any]] = {
         "action": argparse.BooleanOptionalAction,
         "help": "recompute the UNet's activations in the backward pass: less memory, one more forward",
     },
+    "fused_adamw": {"action": argparse.BooleanOptionalAction, "help": "AdamW's fused kernel (default: where it pays)"},
 }
 MODEL_FLAGS: dict[str, dict[str, Any]] = {
     "prediction_type": {"choices": ("eps", "x0", "v"), "help": "what the model predicts (diffusion.prediction)"},

@@ -2,9 +2,10 @@
 
 A command builds its model, its data (:class:`~guided_diffusion.data.TrainData`) and a loss function
 ``loss_fn(model, batch) -> scalar``, and hands them to :class:`Trainer`, which does the rest:
-data-parallel processes, gradient accumulation, mixed precision, clipping, the LR schedule, the EMA,
-checkpoints and resume, validation or evaluation, progress and logs. Each optimizer update (a "step")
-reads ``gradient_accumulation_steps`` batches on every process.
+data-parallel processes, gradient accumulation, mixed precision, AdamW (fused where that pays,
+:mod:`train.optimizer`), clipping, the LR schedule, the EMA, checkpoints and resume, validation or
+evaluation, progress and logs. Each optimizer update (a "step") reads ``gradient_accumulation_steps``
+batches on every process.
 
 Randomness: the model is built before :class:`Trainer` under ``set_seed(seed)`` (the same weights on
 every process); training then draws from per-process seeds (``set_seed(seed, device_specific=True)``),
@@ -50,6 +51,7 @@ from .config import RunConfig, TrainingConfig
 from .divergence import DivergenceGuard, kept
 from .ema import EMA
 from .errors import ConfigError, TrainingError
+from .optimizer import build_adamw
 from .tracking import Tracker, tracker_backends
 
 Batch = dict[str, Any]
@@ -178,13 +180,8 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.max_steps = self._max_steps()
 
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=config.learning_rate,
-            betas=(config.adam_beta1, config.adam_beta2),
-            weight_decay=config.adam_weight_decay,
-            eps=config.adam_epsilon,
-        )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = build_adamw(trainable, config, accelerator.device.type, accelerator.mixed_precision)
         self.scheduler = get_scheduler(
             config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=self.max_steps
         )
