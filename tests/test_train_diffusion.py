@@ -20,9 +20,10 @@ from safetensors.torch import load_file
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
 from guided_diffusion.text import build_text_encoder
 from train.conditioning import CachedTextFeatures, TextConditionedUNet, TextConditioning
-from train.config import parse_run_config
+from train.config import TrainingConfig, parse_run_config
 from train.ema import EMA
 from train.errors import ConfigError
+from train.loop import choose_mixed_precision, make_accelerator
 
 from .imagefolder import write_imagefolder
 
@@ -347,6 +348,39 @@ def test_config_flags_override_yaml_and_bad_keys_are_refused(tmp_path: Path) -> 
 def test_gpu_example_configs_parse(name: str) -> None:
     run = parse_run_config(["--config", f"configs/{name}.yaml"], "test")
     assert {"unet", "text_encoder", "diffusion", "sampling"} <= set(run.model)
+
+
+@pytest.mark.parametrize(
+    ("configured", "launcher", "cuda", "bf16", "expected"),
+    [
+        (None, None, True, True, ("bf16", "the default on a CUDA device with bf16")),
+        (None, None, True, False, ("no", "the default on a CUDA device without bf16")),
+        (None, None, False, False, ("no", "the default off CUDA")),
+        (None, "fp16", True, True, ("fp16", "accelerate's setting")),
+        (None, "no", True, True, ("no", "accelerate's setting")),
+        ("no", "bf16", True, True, ("no", "training.mixed_precision")),
+        ("bf16", None, False, False, ("bf16", "training.mixed_precision")),
+    ],
+)
+def test_mixed_precision_is_bf16_by_default_only_on_cuda_with_bf16(configured, launcher, cuda, bf16, expected) -> None:
+    assert choose_mixed_precision(configured, launcher, cuda, bf16) == expected
+
+
+def test_the_accelerator_logs_its_precision_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from accelerate.state import AcceleratorState
+
+    config = TrainingConfig(output_dir=str(tmp_path))
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    for launcher, line in ((None, "no (the default off CUDA)"), ("bf16", "bf16 (accelerate's setting)")):
+        if launcher is not None:
+            monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+        try:
+            assert make_accelerator(config).mixed_precision == (launcher or "no")
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+        assert f"mixed precision: {line}" in capsys.readouterr().out.splitlines()
 
 
 def test_ema_warmup_average_and_swap() -> None:

@@ -39,10 +39,11 @@ class TrainingConfig:
     Commands without prompts (the classifier) evaluate on held-out data on the same schedule instead.
     ``text_feature_cache`` is the number of captions whose frozen text features are kept (0: none).
     ``mixed_precision`` None takes accelerate's setting (``accelerate launch --mixed_precision`` or
-    ``accelerate config``), "no" when there is none. A loss above ``divergence_factor`` x the median
-    of the last ``divergence_window`` healthy updates for ``divergence_patience`` updates in a row, or
-    a loss that is not finite, stops the run (see :mod:`train.divergence`); ``divergence_factor`` None
-    keeps only the second check.
+    ``accelerate config``) when there is one; without one it is "bf16" on a CUDA device that supports
+    bf16 and "no" (float32) elsewhere, the CPU included (see :func:`train.loop.choose_mixed_precision`).
+    A loss above ``divergence_factor`` x the median of the last ``divergence_window`` healthy updates
+    for ``divergence_patience`` updates in a row, or a loss that is not finite, stops the run (see
+    :mod:`train.divergence`); ``divergence_factor`` None keeps only the second check.
     ``gradient_checkpointing`` recomputes the UNet's activations in the backward pass (diffusion runs).
     ``fused_adamw`` picks AdamW's fused kernel (None: where it pays, see
     :func:`train.optimizer.use_fused_adamw`).
