@@ -1,14 +1,20 @@
 """The CUDA path of a trained pipeline: training-step speed per precision, sampling speed, and agreement with the CPU.
 
-    python benchmarks/cuda_path.py [--model shapes32] [--batch-size 256] [--rounds 20]
+    python benchmarks/cuda_path.py [--model shapes32] [--batch-size 256] [--rounds 20] [--adamw fused|foreach]
+    python benchmarks/cuda_path.py --compile [BACKEND]     # also compiled (default backend: inductor)
 
 Measures, on ``--device`` (default: cuda when available):
 
 - ``train_img_s_{fp32,bf16,fp16}``: images/s of a whole training step (text encoder and UNet
   forward on Shapes32 images and captions, epsilon loss at uniform timesteps, backward, AdamW), each precision on a fresh copy of
   the weights; autocast for bf16 and fp16, with a gradient scaler for fp16. ``loss_*`` is the median
-  loss, which must be finite and alike across precisions.
+  loss, which must be finite and alike across precisions. AdamW runs as ``--adamw`` says (default
+  ``fused``, what ``train.diffusion`` picks on CUDA); ``train_img_s_bf16_{foreach,fused}`` times the bf16
+  step with the other implementation.
 - ``sample_ms``: one call of the pipeline for 16 prompts, 50 DDIM steps, classifier-free guidance.
+- With ``--compile``: ``train_img_s_bf16_compiled`` and ``sample_ms_compiled``, the same with the UNet
+  compiled (``pipe.compile``), and ``compile_s_train`` / ``compile_s_sample``, the first step or call
+  minus the median of the later ones, i.e. about what compiling cost.
 - ``unet_err_*``: the largest absolute difference of one UNet forward (8 images, text features of
   real prompts) against the same forward in float64 on the CPU: fp32 without TF32, fp32 with TF32
   (cuDNN's and cuBLAS's reduced-precision fp32), and bf16 autocast; ``unet_out_max`` is the largest
@@ -63,11 +69,20 @@ def timed(fn: Callable[[], object], device: torch.device, rounds: int, warmup: i
     return times
 
 
-def training_step(pipe: GuidedDiffusionPipeline, dtype: torch.dtype | None, batch_size: int) -> Callable[[], float]:
-    """A closure running one training step of ``pipe``'s UNet and text encoder; returns its loss."""
+def first_and_timed(fn: Callable[[], object], device: torch.device, rounds: int) -> tuple[float, list[float]]:
+    """Wall seconds of the first call of ``fn`` (a compiled one compiles there) and of ``rounds`` later ones."""
+    first = timed(fn, device, 1, warmup=0)[0]
+    return first, timed(fn, device, rounds, warmup=2)
+
+
+def training_step(
+    pipe: GuidedDiffusionPipeline, dtype: torch.dtype | None, batch_size: int, fused: bool
+) -> Callable[[], float]:
+    """A closure running one training step of ``pipe``'s UNet and text encoder (AdamW ``fused``, else
+    ``foreach``); returns its loss."""
     device = pipe.device
     params = [p for module in (pipe.unet, pipe.text_encoder) for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, **({"fused": True} if fused else {"foreach": True}))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     generator = torch.Generator(device=device).manual_seed(0)
     data = make_shapes32(batch_size, seed=0)
@@ -127,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--adamw", choices=("fused", "foreach"), default="fused", help="AdamW of the training steps")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="also time the bf16 step and the pipeline call with the UNet compiled")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
@@ -134,19 +152,36 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "batch_size": args.batch_size,
+        "adamw": args.adamw,
     }
-    for name, dtype in PRECISIONS.items():
+    other = "foreach" if args.adamw == "fused" else "fused"
+    variants = [(name, dtype, args.adamw, False) for name, dtype in PRECISIONS.items()]
+    variants.append((f"bf16_{other}", torch.bfloat16, other, False))
+    if args.compile:
+        variants.append(("bf16_compiled", torch.bfloat16, args.adamw, True))
+    for name, dtype, adamw, compiled in variants:
         pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device=device)
-        step = training_step(pipe, dtype, args.batch_size)
+        if compiled:
+            pipe.compile(backend=args.compile)
+        step = training_step(pipe, dtype, args.batch_size, fused=adamw == "fused")
         losses: list[float] = []
-        times = timed(lambda: losses.append(step()), device, args.rounds)
+        first, times = first_and_timed(lambda: losses.append(step()), device, args.rounds)
         result[f"train_img_s_{name}"] = round(args.batch_size / statistics.median(times), 1)
         result[f"loss_{name}"] = round(statistics.median(losses), 5)
+        if compiled:
+            result["compile_s_train"] = round(first - statistics.median(times), 1)
 
-    pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device=device)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(16)]
-    times = timed(lambda: pipe(prompts, sampler="ddim", steps=50, seed=0, output_type="pt"), device, 5, warmup=1)
-    result["sample_ms"] = round(1000 * statistics.median(times), 1)
+    for suffix in ("", "_compiled") if args.compile else ("",):
+        pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device=device)
+        if suffix:
+            pipe.compile(backend=args.compile)
+        first, times = first_and_timed(
+            lambda: pipe(prompts, sampler="ddim", steps=50, seed=0, output_type="pt"), device, 5
+        )
+        result[f"sample_ms{suffix}"] = round(1000 * statistics.median(times), 1)
+        if suffix:
+            result["compile_s_sample"] = round(first - statistics.median(times), 1)
     result.update({k: float(f"{v:.3g}") for k, v in unet_errors(args.model, device).items()})
     print(json.dumps(result))
     return result

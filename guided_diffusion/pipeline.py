@@ -28,6 +28,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
+from .compilation import check_compile_backend
 from .diffusion import GaussianDiffusion
 from .guidance import (
     CADS,
@@ -267,6 +268,19 @@ class GuidedDiffusionPipeline:
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
+
+    def compile(self, *, backend: str = "inductor", mode: str | None = None) -> "GuidedDiffusionPipeline":
+        """Compile the UNet in place with ``torch.compile`` (``backend``, ``mode``); returns self.
+
+        The UNet stays the same module with the same weights and state-dict keys (``nn.Module.compile``
+        compiles its call, not a wrapper), so saving and loading are unchanged. Compiling happens in the
+        first call (``compile_time_report`` in :mod:`guided_diffusion.compilation` estimates its cost);
+        later calls reuse the result, and the first one with another batch size compiles once more,
+        for any size.
+        """
+        check_compile_backend(backend)
+        self.unet.compile(backend=backend, mode=mode)
+        return self
 
     def parameter_counts(self) -> dict[str, int]:
         """Number of parameters of each component."""

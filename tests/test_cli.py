@@ -51,3 +51,16 @@ def test_gd_sample_takes_every_registered_sampler_and_schedule(tiny_pipeline_dir
     status = sample_main(["--model", str(tiny_pipeline_dir), "x", "--sampler", "heun", "--eta", "0.5", "--steps", "2", "--device", "cpu",
                           "-o", str(out)])
     assert status == 2 and "sampler 'heun' takes no option 'eta'; its options: none" in capsys.readouterr().err
+
+
+def test_gd_sample_compiles_the_unet_and_reports_the_compile_time(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    status = sample_main(["--model", str(tiny_pipeline_dir), "a red circle", "-n", "2", "--steps", "3", "--seed", "0",
+                          "--compile", "--compile-backend", "eager", "--device", "cpu", "-o", str(out)])
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 0 and out.is_file()
+    report = [line for line in lines if line.startswith("torch.compile (eager): about ")]
+    assert len(report) == 1 and "median of the next 2" in report[0], lines
+    status = sample_main(["--model", str(tiny_pipeline_dir), "x", "--compile", "--compile-backend", "nope",
+                          "--device", "cpu", "-o", str(out)])
+    assert status == 2 and "gd-sample: error: unknown compile backend 'nope'" in capsys.readouterr().err

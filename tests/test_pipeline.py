@@ -1,11 +1,15 @@
 """GuidedDiffusionPipeline: sampling, seeding, guidance plumbing, save/load and refusals."""
 
 import json
+import os
 import shutil
+import sysconfig
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from guided_diffusion import GuidedDiffusionPipeline
@@ -193,3 +197,39 @@ def test_the_sampling_config_chooses_sampler_schedule_and_eta_and_round_trips(pi
     old = GuidedDiffusionPipeline(pipe.unet, pipe.text_encoder, pipe.diffusion_config, sampling_config={"sampler": "ddpm", "eta": 0.0})
     assert old.sampling_config["timestep_schedule"] == "uniform"  # configs saved before schedules existed
     assert torch.equal(old("a red circle", steps=3, seed=0, output_type="pt"), pipe("a red circle", sampler="ddpm", steps=3, seed=0, output_type="pt"))
+
+
+def require_inductor_toolchain() -> None:
+    """Inductor compiles C++ for the CPU: it needs a C++ compiler ($CXX, else g++) and Python's headers.
+    Fail, naming the fix, rather than skip when either is missing."""
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        pytest.fail(f"torch.compile's inductor backend needs a C++ compiler: no {compiler} on PATH (apt-get install g++)")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        pytest.fail("torch.compile's inductor backend needs Python's C headers (Python.h); install python3-dev")
+
+
+def test_a_pipeline_compiled_with_inductor_samples_the_same_images(tmp_path):
+    require_inductor_toolchain()
+    config = yaml.safe_load(TINY_CONFIG.read_text())  # shrunk: inductor compiles a small graph in ~20 s here
+    config["unet"].update(image_size=8, base_channels=8, channel_mult=[1], attention_resolutions=[])
+    torch.manual_seed(0)
+    pipe = GuidedDiffusionPipeline.from_config(config)
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    prompts = ["a red circle", "a blue square"]
+    expected = pipe(prompts, steps=3, seed=0, output_type="pt")
+    keys = list(pipe.unet.state_dict())
+    assert pipe.compile() is pipe
+    torch.testing.assert_close(pipe(prompts, steps=3, seed=0, output_type="pt"), expected, rtol=0, atol=1e-3)
+    assert list(pipe.unet.state_dict()) == keys
+    pipe.save_pretrained(tmp_path / "saved")
+    loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "saved")
+    assert torch.equal(loaded(prompts, steps=3, seed=0, output_type="pt"), expected)
+
+
+def test_an_unknown_compile_backend_is_refused_with_the_known_ones(pipe):
+    with pytest.raises(ValueError, match="unknown compile backend 'inductr'; choose one of .*inductor"):
+        pipe.compile(backend="inductr")

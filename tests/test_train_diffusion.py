@@ -242,6 +242,28 @@ def test_a_checkpoint_that_counted_batches_still_resumes_exactly(reference: Path
     assert [r["loss"] for r in metrics(tmp_path / "resumed")] == [r["loss"] for r in metrics(reference)[4:]]
 
 
+def test_a_compiled_run_saves_what_an_uncompiled_one_does_and_resumes_without_compiling(
+    reference: Path, data: Path, tmp_path: Path
+) -> None:
+    compiled = tmp_path / "compiled"
+    extra = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_steps", "100"]
+    result = train(flags(data, compiled, *extra, "--compile", "--compile_backend", "eager"))
+    assert "torch.compile (eager): about " in result.stdout + result.stderr
+    assert "mixed precision: no (the default off CUDA)" in result.stdout
+    expected = [r["loss"] for r in metrics(reference)]
+    assert [r["loss"] for r in metrics(compiled)] == pytest.approx(expected[:4], rel=1e-5)
+    for name in ("model.safetensors", "unet/model.safetensors"):
+        folder = "checkpoint-4/" if name == "model.safetensors" else ""
+        keys = set(load_file(str(compiled / f"{folder}{name}")))
+        assert keys == set(load_file(str(reference / f"{folder}{name}"))) and not any("_orig_mod" in k for k in keys)
+    ema, reference_ema = (torch.load(d / "checkpoint-4" / "custom_checkpoint_1.pkl", weights_only=True) for d in (compiled, reference))
+    assert set(ema["shadow"]) == set(reference_ema["shadow"])
+
+    resumed = tmp_path / "resumed"
+    train(flags(data, resumed, "--resume_from_checkpoint", str(compiled / "checkpoint-4"), "--validation_steps", "100"))
+    assert [r["loss"] for r in metrics(resumed)] == pytest.approx(expected[4:], rel=1e-5)
+
+
 def test_gradient_checkpointing_trains_the_same_losses_and_publishes_the_same_model(
     reference: Path, data: Path, tmp_path: Path
 ) -> None:
@@ -381,6 +403,34 @@ def test_the_accelerator_logs_its_precision_in_one_line(
         finally:
             AcceleratorState._reset_state(reset_partial_state=True)
         assert f"mixed precision: {line}" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("compile_backend", "launcher", "expected"),
+    [("eager", None, "EAGER"), (None, "AOT_EAGER", "AOT_EAGER"), ("inductor", "AOT_EAGER", "INDUCTOR"),
+     (None, None, "NO")],
+)
+def test_training_compile_is_accelerates_configured_or_launched(
+    compile_backend, launcher, expected, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
+    if launcher is not None:
+        monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", launcher)
+    config = TrainingConfig(output_dir=str(tmp_path), compile=compile_backend is not None,
+                            compile_backend=compile_backend or "inductor")
+    try:
+        assert make_accelerator(config).state.dynamo_plugin.backend.value == expected
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_compile_keys_are_checked() -> None:
+    run = parse_run_config(["--config", "configs/tiny.yaml", "--compile", "--compile_backend", "aot_eager"], "test")
+    assert run.training.compile is True and run.training.compile_backend == "aot_eager"
+    with pytest.raises(ConfigError, match="unknown compile_backend 'inductr'; choose one of eager, aot_eager, inductor"):
+        parse_run_config(["--config", "configs/tiny.yaml", "--compile", "--compile_backend", "inductr"], "test")
 
 
 def test_ema_warmup_average_and_swap() -> None:

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate.utils import DynamoBackend
+
 from guided_diffusion.data import DataConfig
 from guided_diffusion.pipeline import load_config
 
@@ -47,6 +50,9 @@ class TrainingConfig:
     ``gradient_checkpointing`` recomputes the UNet's activations in the backward pass (diffusion runs).
     ``fused_adamw`` picks AdamW's fused kernel (None: where it pays, see
     :func:`train.optimizer.use_fused_adamw`).
+    ``compile`` has accelerate run the trained module through ``torch.compile`` with ``compile_backend``
+    (false: accelerate's setting, ``accelerate launch --dynamo_backend``, default none); checkpoints and
+    the published model are named as without it.
     """
 
     output_dir: str = "outputs/run"
@@ -80,6 +86,8 @@ class TrainingConfig:
     divergence_window: int = 100
     gradient_checkpointing: bool = False
     fused_adamw: bool | None = None
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         positive = ("train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "checkpointing_steps")
@@ -107,6 +115,18 @@ class TrainingConfig:
         for name in ("lr_warmup_steps", "text_feature_cache"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"training.{name} must not be negative, got {getattr(self, name)}")
+        if self.compile:
+            backends = training_compile_backends()
+            if self.compile_backend not in backends:
+                raise ConfigError(
+                    f"unknown compile_backend {self.compile_backend!r}; choose one of {', '.join(backends)}"
+                )
+
+
+def training_compile_backends() -> list[str]:
+    """The ``torch.compile`` backends a run can train with: accelerate's (``DynamoBackend``) that torch has."""
+    available = torch.compiler.list_backends(exclude_tags=())
+    return [b.value.lower() for b in DynamoBackend if b.value.lower() in available]
 
 
 @dataclass
@@ -167,6 +187,8 @@ TRAINING_FLAGS: dict[str, dict[str, Any]] = {
         "help": "recompute the UNet's activations in the backward pass: less memory, one more forward",
     },
     "fused_adamw": {"action": argparse.BooleanOptionalAction, "help": "AdamW's fused kernel (default: where it pays)"},
+    "compile": {"action": argparse.BooleanOptionalAction, "help": "torch.compile the trained model (default: no)"},
+    "compile_backend": {"help": "torch.compile backend (default: inductor)"},
 }
 MODEL_FLAGS: dict[str, dict[str, Any]] = {
     "prediction_type": {"choices": ("eps", "x0", "v"), "help": "what the model predicts (diffusion.prediction)"},

@@ -2,10 +2,10 @@
 
 A command builds its model, its data (:class:`~guided_diffusion.data.TrainData`) and a loss function
 ``loss_fn(model, batch) -> scalar``, and hands them to :class:`Trainer`, which does the rest:
-data-parallel processes, gradient accumulation, mixed precision, AdamW (fused where that pays,
-:mod:`train.optimizer`), clipping, the LR schedule, the EMA, checkpoints and resume, validation or
-evaluation, progress and logs. Each optimizer update (a "step") reads ``gradient_accumulation_steps``
-batches on every process.
+data-parallel processes, gradient accumulation, mixed precision, ``torch.compile``, AdamW (fused where
+that pays, :mod:`train.optimizer`), clipping, the LR schedule, the EMA, checkpoints and resume,
+validation or evaluation, progress and logs. Each optimizer update (a "step") reads
+``gradient_accumulation_steps`` batches on every process.
 
 Randomness: the model is built before :class:`Trainer` under ``set_seed(seed)`` (the same weights on
 every process); training then draws from per-process seeds (``set_seed(seed, device_specific=True)``),
@@ -31,10 +31,11 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DynamoBackend, ProjectConfiguration, TorchDynamoPlugin, set_seed
 from torch import nn
 from transformers import get_scheduler
 
+from guided_diffusion.compilation import compile_time_report
 from guided_diffusion.data import DataError, DataPosition, TrainData, check_columns, load_source
 from guided_diffusion.serialization import CheckpointError
 
@@ -58,6 +59,7 @@ Batch = dict[str, Any]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 EvaluateFn = Callable[[int], dict[str, float]]
 MAX_EMPTY_BATCHES = 100
+COMPILE_TIMING_UPDATES = 5  # a compiled run compares its first update with the median of this many after it
 
 
 def choose_mixed_precision(
@@ -83,7 +85,9 @@ def choose_mixed_precision(
 
 def make_accelerator(config: TrainingConfig) -> Accelerator:
     """The run's ``Accelerator``: mixed precision as :func:`choose_mixed_precision` decides (logged in
-    one line), TensorBoard when installed.
+    one line), ``torch.compile`` of the prepared model with ``training.compile_backend`` when
+    ``training.compile`` (else accelerate's setting: ``accelerate launch --dynamo_backend``, default
+    none), TensorBoard when installed.
 
     fp16 on the CPU is refused. Several processes on a machine without CUDA (``accelerate launch
     --multi_gpu --num_processes 2`` on a CPU box) run data-parallel on the CPU with the gloo backend.
@@ -100,6 +104,7 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=precision,
+        dynamo_plugin=TorchDynamoPlugin(backend=config.compile_backend) if config.compile else None,
         log_with=tracker_backends() or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
@@ -174,7 +179,9 @@ class Trainer:
         run: the run's config (its ``training`` section drives the loop; all of it is saved with the run).
         model: the module to train (every parameter that requires grad is optimised).
         data: this process's training data.
-        loss_fn: ``loss_fn(prepared_model, batch) -> scalar tensor``, the mean loss of one batch.
+        loss_fn: ``loss_fn(prepared_model, batch) -> scalar tensor``, the mean loss of one batch (the
+            prepared model is compiled when the accelerator compiles; the run then logs what compiling
+            cost once its first updates are done).
         publish: ``publish(step)`` writes the model users load into ``output_dir``; called on the
             main process, with the EMA weights in place, for every checkpoint once it is confirmed: the
             next update's loss, computed with its weights, is healthy (:mod:`train.divergence`). So a
@@ -215,11 +222,16 @@ class Trainer:
         self.scheduler = get_scheduler(
             config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=self.max_steps
         )
+        # Compiled, the prepared model is torch.compile's wrapper, whose parameter names start with
+        # "_orig_mod."; accelerate saves the model inside it, and the EMA averages ``model`` itself, so
+        # checkpoints and published weights are named as without compiling.
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        dynamo = accelerator.state.dynamo_plugin.backend
+        self.compile_backend = None if dynamo == DynamoBackend.NO else dynamo.value.lower()
         accelerator.register_for_checkpointing(self.scheduler)
         self.ema: EMA | None = None
         if config.use_ema:
-            self.ema = EMA(accelerator.unwrap_model(self.model), decay=config.ema_decay, warmup=config.ema_warmup)
+            self.ema = EMA(model, decay=config.ema_decay, warmup=config.ema_warmup)
             accelerator.register_for_checkpointing(self.ema)
         self.guard = DivergenceGuard(config.divergence_factor, config.divergence_patience, config.divergence_window)
         self.last_checkpoint: Path | None = None  # the last confirmed (published) or resumed checkpoint
@@ -254,9 +266,15 @@ class Trainer:
             tracker.write(self.resume_note)
         self.position = state.positions[accelerator.process_index]
         batches = self.data.batches(self.position)
+        update_seconds: list[float] = []  # of the first updates of a compiled run, for the compile time
         try:
             while state.step < self.max_steps:
+                started = time.perf_counter()
                 metrics = self._update(batches, state)
+                if self.compile_backend is not None and len(update_seconds) <= COMPILE_TIMING_UPDATES:
+                    update_seconds.append(time.perf_counter() - started)
+                    if len(update_seconds) == COMPILE_TIMING_UPDATES + 1 or state.step == self.max_steps:
+                        tracker.write(compile_time_report(self.compile_backend, update_seconds, "update"))
                 if self.evaluate is not None and self._on_validation_schedule(state.step):
                     metrics.update(self._on_main_with_averaged_weights(self.evaluate, state.step) or {})
                 tracker.log(state.step, metrics)
