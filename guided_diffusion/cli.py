@@ -52,6 +52,18 @@ def _sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     parser.add_argument("--classifier-scale", type=float, default=0.0, help="classifier guidance scale (0: off)")
     parser.add_argument("--label", action="append", default=[], metavar="ATTRIBUTE=CLASS", help="classifier guidance target, repeatable")
+    parser.add_argument("--classifier-interval", type=float, nargs=2, default=None, metavar=("T_LOW", "T_HIGH"),
+                        help="classifier guidance only at timesteps in [T_LOW, T_HIGH] (0..T-1)")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("T_LOW", "T_HIGH"),
+                        help="classifier-free guidance (or autoguidance) only at timesteps in [T_LOW, T_HIGH]")
+    parser.add_argument("--autoguidance", default=None, metavar="MODEL",
+                        help="guide with this weaker pipeline of the same kind instead of the unconditional branch")
+    parser.add_argument("--cads", action="store_true", help="condition-annealed sampling, for diversity at high guidance scales")
+    parser.add_argument("--clip-guidance-scale", type=float, default=None, help="CLIP guidance scale (default: the model's, 0: off)")
+    parser.add_argument("--clip-guidance-prompt", action="append", default=None, metavar="TEXT",
+                        help="what CLIP guidance steers towards: once for every prompt, or once per prompt (default: the prompts)")
+    parser.add_argument("--clip-guidance-interval", type=float, nargs=2, default=None, metavar=("T_LOW", "T_HIGH"),
+                        help="CLIP guidance only at timesteps in [T_LOW, T_HIGH]")
     parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same images)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (prints what compiling cost)")
@@ -72,6 +84,8 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
         if args.output.suffix.lower() != ".png":
             raise ValueError(f"the output must be a .png file, got {args.output}")
         pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device=args.device)
+        weak = GuidedDiffusionPipeline.from_pretrained(args.autoguidance, device=args.device) if args.autoguidance else None
+        clip_prompts = args.clip_guidance_prompt
         if args.compile:
             pipe.compile(backend=args.compile_backend)
         step_ends: list[float] = []
@@ -87,6 +101,13 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
             guidance_scale=args.guidance_scale,
             classifier_scale=args.classifier_scale,
             classifier_labels=labels or None,
+            classifier_interval=args.classifier_interval,
+            guidance_interval=args.guidance_interval,
+            autoguidance=weak,
+            cads=args.cads,
+            clip_guidance_scale=args.clip_guidance_scale,
+            clip_guidance_prompt=clip_prompts[0] if clip_prompts and len(clip_prompts) == 1 else clip_prompts,
+            clip_guidance_interval=args.clip_guidance_interval,
             seed=args.seed,
             output_type="pt",
             progress=True,

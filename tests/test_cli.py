@@ -34,6 +34,9 @@ def test_user_errors_are_reported_in_one_line(tiny_pipeline_dir, tmp_path, capsy
         (["x", "--classifier-scale", "2", "--label", "shape=circle"], "has none"),
         (["x", "-o", str(tmp_path / "grid.jpg")], ".png"),
         (["x", "-n", "0"], "-n must be at least 1"),
+        (["x", "--guidance-interval", "500", "100"], "guidance_interval must satisfy 0 <= t_low <= t_high"),
+        (["x", "--clip-guidance-scale", "5"], "needs a pipeline with a noise-aware CLIP"),
+        (["x", "--autoguidance", str(tmp_path / "nowhere")], "no pipeline folder"),
     ]
     for argv, message in cases:
         status = sample_main(["--model", str(tiny_pipeline_dir), *argv, "--device", "cpu", "--steps", "2"])
@@ -64,3 +67,40 @@ def test_gd_sample_compiles_the_unet_and_reports_the_compile_time(tiny_pipeline_
     status = sample_main(["--model", str(tiny_pipeline_dir), "x", "--compile", "--compile-backend", "nope",
                           "--device", "cpu", "-o", str(out)])
     assert status == 2 and "gd-sample: error: unknown compile backend 'nope'" in capsys.readouterr().err
+
+
+def test_gd_sample_takes_every_guidance_option_of_the_api(tiny_pipeline_dir, tmp_path):
+    def grid(*flags):
+        out = tmp_path / f"grid{len(list(tmp_path.iterdir()))}.png"
+        status = sample_main(["--model", str(tiny_pipeline_dir), "a red circle", "-n", "2", "--steps", "3", "--seed", "0",
+                              "--device", "cpu", "-o", str(out), *flags])
+        assert status == 0
+        return Image.open(out).tobytes()
+
+    plain = grid()
+    assert grid("--guidance-interval", "0", "999") == plain
+    assert grid("--guidance-interval", "0", "300") != plain
+    assert grid("--cads") != plain
+    assert grid("--autoguidance", str(tiny_pipeline_dir)) == grid("--guidance-scale", "1")  # guided by itself: no guidance
+
+
+def test_gd_sample_guides_with_the_models_clip(tiny_pipeline_dir, tmp_path):
+    from guided_diffusion import GuidedDiffusionPipeline
+
+    from .test_guidance import tiny_clip
+
+    pipe = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.clip = tiny_clip().float()
+    pipe.save_pretrained(tmp_path / "with_clip")
+
+    def grid(*flags):
+        out = tmp_path / f"grid{len(list(tmp_path.iterdir()))}.png"
+        argv = ["--model", str(tmp_path / "with_clip"), "", "a red circle", "-n", "1", "--steps", "3", "--seed", "0", "--device", "cpu"]
+        assert sample_main([*argv, "-o", str(out), *flags]) == 0
+        return Image.open(out).tobytes()
+
+    plain, steered = grid(), grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle")
+    assert steered != plain
+    per_prompt = grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle", "--clip-guidance-prompt", "a blue square")
+    assert per_prompt != steered
+    assert grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle", "--clip-guidance-interval", "0", "999") == steered
