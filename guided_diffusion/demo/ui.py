@@ -205,37 +205,13 @@ def build_demo(
                 done = next(update for update in updates if isinstance(update, SamplingDone))
         return to_pil(done.images * 2 - 1)
 
-    def generate_live(
-        prompt: str,
-        num_images: int,
-        steps: int,
-        sampler: str,
-        guidance_scale: float,
-        classifier_attribute: str | None,
-        classifier_label: str | None,
-        classifier_scale: float,
-        seed: int | None,
-        model: str,
-        timestep_schedule: str,
-        guidance_t_min: float,
-        guidance_t_max: float,
-        classifier_t_min: float,
-        classifier_t_max: float,
-        cads: bool,
-        clip_guidance_scale: float,
-        clip_guidance_prompt: str,
-        progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[dict[gr.components.Component, Any]]:
-        """The browser's Generate button: stream x_t and the predicted x_0 at a few steps, then the
-        enlarged images and the trajectory strip of the first image."""
+    def generate_live(model: str, *request_args: Any, progress: gr.Progress = gr.Progress()) -> Iterator[dict[gr.components.Component, Any]]:
+        """The browser's Generate button for the model named ``model`` (``request_args``: the page's
+        controls in :func:`check_request`'s order): stream x_t and the predicted x_0 at a few steps, then
+        the enlarged images and the trajectory strip of the first image."""
         with _user_errors():
             pipe = models.pipeline(model)
-            request = accept(
-                pipe, prompt, num_images, steps, sampler, guidance_scale,
-                classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
-                guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
-                clip_guidance_scale, clip_guidance_prompt,
-            )
+            request = accept(pipe, *request_args)
             yield {gallery: None, trajectory: None, status: f"Sampling with seed {request.seed}..."}
             frames: list[torch.Tensor] = []
             shown: list[int] = []
@@ -431,8 +407,8 @@ def build_demo(
         run.click(
             generate_live,
             inputs=[
-                prompt, num_images, steps, sampler, guidance_scale,
-                classifier_attribute, classifier_label, classifier_scale, seed, picker, timestep_schedule,
+                picker, prompt, num_images, steps, sampler, guidance_scale,
+                classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
                 guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
                 clip_guidance_scale, clip_guidance_prompt,
             ],
