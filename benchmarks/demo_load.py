@@ -33,7 +33,7 @@ import torch
 from gradio_client import Client
 
 from guided_diffusion.demo import DemoModels, SamplingBatcher, build_demo, launch_demo
-from guided_diffusion.demo.batching import DEFAULT_MAX_BATCH_IMAGES
+from guided_diffusion.demo.batching import DEFAULT_GATHER_SECONDS, DEFAULT_MAX_BATCH_IMAGES
 
 PROMPTS = ["a large red circle in the center", "a small blue square in the top left", "a green triangle", "a yellow circle"]
 
@@ -48,8 +48,8 @@ class Server:
     """The demo of ``model`` on a free local port with a batcher of ``max_batch_images``, and a pool of
     clients connected to it."""
 
-    def __init__(self, model: str, max_batch_images: int, concurrency: int, num_clients: int) -> None:
-        self.batcher = SamplingBatcher(max_batch_images)
+    def __init__(self, model: str, max_batch_images: int, concurrency: int, num_clients: int, gather_seconds: float) -> None:
+        self.batcher = SamplingBatcher(max_batch_images, gather_seconds=gather_seconds)
         self.demo = build_demo(
             DemoModels.from_names([model]), batcher=self.batcher, concurrency_limit=concurrency, max_queue=4 * num_clients
         )
@@ -108,11 +108,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 16, 32], help="client counts of the latency table")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-batch-images", type=int, default=DEFAULT_MAX_BATCH_IMAGES)
+    parser.add_argument("--gather-seconds", type=float, default=DEFAULT_GATHER_SECONDS, help="the batcher's quiet time before a batch")
     args = parser.parse_args()
 
     most = max(args.requests, *args.clients)
-    batched = Server(args.model, args.max_batch_images, args.max_batch_images, most)
-    unbatched = Server(args.model, 1, args.max_batch_images, most)  # one request a batch: each sampled alone
+    batched = Server(args.model, args.max_batch_images, args.max_batch_images, most, args.gather_seconds)
+    unbatched = Server(args.model, 1, args.max_batch_images, most, args.gather_seconds)  # one request a batch: each alone
     try:
         for server in (batched, unbatched):  # warm-up: first calls load and trace
             concurrent(server, 2, args.images)
@@ -139,7 +140,7 @@ def main() -> None:
         unbatched.close()
 
     ratio = medians["concurrent_s"] / medians["serial_s"]
-    print(f"{args.model}, {args.requests} requests of {args.images} images, torch threads {torch.get_num_threads()}")
+    print(f"{args.model}, {args.requests} requests of {args.images} images, gather {args.gather_seconds} s, torch threads {torch.get_num_threads()}")
     print("| phase | median s | per round |\n|---|---:|---|")
     for name, values in comparison.items():
         print(f"| {name} | {medians[name]:.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
