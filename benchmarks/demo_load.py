@@ -2,8 +2,9 @@
 
     python benchmarks/demo_load.py [--model shapes32] [--requests 16] [--clients 1 8 16 32] [--rounds 3]
 
-Serves the demo (``guided_diffusion.demo``) on a local port in this process, with ``--model``'s own
-sampling config, and sends ``/generate`` requests of ``--images`` images each through ``gradio_client``:
+Serves the demo (``guided_diffusion.demo``) on a local port in this process (or, with
+``--server-process``, ``python app.py`` in a process of its own, as a deployment runs it, so that the
+clients' threads do not share the server's interpreter lock), with ``--model``'s own sampling config, and sends ``/generate`` requests of ``--images`` images each through ``gradio_client``:
 
 - ``serial_s``: ``--requests`` requests one after another from one client;
 - ``concurrent_s``: the same requests sent at once by as many clients, on the default server (batches of
@@ -22,10 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import subprocess
+import sys
 import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +39,7 @@ from gradio_client import Client
 from guided_diffusion.demo import DemoModels, SamplingBatcher, build_demo, launch_demo
 from guided_diffusion.demo.batching import DEFAULT_GATHER_SECONDS, DEFAULT_MAX_BATCH_IMAGES
 
+REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a large red circle in the center", "a small blue square in the top left", "a green triangle", "a yellow circle"]
 
 
@@ -59,6 +64,36 @@ class Server:
     def close(self) -> None:
         self.demo.close()
         self.batcher.close()
+
+
+class ServerProcess:
+    """``python app.py`` serving ``model`` in a process of its own (so that the clients' Python threads
+    do not share its interpreter lock), and a pool of clients connected to it; ``batcher`` is None."""
+
+    batcher = None
+
+    def __init__(self, model: str, max_batch_images: int, num_clients: int) -> None:
+        port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "app.py"), "--model", model, "--port", str(port), "--device", "cpu",
+             "--max-batch-images", str(max_batch_images), "--queue-size", str(4 * num_clients)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                self.clients = [Client(self.url, verbose=False) for _ in range(num_clients)]
+                break
+            except Exception:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.close()
+                    raise RuntimeError(f"app.py did not start serving on {self.url}") from None
+                time.sleep(1)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
 
 
 def request_kwargs(i: int, images: int) -> dict[str, Any]:
@@ -109,11 +144,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-batch-images", type=int, default=DEFAULT_MAX_BATCH_IMAGES)
     parser.add_argument("--gather-seconds", type=float, default=DEFAULT_GATHER_SECONDS, help="the batcher's quiet time before a batch")
+    parser.add_argument("--server-process", action="store_true",
+                        help="serve with python app.py in its own process (the default quiet time; no batch sizes)")
     args = parser.parse_args()
 
     most = max(args.requests, *args.clients)
-    batched = Server(args.model, args.max_batch_images, args.max_batch_images, most, args.gather_seconds)
-    unbatched = Server(args.model, 1, args.max_batch_images, most, args.gather_seconds)  # one request a batch: each alone
+    if args.server_process:  # app.py --max-batch-images 1 also admits one request at a time: the same, one by one
+        batched, unbatched = ServerProcess(args.model, args.max_batch_images, most), ServerProcess(args.model, 1, most)
+    else:
+        batched = Server(args.model, args.max_batch_images, args.max_batch_images, most, args.gather_seconds)
+        unbatched = Server(args.model, 1, args.max_batch_images, most, args.gather_seconds)  # one request a batch: each alone
     try:
         for server in (batched, unbatched):  # warm-up: first calls load and trace
             concurrent(server, 2, args.images)
@@ -128,12 +168,12 @@ def main() -> None:
         medians = {name: statistics.median(values) for name, values in comparison.items()}
         latency = {}
         for count in args.clients:
-            before = len(batched.batcher.batch_sizes)
+            before = len(batched.batcher.batch_sizes) if batched.batcher else 0
             seconds = [s for _ in range(args.rounds) for s in concurrent(batched, count, args.images)[1]]
             latency[count] = {
                 "p50_s": percentile(seconds, 50),
                 "p95_s": percentile(seconds, 95),
-                "batch_sizes": sorted(set(batched.batcher.batch_sizes[before:])),
+                "batch_sizes": sorted(set(batched.batcher.batch_sizes[before:])) if batched.batcher else [],
             }
     finally:
         batched.close()
@@ -147,7 +187,7 @@ def main() -> None:
     print(f"\nconcurrent / serial: **{ratio:.3f}**; unbatched concurrent / serial: {medians['unbatched_s'] / medians['serial_s']:.3f}\n")
     print("| clients | p50 s | p95 s | requests per batch |\n|---:|---:|---:|---|")
     for count, row in latency.items():
-        print(f"| {count} | {row['p50_s']:.2f} | {row['p95_s']:.2f} | {', '.join(map(str, row['batch_sizes']))} |")
+        print(f"| {count} | {row['p50_s']:.2f} | {row['p95_s']:.2f} | {', '.join(map(str, row['batch_sizes'])) or 'n/a'} |")
     print(json.dumps({"model": args.model, **medians, "ratio": ratio, "latency": latency}))
 
 
