@@ -150,7 +150,7 @@ class GaussianDiffusion:
         self.log_sigmas = torch.log(self.sigmas)
         # Copies of the schedule's tables per (table, device, dtype), made on first use, so that a step
         # on an accelerator indexes on the device instead of syncing with the host.
-        self._tables: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+        self._tables: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "GaussianDiffusion":
@@ -175,22 +175,23 @@ class GaussianDiffusion:
 
     # ----------------------------------------------------------------------------- helpers
 
-    def _table(self, values: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """``values`` (one of this object's schedule tables) in ``dtype`` on ``device``, cached."""
-        key = (id(values), device, dtype)
+    def _table(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The schedule table ``name`` (an attribute such as ``"alphas_cumprod"``) in ``dtype`` on
+        ``device``, cached by name: the tables are set once, in ``__init__``."""
+        key = (name, device, dtype)
         table = self._tables.get(key)
         if table is None:
-            table = self._tables[key] = values.to(dtype=dtype).to(device)
+            table = self._tables[key] = getattr(self, name).to(dtype=dtype).to(device)
         return table
 
-    def _extract(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """values[t] as [B, 1, ..., 1], in ``like``'s dtype and device."""
-        out = self._table(values, like.device, like.dtype)[t.to(like.device, torch.long)]
+    def _extract(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The schedule table ``name`` at ``t`` as [B, 1, ..., 1], in ``like``'s dtype and device."""
+        out = self._table(name, like.device, like.dtype)[t.to(like.device, torch.long)]
         return out.reshape(-1, *([1] * (like.dim() - 1)))
 
     def original_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """The original-scale timesteps [B] that the model and ``cond_fn`` receive for steps ``t`` [B]."""
-        return self._table(self.timestep_map, t.device, torch.long)[t.long()]
+        return self._table("timestep_map", t.device, torch.long)[t.long()]
 
     def _noise_like(self, x: torch.Tensor, noise: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
         if noise is not None:
@@ -203,9 +204,9 @@ class GaussianDiffusion:
 
     def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_t | x_0): (mean [B, ...], variance [B, 1, ...], log_variance [B, 1, ...])."""
-        mean = self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
-        variance = self._extract(self.one_minus_alphas_cumprod, t, x0)
-        return mean, variance, self._extract(self.log_one_minus_alphas_cumprod, t, x0)
+        mean = self._extract("sqrt_alphas_cumprod", t, x0) * x0
+        variance = self._extract("one_minus_alphas_cumprod", t, x0)
+        return mean, variance, self._extract("log_one_minus_alphas_cumprod", t, x0)
 
     def q_sample(
         self,
@@ -216,33 +217,33 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. Shapes [B, ...]."""
         noise = self._noise_like(x0, noise, generator)
-        return self._extract(self.sqrt_alphas_cumprod, t, x0) * x0 + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        return self._extract("sqrt_alphas_cumprod", t, x0) * x0 + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
 
     def q_posterior_mean_variance(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_{t-1} | x_t, x_0): (mu~ [B, ...], beta~ [B, 1, ...], log beta~ clipped at t=0 [B, 1, ...])."""
-        mean = self._extract(self.posterior_mean_coef1, t, x_t) * x0 + self._extract(self.posterior_mean_coef2, t, x_t) * x_t
-        variance = self._extract(self.posterior_variance, t, x_t)
-        return mean, variance, self._extract(self.posterior_log_variance_clipped, t, x_t)
+        mean = self._extract("posterior_mean_coef1", t, x_t) * x0 + self._extract("posterior_mean_coef2", t, x_t) * x_t
+        variance = self._extract("posterior_variance", t, x_t)
+        return mean, variance, self._extract("posterior_log_variance_clipped", t, x_t)
 
     # ----------------------------------------------------------------------------- parameterisations
 
     def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
-        return (x_t - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / self._extract(self.sqrt_alphas_cumprod, t, x_t)
+        return (x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * eps) / self._extract("sqrt_alphas_cumprod", t, x_t)
 
     def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
-        return (x_t - self._extract(self.sqrt_alphas_cumprod, t, x_t) * x0) / self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return (x_t - self._extract("sqrt_alphas_cumprod", t, x_t) * x0) / self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
 
     def v_from_x0_eps(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0."""
-        return self._extract(self.sqrt_alphas_cumprod, t, x0) * eps - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        return self._extract("sqrt_alphas_cumprod", t, x0) * eps - self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * x0
 
     def x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v."""
-        return self._extract(self.sqrt_alphas_cumprod, t, x_t) * x_t - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+        return self._extract("sqrt_alphas_cumprod", t, x_t) * x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * v
 
     def prediction_target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """What the model should output for (x_0, eps) at t, by ``prediction``. Shapes [B, ...]."""
@@ -254,8 +255,8 @@ class GaussianDiffusion:
 
     def split_output(self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A model output at steps ``t`` -> (x_0, eps) estimates, unclipped. Shapes [B, ...]."""
-        a = self._extract(self.sqrt_alphas_cumprod, t, x_t)
-        s = self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        a = self._extract("sqrt_alphas_cumprod", t, x_t)
+        s = self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
         x0 = self._x0_of_output(x_t, output, a, s)
         return x0, output if self.prediction == "eps" else (x_t - a * x0) / s
 
@@ -357,11 +358,11 @@ class GaussianDiffusion:
             eps = self.eps_from_x0(x_t, t, pred_x0)
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
         if self.variance == "fixed_small":
-            variance = self._extract(self.posterior_variance, t, x_t)
-            log_variance = self._extract(self.posterior_log_variance_clipped, t, x_t)
+            variance = self._extract("posterior_variance", t, x_t)
+            log_variance = self._extract("posterior_log_variance_clipped", t, x_t)
         else:
-            variance = self._extract(self.large_variance, t, x_t)
-            log_variance = self._extract(self.large_log_variance, t, x_t)
+            variance = self._extract("large_variance", t, x_t)
+            log_variance = self._extract("large_log_variance", t, x_t)
         return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_x0": pred_x0, "eps": eps}
 
     def p_sample(
@@ -402,7 +403,7 @@ class GaussianDiffusion:
         if cond_fn is None:
             return out["eps"], out["pred_x0"]
         gradient = cond_fn(x_t, self.original_timesteps(t), **(model_kwargs or {}))
-        eps = out["eps"] - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * gradient
+        eps = out["eps"] - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * gradient
         return eps, self.x0_from_eps(x_t, t, eps)
 
     def ddim_sample(
@@ -425,8 +426,8 @@ class GaussianDiffusion:
         """
         out = self.p_mean_variance(model, x_t, t, model_kwargs)
         eps, pred_x0 = self.condition_score(out, x_t, t, cond_fn, model_kwargs)
-        alpha_bar = self._extract(self.alphas_cumprod, t, x_t)
-        alpha_bar_prev = self._extract(self.alphas_cumprod_prev, t, x_t)
+        alpha_bar = self._extract("alphas_cumprod", t, x_t)
+        alpha_bar_prev = self._extract("alphas_cumprod_prev", t, x_t)
         sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
         mean = pred_x0 * alpha_bar_prev.sqrt() + torch.sqrt((1 - alpha_bar_prev - sigma**2).clamp(min=0)) * eps
         sample = mean
@@ -440,7 +441,7 @@ class GaussianDiffusion:
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t), float64 [B]."""
-        return self._table(self.snr_values, t.device, torch.float64)[t.long()]
+        return self._table("snr_values", t.device, torch.float64)[t.long()]
 
     def training_losses(
         self,

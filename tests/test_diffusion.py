@@ -327,3 +327,17 @@ def test_bad_arguments_are_refused():
         d.q_sample(torch.zeros(2, 3), torch.tensor([1, 2]), noise=torch.zeros(3, 3))
     with pytest.raises(ValueError, match="model output has shape"):
         d.p_mean_variance(lambda x, t: x[:, :1], torch.zeros(2, 3), torch.tensor([1, 2]))
+
+
+def test_schedule_tables_are_cached_by_name_per_device_and_dtype():
+    """Keyed by name, not by ``id()`` of a tensor, which a temporary could reuse."""
+    d = GaussianDiffusion(get_beta_schedule("cosine", 20))
+    t = torch.tensor([3, 19])
+    for dtype in (torch.float32, torch.float64, torch.float32):
+        x0 = torch.randn(2, 1, 2, 2, dtype=dtype)
+        noise = torch.randn_like(x0)
+        expected = d.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1) * x0 + (1 - d.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1) * noise
+        torch.testing.assert_close(d.q_sample(x0, t, noise=noise), expected.to(dtype))
+    assert sorted((name, str(dtype)) for name, _, dtype in d._tables) == sorted(
+        (name, str(dtype)) for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod") for dtype in (torch.float32, torch.float64)
+    )
