@@ -206,11 +206,23 @@ def resolve_labels(
     return resolved
 
 
-def _target(classifier: Any, attribute: str, y: Any, x_t: torch.Tensor) -> torch.Tensor:
-    """The class indices [B] of ``attribute``: ``y`` itself when a LongTensor [B], else resolved by name."""
-    if isinstance(y, torch.Tensor) and y.ndim == 1:
-        return y
-    return resolve_labels(classifier.labels, {attribute: y}, x_t.shape[0], x_t.device)[attribute]
+def _gradient_hook(
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scale: float, interval: Interval | None
+) -> Callable[..., torch.Tensor]:
+    """The guidance hook ``cond_fn(x_t, t, **model_kwargs) -> scale * grad_x objective(x, t)`` [B, C, H, W],
+    ``objective`` a scalar summed over the batch; rows outside ``interval`` get a zero gradient, and a
+    batch with none inside skips the objective's forward and backward."""
+
+    def cond_fn(x_t: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
+        guided = in_interval(t, interval)
+        if not bool(guided.any()):
+            return torch.zeros_like(x_t)
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(objective(x, t), x)
+        return scale * _where_rows(guided, grad, torch.zeros_like(grad))
+
+    return cond_fn
 
 
 def classifier_cond_fn(
@@ -224,7 +236,7 @@ def classifier_cond_fn(
 
     ``classifier(x_t, t)`` returns attribute -> logits [B, K]; ``labels`` maps attribute -> LongTensor [B],
     or, for a classifier with ``labels`` (attribute -> class names), a class name or index or a sequence
-    of them (see :func:`resolve_labels`). The hook returns
+    of them (see :func:`resolve_labels`; resolved once per batch size). The hook returns
     ``scale * grad_x sum_attributes log softmax(logits)[y]``, evaluated at x_t; ``t`` is on the original scale.
     Rows whose t is outside ``interval`` (see the module), or above ``max_t`` (the interval (0, max_t)),
     get a zero gradient: guidance starting later in the trajectory leaves the high-noise steps (where a
@@ -234,23 +246,25 @@ def classifier_cond_fn(
         if interval is not None:
             raise ValueError("give either max_t or interval, not both (max_t is the interval (0, max_t))")
         interval = (0.0, float(max_t))
+    resolved: dict[tuple[int, torch.device], dict[str, torch.Tensor]] = {}
 
-    def cond_fn(x_t: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
-        guided = in_interval(t, interval)
-        if not bool(guided.any()):
-            return torch.zeros_like(x_t)  # no row is guided: skip the classifier's forward and backward
-        targets = {attribute: _target(classifier, attribute, y, x_t) for attribute, y in labels.items()}
-        with torch.enable_grad():
-            x = x_t.detach().requires_grad_(True)
-            logits = classifier(x, t)
-            log_prob = x.new_zeros(())
-            for attribute, y in targets.items():
-                log_probs = torch.log_softmax(logits[attribute].to(x.dtype), dim=-1)
-                log_prob = log_prob + log_probs.gather(1, y.view(-1, 1).to(log_probs.device)).sum()
-            (grad,) = torch.autograd.grad(log_prob, x)
-        return scale * _where_rows(guided, grad, torch.zeros_like(grad))
+    def targets(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        key = (x.shape[0], x.device)
+        if key not in resolved:
+            given = {a: y for a, y in labels.items() if isinstance(y, torch.Tensor) and y.ndim == 1}
+            named = {a: y for a, y in labels.items() if a not in given}
+            resolved[key] = {**given, **(resolve_labels(classifier.labels, named, x.shape[0], x.device) if named else {})}
+        return resolved[key]
 
-    return cond_fn
+    def log_probability(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = classifier(x, t)
+        total = x.new_zeros(())
+        for attribute, y in targets(x).items():
+            log_probs = torch.log_softmax(logits[attribute].to(x.dtype), dim=-1)
+            total = total + log_probs.gather(1, y.view(-1, 1).to(log_probs.device)).sum()
+        return total
+
+    return _gradient_hook(log_probability, scale, interval)
 
 
 def clip_cond_fn(clip: Any, prompts: Sequence[str], scale: float, interval: Interval | None = None) -> Callable[..., torch.Tensor]:
@@ -266,17 +280,10 @@ def clip_cond_fn(clip: Any, prompts: Sequence[str], scale: float, interval: Inte
         text = clip.encode_text(list(prompts))
         temperature = clip.scale()
 
-    def cond_fn(x_t: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
-        if x_t.shape[0] != text.shape[0]:
-            raise ValueError(f"CLIP guidance has {text.shape[0]} prompts for a batch of {x_t.shape[0]} images")
-        guided = in_interval(t, interval)
-        if not bool(guided.any()):
-            return torch.zeros_like(x_t)
-        with torch.enable_grad():
-            x = x_t.detach().requires_grad_(True)
-            image = clip.encode_image(x, t)
-            logits = temperature.to(image.dtype) * (image * text.to(image.dtype)).sum(dim=-1)
-            (grad,) = torch.autograd.grad(logits.sum(), x)
-        return scale * _where_rows(guided, grad, torch.zeros_like(grad))
+    def logit(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != text.shape[0]:
+            raise ValueError(f"CLIP guidance has {text.shape[0]} prompts for a batch of {x.shape[0]} images")
+        image = clip.encode_image(x, t)
+        return (temperature.to(image.dtype) * (image * text.to(image.dtype)).sum(dim=-1)).sum()
 
-    return cond_fn
+    return _gradient_hook(logit, scale, interval)

@@ -371,6 +371,12 @@ class GuidedDiffusionPipeline:
 
         num_timesteps = self.diffusion.num_timesteps
         guidance_interval = check_interval("guidance_interval", guidance_interval, num_timesteps)
+        if classifier_max_t is not None:
+            if not 0 <= classifier_max_t < num_timesteps:
+                raise ValueError(f"classifier_max_t must be between 0 and {num_timesteps - 1}, got {classifier_max_t}")
+            if classifier_interval is not None:
+                raise ValueError("give classifier_max_t or classifier_interval, not both (classifier_max_t is the interval (0, max_t))")
+            classifier_interval = (0, classifier_max_t)
         classifier_interval = check_interval("classifier_interval", classifier_interval, num_timesteps)
         cads = self._checked_cads(cads)
         self._check_autoguidance(autoguidance)
@@ -394,7 +400,7 @@ class GuidedDiffusionPipeline:
             if cads is not None:
                 model = ConditionAnnealing(model, cads, num_timesteps, generator)
             cond_fns = [
-                self._classifier_cond_fn(classifier_scale, classifier_labels, classifier_max_t, classifier_interval, len(prompts), device),
+                self._classifier_cond_fn(classifier_scale, classifier_labels, classifier_interval, len(prompts), device),
                 self._clip_cond_fn(clip_guidance_scale, clip_guidance_prompt, clip_guidance_interval, prompts, num_images_per_prompt),
             ]
             cond_fn = _summed([fn for fn in cond_fns if fn is not None])
@@ -483,15 +489,10 @@ class GuidedDiffusionPipeline:
         self,
         scale: float,
         labels: Mapping[str, Any] | None,
-        max_t: int | None,
         interval: tuple[float, float] | None,
         batch_size: int,
         device: torch.device,
     ) -> Callable[..., torch.Tensor] | None:
-        if max_t is not None and not 0 <= max_t < self.diffusion.num_timesteps:
-            raise ValueError(f"classifier_max_t must be between 0 and {self.diffusion.num_timesteps - 1}, got {max_t}")
-        if max_t is not None and interval is not None:
-            raise ValueError("give classifier_max_t or classifier_interval, not both (classifier_max_t is the interval (0, max_t))")
         if not scale:
             return None
         if self.classifier is None:
@@ -500,4 +501,4 @@ class GuidedDiffusionPipeline:
             names = {attr: list(classes) for attr, classes in self.classifier.labels.items()}
             raise ValueError(f"classifier_scale needs classifier_labels, e.g. one of {names}")
         resolved = resolve_labels(self.classifier.labels, labels, batch_size, device)
-        return classifier_cond_fn(self.classifier, resolved, float(scale), max_t, interval)
+        return classifier_cond_fn(self.classifier, resolved, float(scale), interval=interval)

@@ -191,17 +191,11 @@ class SamplingBatcher:
     def _gather(self) -> None:
         """Wait (holding nothing but the condition) while requests keep arriving, up to the limits."""
         deadline = time.monotonic() + self.max_gather_seconds
-        count = len(self._waiting)
-        while not self._closed and self._images_waiting() < self.max_batch_images:
-            quiet_until = min(time.monotonic() + self.gather_seconds, deadline)
-            while not self._closed and len(self._waiting) == count and time.monotonic() < quiet_until:
-                self._arrived.wait(quiet_until - time.monotonic())
-            if len(self._waiting) == count or time.monotonic() >= deadline:
+        while sum(job.request.num_images for job in self._waiting) < self.max_batch_images:
+            count, quiet = len(self._waiting), min(self.gather_seconds, deadline - time.monotonic())
+            arrived = quiet > 0 and self._arrived.wait_for(lambda: self._closed or len(self._waiting) != count, quiet)
+            if not arrived or self._closed:
                 return
-            count = len(self._waiting)
-
-    def _images_waiting(self) -> int:
-        return sum(job.request.num_images for job in self._waiting)
 
     @staticmethod
     def _run(batch: list[_Job]) -> None:
