@@ -32,11 +32,11 @@ import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from guided_diffusion import GuidedDiffusionPipeline
 from guided_diffusion.datasets.shapes import canonical_caption, make_shapes32
+from guided_diffusion.images import from_pil
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPTS = [
@@ -86,8 +86,7 @@ def training_step(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     generator = torch.Generator(device=device).manual_seed(0)
     data = make_shapes32(batch_size, seed=0)
-    pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32) for image in data["image"]]))
-    x0 = (pixels.permute(0, 3, 1, 2) / 127.5 - 1).to(device)
+    x0 = from_pil(data["image"]).to(device)
     captions = data["text"]
     pipe.unet.train()
     pipe.text_encoder.train()

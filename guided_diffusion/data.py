@@ -43,7 +43,7 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
 from .datasets.fetch import FetchError
-from .images import colour_rgb, flatten_alpha
+from .images import colour_rgb, flatten_alpha, from_uint8
 
 SHAPES32 = "shapes32"
 EMOJI = "emoji"
@@ -317,7 +317,7 @@ class ImageTransform:
             x = TF.crop(x, top, left, self.resolution, self.resolution)
         if self.random_flip and rng.random() < 0.5:
             x = TF.horizontal_flip(x)
-        return x.float().div(127.5).sub(1.0)
+        return from_uint8(x)
 
 
 def decode_image(value: Any) -> Image.Image | None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +56,7 @@ from .datasets.shapes import (
 from .evaluation.diversity import normalized_entropy
 from .evaluation.likelihood import bits_per_dim
 from .evaluation.sampling import EvalSampling
+from .images import enlarge, from_pil, from_uint8, image_grid
 from .pipeline import GuidedDiffusionPipeline
 from .samplers import SAMPLERS, TIMESTEP_SCHEDULES, checked_sampler, model_evaluations, steps_for_nfe
 from .timestep_schedules import checked_schedule
@@ -182,8 +182,7 @@ def training_data_reference(attribute: str, images_per_target: int, seed: int = 
 def shapes_bits_per_dim(pipe: GuidedDiffusionPipeline, *, num_images: int, batch_size: int, seed: int = 0) -> dict[str, float]:
     """The variational bound in bits/dim on held-out Shapes32 images, conditioned on their captions."""
     data = make_shapes32(num_images, seed=seed + 1000, split="heldout")
-    x0 = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)) for im in data["image"]])
-    return bits_per_dim(pipe, x0.permute(0, 3, 1, 2) / 127.5 - 1, data["text"], batch_size=batch_size, seed=seed)
+    return bits_per_dim(pipe, from_pil(data["image"]), data["text"], batch_size=batch_size, seed=seed)
 
 
 def parse_sampler_spec(spec: str, default_schedule: str) -> tuple[str, str]:
@@ -225,18 +224,6 @@ def sampler_table(
                 **scores, "seconds": time.perf_counter() - started,
             })
     return rows
-
-
-def _save_grid(images: np.ndarray, prompts: Sequence[str], per_row: int, path: Path, scale: int = 3) -> None:
-    from PIL import Image
-
-    n, h, w, _ = images.shape
-    rows = math.ceil(n / per_row)
-    canvas = np.full((rows * (h + 1) + 1, per_row * (w + 1) + 1, 3), 255, np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, per_row)
-        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = image
-    Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST).save(path)
 
 
 def plot_classifier(rows: list[dict[str, Any]], attribute: str, path: Path, reference: dict[str, float] | None = None) -> None:
@@ -411,7 +398,7 @@ def evaluate(
             sampling=sampling,
         )
         plot_samplers(report.samplers, out / "samplers.png")
-    _save_grid(np.concatenate(grid_images), grid_prompts, images_per_prompt * 2, out / "samples.png")
+    enlarge(image_grid(from_uint8(np.concatenate(grid_images)), images_per_prompt * 2), 3).save(out / "samples.png")
     (out / "prompts.txt").write_text("".join(f"{i}: {p}\n" for i, p in enumerate(dict.fromkeys(grid_prompts))))
     report.seconds = time.perf_counter() - started
     (out / "report.md").write_text(render_markdown(report, classifier_attribute))

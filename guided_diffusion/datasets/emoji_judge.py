@@ -13,16 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasets
-import numpy as np
 import torch
 
 from ..evaluation.retrieval import nearest, pixel_features
+from ..images import from_pil
 
 
 def dataset_tensor(dataset: datasets.Dataset, image_column: str = "image") -> torch.Tensor:
     """Every image of ``dataset`` as one tensor ``[N, 3, H, W]`` in [-1, 1] (images must share a size)."""
-    arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) for image in dataset[image_column]]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    return from_pil(dataset[image_column])
 
 
 @dataclass

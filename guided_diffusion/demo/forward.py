@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 from matplotlib.figure import Figure
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..datasets.shapes import PALETTE, POSITION_XY, SIZE_PX, render_shape
 from ..diffusion import DIFFUSION_DEFAULTS, GaussianDiffusion
+from ..images import from_pil
 from ..pipeline import GuidedDiffusionPipeline
 from ..schedule import BETA_SCHEDULES, get_beta_schedule
 from .images import tensor_grid
@@ -38,10 +39,9 @@ def example_images() -> dict[str, Image.Image]:
 
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     """Centre-crop ``image`` to a square and resize it to ``size`` pixels by area averaging (which
-    undoes a nearest-neighbour enlargement exactly): ``[1, 3, size, size]`` in [-1, 1]."""
-    square = ImageOps.fit(image.convert("RGB"), (size, size), method=Image.Resampling.BOX)
-    pixels = torch.frombuffer(bytearray(square.tobytes()), dtype=torch.uint8).reshape(size, size, 3)
-    return pixels.permute(2, 0, 1)[None].float() / 127.5 - 1
+    undoes a nearest-neighbour enlargement exactly), a transparent one on white as in training:
+    ``[1, 3, size, size]`` in [-1, 1]."""
+    return from_pil(image, size)
 
 
 def schedule_processes(pipe: GuidedDiffusionPipeline) -> dict[str, GaussianDiffusion]:
