@@ -75,8 +75,11 @@ def load_component_config(directory: str | os.PathLike) -> dict[str, Any]:
 def load_component_weights(directory: str | os.PathLike, module: torch.nn.Module) -> torch.nn.Module:
     """Load ``directory/model.safetensors`` into ``module`` strictly, casting to its dtypes.
 
+    The keys are matched by ``module.load_state_dict``, so a module that renames the keys of older
+    checkpoints as they load (:class:`~guided_diffusion.models.layers.RenamedKeys`) reads those too.
     Raises :class:`CheckpointError` naming the file when it is missing, unreadable, or its tensors
-    do not match the module (missing, unexpected or wrongly shaped entries).
+    do not match the module (missing, unexpected or wrongly shaped entries); the module's weights are
+    then undefined.
     """
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
@@ -85,20 +88,18 @@ def load_component_weights(directory: str | os.PathLike, module: torch.nn.Module
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"corrupt weights file {path}: {err}") from None
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    try:
+        # Each parameter is copied in place (copy_), which casts to its dtype.
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # wrongly shaped entries
+        mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        details = "; ".join(mismatches[:5]) or str(err)
+        raise CheckpointError(f"weights file {path} does not match its config: {details}") from None
+    missing, unexpected = sorted(result.missing_keys), sorted(result.unexpected_keys)
     if missing or unexpected:
         raise CheckpointError(
             f"weights file {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(
-                f"weights file {path} does not match its config: {name} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[name].shape)}"
-            )
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return module
 
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from safetensors.torch import load_file, save_file
 
+import guided_diffusion
 from guided_diffusion.models import UNet, UNetConfig
 from guided_diffusion.models.unet import coordinate_planes
 from guided_diffusion.models.layers import (
@@ -16,10 +18,11 @@ from guided_diffusion.models.layers import (
     ResBlock,
     SelfAttention,
     Upsample,
-    group_norm_act,
+    renamed_keys,
     timestep_embedding,
 )
-from guided_diffusion.serialization import CheckpointError
+from guided_diffusion.models.ops import group_norm_act
+from guided_diffusion.serialization import WEIGHTS_NAME, CheckpointError
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 TEXT_DIM = 16
@@ -114,7 +117,7 @@ def test_row_without_tokens_is_finite_with_finite_gradients(trained_unet):
 def test_cross_attention_without_tokens_is_identity():
     block = randomize(CrossAttention(8, context_dim=4, num_heads=2))
     x = torch.randn(2, 8, 3, 3)
-    out = block(x, torch.randn(2, 5, 4), torch.zeros(2, 5, dtype=torch.bool))
+    out = block(x, context=torch.randn(2, 5, 4), context_mask=torch.zeros(2, 5, dtype=torch.bool))
     assert torch.equal(out, x)
 
 
@@ -195,10 +198,10 @@ def _reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep
 def _reference_block(layer, h, emb, context, context_mask):
     """One block of a ``ConditionedSequential``, in NCHW with torch's GroupNorm/SiLU and explicit attention."""
     if isinstance(layer, ResBlock):
-        out = layer.in_layers(h)  # GroupNorm, SiLU, conv
+        out = layer.in_conv(F.silu(layer.in_norm(h)))
         scale, shift = layer.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
         out = torch.addcmul(shift, layer.out_norm(out), 1 + scale)
-        return layer.skip(h) + layer.out_layers(out)
+        return layer.skip(h) + layer.out_conv(layer.dropout(F.silu(out)))
     if isinstance(layer, (SelfAttention, CrossAttention)):
         if isinstance(layer, CrossAttention) and context is None:
             return h
@@ -251,7 +254,7 @@ def reference_forward(unet: UNet, x, t, features=None, mask=None) -> torch.Tenso
         h = torch.cat([h, skips.pop()], dim=1)
         for layer in block:
             h = _reference_block(layer, h, emb, features, mask)
-    return unet.out(h)
+    return unet.out_conv(F.silu(unet.out_norm(h)))
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -291,18 +294,107 @@ def test_matches_the_unoptimised_computation(overrides):
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5 * scale)
 
 
+def _with_old_keys(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` (keyed as ``module.state_dict()``) under the keys checkpoints saved before the renames use."""
+    to_old = {new: old for old, new in renamed_keys(module).items()}
+    return {to_old.get(name, name): tensor for name, tensor in state.items()}
+
+
+def _layout(state: dict[str, torch.Tensor]) -> str:
+    return hashlib.sha256("".join(f"{name}:{tuple(t.shape)};" for name, t in state.items()).encode()).hexdigest()
+
+
 def test_state_dict_layout_is_unchanged():
-    """Checkpoints saved before the CPU optimisations must keep loading: same names and shapes."""
+    """Checkpoints saved before the CPU optimisations and the renames of the unused-SiLU sequentials must
+    keep loading: under the old keys the state dict has the same names, shapes and order as then, and
+    the current layout is pinned so that a further rename is noticed."""
     config = UNetConfig(
         image_size=16, base_channels=24, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
         num_heads=2, text_dim=16,
     )
-    state = UNet(config).state_dict()
-    layout = "".join(f"{name}:{tuple(tensor.shape)};" for name, tensor in state.items())
+    unet = UNet(config)
+    state = unet.state_dict()
     assert (len(state), sum(t.numel() for t in state.values())) == (162, 454131)
-    assert hashlib.sha256(layout.encode()).hexdigest() == (
+    assert _layout(_with_old_keys(state, unet)) == (
         "96281adeb077260deaffb590fcb756bd7d36db0cd12dfc07f6fdc8459fe3d855"
     ), "the UNet's parameter names or shapes changed: saved checkpoints would no longer load"
+    assert _layout(state) == (
+        "cdd51361dfb3a1f13797572c176bf24ee3e2ee939e7597e1dc72b9f1413c0804"
+    ), "the UNet's parameter names changed: add the old ones to its renamed_keys and update this hash"
+
+
+def test_old_key_state_dict_loads_and_gives_identical_outputs(tmp_path, trained_unet):
+    """A state dict under the old keys (``in_layers.0``/``.2``, ``out_layers.2``, ``out.0``/``.2``) loads
+    strictly, through ``load_state_dict`` and ``from_pretrained``, and the model computes the same."""
+    old = _with_old_keys(trained_unet.state_dict(), trained_unet)
+    assert "input_blocks.1.0.in_layers.0.weight" in old and "out.2.bias" in old
+    assert "middle_block.0.out_layers.2.weight" in old and "out_conv.weight" not in old
+    loaded = UNet(trained_unet.config).eval()
+    loaded.load_state_dict(old)  # strict
+    x, t, features, mask = inputs()
+    with torch.no_grad():
+        expected = trained_unet(x, t, features, mask)
+        assert torch.equal(loaded(x, t, features, mask), expected)
+    # the parameters are in the order they had, so optimizer states saved then line up
+    assert [p.shape for p in loaded.parameters()] == [t.shape for t in old.values()]
+    assert all(torch.equal(p, t) for p, t in zip(loaded.parameters(), old.values()))
+
+    trained_unet.save_pretrained(tmp_path / "unet")
+    save_file({k: v.contiguous() for k, v in old.items()}, str(tmp_path / "unet" / WEIGHTS_NAME))
+    with torch.no_grad():
+        assert torch.equal(UNet.from_pretrained(tmp_path / "unet").eval()(x, t, features, mask), expected)
+    assert set(UNet.from_pretrained(tmp_path / "unet").state_dict()) == set(trained_unet.state_dict())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "unknown_key",  # the SiLU's slot in the old sequential never held a parameter
+        "both_names",  # a key under its old and its new name
+        "missing_key",
+        "misspelled_old_key",
+    ],
+)
+def test_wrong_keys_are_still_refused(tmp_path, trained_unet, change):
+    old = _with_old_keys(trained_unet.state_dict(), trained_unet)
+    if change == "unknown_key":
+        old["input_blocks.1.0.in_layers.1.weight"] = torch.zeros(3)
+        wrong = "input_blocks.1.0.in_layers.1.weight"
+    elif change == "both_names":
+        old["out_conv.weight"] = old["out.2.weight"].clone()
+        wrong = "out.2.weight"
+    elif change == "missing_key":
+        del old["input_blocks.1.0.out_layers.2.bias"]
+        wrong = "input_blocks.1.0.out_conv.bias"
+    else:
+        old["input_blocks.1.0.in_layer.0.weight"] = old.pop("input_blocks.1.0.in_layers.0.weight")
+        wrong = "input_blocks.1.0.in_layer.0.weight"
+    with pytest.raises(RuntimeError, match=wrong.replace(".", r"\.")):
+        UNet(trained_unet.config).load_state_dict(old)
+    trained_unet.save_pretrained(tmp_path / "unet")
+    save_file({k: v.contiguous() for k, v in old.items()}, str(tmp_path / "unet" / WEIGHTS_NAME))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not match its config: .*" + wrong.replace(".", r"\.")):
+        UNet.from_pretrained(tmp_path / "unet")
+
+
+def test_wrong_shapes_are_refused_with_the_names(tmp_path, trained_unet):
+    trained_unet.save_pretrained(tmp_path / "unet")
+    state = load_file(str(tmp_path / "unet" / WEIGHTS_NAME))
+    state["out_conv.bias"] = torch.zeros(5)
+    save_file(state, str(tmp_path / "unet" / WEIGHTS_NAME))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not match its config: size mismatch for out_conv\.bias"):
+        UNet.from_pretrained(tmp_path / "unet")
+
+
+@pytest.mark.parametrize("name", ["shapes32", "emoji32"])
+def test_shipped_unet_files_keep_the_old_keys_that_load(name):
+    """The shipped weights are not rewritten: they hold the old keys, each of which the map renames."""
+    folder = Path(guided_diffusion.__file__).parent / "pretrained" / name / "unet"
+    keys = set(load_file(str(folder / WEIGHTS_NAME)))
+    unet = UNet(UNetConfig.from_dict(json.loads((folder / "config.json").read_text())))
+    renames = renamed_keys(unet)
+    assert keys & set(renames), "the shipped file no longer uses the old keys: this test guards nothing"
+    assert {renames.get(key, key) for key in keys} == set(unet.state_dict())
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -438,3 +530,24 @@ def test_compiled_unet_with_gradient_checkpointing_gives_the_eager_loss_and_grad
     for name, grad in grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-10, atol=1e-14)
     assert list(compiled.state_dict()) == list(unet.state_dict())
+
+
+def test_accelerate_resume_reads_a_checkpoint_with_the_old_keys(tmp_path, trained_unet):
+    """Training checkpoints (``accelerator.save_state``) written before the renames resume: accelerate's
+    ``load_state`` loads the model through ``load_state_dict``, where the renames apply."""
+    from accelerate import Accelerator
+
+    saving = Accelerator(cpu=True)
+    saving.prepare(copy.deepcopy(trained_unet))
+    saving.save_state(str(tmp_path / "checkpoint"))
+    weights = tmp_path / "checkpoint" / "model.safetensors"
+    old = _with_old_keys(trained_unet.state_dict(), trained_unet)
+    assert set(load_file(str(weights))) == set(trained_unet.state_dict())
+    save_file({k: v.contiguous() for k, v in old.items()}, str(weights))
+    loading = Accelerator(cpu=True)
+    fresh = loading.prepare(UNet(trained_unet.config))
+    loading.load_state(str(tmp_path / "checkpoint"))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), trained_unet.state_dict().values()))
+    save_file({**{k: v.contiguous() for k, v in old.items()}, "out.1.weight": torch.zeros(1)}, str(weights))
+    with pytest.raises(RuntimeError, match=r"out\.1\.weight"):
+        loading.load_state(str(tmp_path / "checkpoint"))

@@ -1,4 +1,6 @@
-"""The noise-aware classifier p(y | x_t, t) of classifier guidance (Dhariwal & Nichol 2021).
+"""The noise-aware classifier p(y | x_t, t) of classifier guidance (Dhariwal & Nichol 2021, "Diffusion
+Models Beat GANs on Image Synthesis", Sec. 4: sampling adds ``s * Sigma grad_x log p(y | x_t, t)`` to the
+posterior mean, their Algorithm 1).
 
 It is the encoder half of the UNet (the same timestep embedding, residual blocks and self-attention),
 followed by attention pooling over the final feature map and one linear head per label attribute
@@ -63,7 +65,8 @@ class ClassifierConfig(NoisyEncoderConfig):
 
 class AttentionPool(nn.Module):
     """Pool a feature map [B, C, H, W] to [B, C]: the mean token, with a learned positional embedding,
-    attends over all positions (as CLIP's ResNet head does)."""
+    attends over all positions (the attention pooling of CLIP's ResNet image encoders, Radford et al.
+    2021, "Learning Transferable Visual Models From Natural Language Supervision", Sec. 2.4)."""
 
     def __init__(self, channels: int, positions: int, num_heads: int) -> None:
         super().__init__()

@@ -3,8 +3,11 @@
 The image tower is the noise-aware classifier's trunk (:class:`NoisyImageEncoder`: the UNet's encoder
 half with its timestep embedding, attention-pooled) and the text tower is one of the toolkit's text
 encoders (open_clip's text transformer); each is projected to ``embed_dim`` and L2-normalised, and
-``logit_scale`` (learned, as in CLIP, capped at 100) scales their cosine similarities. Trained
-contrastively on noised images by ``train.clip`` (GLIDE's noise-aware CLIP). Its text tower on its own
+``logit_scale`` (learned, initialised to a temperature of 0.07 and capped at 100, as in CLIP: Radford et
+al. 2021, "Learning Transferable Visual Models From Natural Language Supervision", Sec. 2.5) scales their
+cosine similarities. Trained contrastively on noised images by ``train.clip`` (the noised CLIP of
+GLIDE's CLIP guidance: Nichol et al. 2022, "GLIDE: Towards Photorealistic Image Generation and Editing
+with Text-Guided Diffusion Models", Sec. 2.4). Its text tower on its own
 (:attr:`NoiseAwareCLIP.text`) is a text encoder for a diffusion model that already knows what the
 captions look like.
 """

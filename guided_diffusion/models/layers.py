@@ -1,28 +1,36 @@
 """Building blocks shared by the UNet and the noise-aware classifier.
 
 Every block takes feature maps ``[B, C, H, W]``. Blocks that need more than the feature map say so
-by type: :class:`ResBlock` takes the conditioning embedding ``[B, E]`` and :class:`CrossAttention`
-takes text tokens ``[B, L, D]`` with their mask ``[B, L]``. :class:`ConditionedSequential` chains
-blocks and hands each one what it needs, so a model is a list of stages.
+by type: they are :class:`ConditionedBlock` s, called with the conditioning embedding ``[B, E]`` and
+the text tokens ``[B, L, D]`` with their mask ``[B, L]``, each using what it needs (:class:`ResBlock`
+the embedding, :class:`CrossAttention` the text). :class:`ConditionedSequential` chains blocks and
+hands the conditioned ones those inputs, so a model is a list of stages.
 
 The blocks accept either memory layout and keep the one they are given; on CPU the UNet runs them
 channels-last (``[B, H, W, C]`` in memory), where oneDNN's convolutions are fastest. GroupNorm, the
-embedding's scale and shift, and SiLU run as one fused step (:func:`group_norm_act`) whose cost does
-not depend on the layout.
+embedding's scale and shift, and SiLU run as one fused step
+(:func:`~guided_diffusion.models.ops.group_norm_act`) whose cost does not depend on the layout.
+
+A module whose parameters were renamed since checkpoints were saved lists the old names in
+:attr:`RenamedKeys.renamed_keys`; loading a state dict renames them (:class:`RenamedKeys`).
 """
 
 from __future__ import annotations
 
+import abc
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
+
+from .ops import group_norm_act
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps.
+    """Sinusoidal embedding of (possibly fractional) timesteps: the positional encoding of Vaswani et al.
+    2017 ("Attention Is All You Need", Sec. 3.5) with the timestep as the position, as in Ho et al. 2020.
 
     Args:
         t: timesteps ``[B]`` on the original ``0..T-1`` scale, integer or float.
@@ -42,117 +50,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def normalization(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm over ``channels`` with the largest group count ``<= max_groups`` that divides it."""
+    """GroupNorm (Wu & He 2018) over ``channels`` with the largest group count ``<= max_groups`` that
+    divides it."""
     groups = math.gcd(channels, max_groups)
     return nn.GroupNorm(groups, channels)
-
-
-def _group_mean(values: torch.Tensor, groups: int, count: int) -> torch.Tensor:
-    """Per-channel sums ``[B, C]`` -> each channel's group mean ``[B, C]`` (``count`` elements per group)."""
-    b, c = values.shape
-    if groups == c:
-        return values / count
-    return values.view(b, groups, -1).sum(2, keepdim=True).div_(count).expand(b, groups, c // groups).reshape(b, c)
-
-
-def _as_map(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-channel ``[C]`` or per-sample ``[B, C]`` values as a view that broadcasts against ``like [B, C, ...]``."""
-    return values.view(*values.shape, *(1,) * (like.dim() - 2))
-
-
-def _group_norm_affine(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor | None,
-    shift: torch.Tensor | None,
-    groups: int,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``GroupNorm(x) * (1 + scale) + shift`` (plain ``GroupNorm(x)`` when ``scale`` is None).
-
-    Statistics are taken in float32 (or ``x``'s wider dtype) in two passes: the mean, then the mean
-    square of ``x - mean``. Returns ``(y, centered, rstd)``: ``y`` and ``centered = x - mean`` shaped
-    and laid out like ``x``, and each channel's ``1 / sqrt(var + eps)`` ``[B, C]``.
-    """
-    flat = x.flatten(2)
-    count = flat.shape[2] * (x.shape[1] // groups)
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    centered = x - _as_map(_group_mean(flat.sum(2, dtype=dtype), groups, count), x)
-    flat = centered.flatten(2)
-    rstd = torch.rsqrt(_group_mean(torch.linalg.vecdot(flat, flat), groups, count) + eps)
-    if scale is None:
-        gain, offset = weight, bias
-    else:
-        gain, offset = weight * (1 + scale), torch.addcmul(shift, bias, 1 + scale)
-    y = torch.addcmul(_as_map(offset, x), centered, _as_map(rstd * gain, x))
-    return y, centered, rstd
-
-
-class _GroupNormAct(torch.autograd.Function):
-    """Autograd for :func:`group_norm_act`: the backward pass reads the saved ``x - mean`` and, with
-    SiLU, the pre-activation, and forms every gradient from two reductions of the incoming gradient."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, scale, shift, groups, eps, act):
-        """The arguments of :func:`group_norm_act`, unpacked; returns its output."""
-        y, centered, rstd = _group_norm_affine(x, weight, bias, scale, shift, groups, eps)
-        ctx.groups = groups
-        ctx.save_for_backward(centered, rstd, y if act else None, weight, bias, scale)
-        return (F.silu(y) if act else y).to(x.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        """Gradients for ``x, weight, bias, scale, shift`` (None where not needed)."""
-        centered, rstd, pre_act, weight, bias, scale = ctx.saved_tensors
-        groups = ctx.groups
-        grad_out = grad_out.to(centered.dtype)
-        grad_y = grad_out if pre_act is None else torch.ops.aten.silu_backward(grad_out, pre_act)
-        flat_grad = grad_y.flatten(2)
-        count = flat_grad.shape[2] * (centered.shape[1] // groups)
-        grad_sum = flat_grad.sum(2)  # sum of dL/dy over positions, [B, C]
-        grad_dot = torch.linalg.vecdot(flat_grad, centered.flatten(2)) * rstd  # sum of dL/dy * x_hat, [B, C]
-        film = None if scale is None else 1 + scale
-        gain = weight if film is None else weight * film
-        mean_grad = _group_mean(gain * grad_sum, groups, count)
-        mean_grad_dot = _group_mean(gain * grad_dot, groups, count)
-        # dL/dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)) with g = gain * dL/dy, per group.
-        grad_x = torch.addcmul(
-            _as_map(-rstd * mean_grad, centered), centered, _as_map(-rstd.square() * mean_grad_dot, centered)
-        )
-        grad_x.addcmul_(grad_y, _as_map(rstd * gain, centered))
-        needs = ctx.needs_input_grad
-        grad_weight = (grad_dot if film is None else grad_dot * film).sum(0) if needs[1] else None
-        grad_bias = (grad_sum if film is None else grad_sum * film).sum(0) if needs[2] else None
-        grad_scale = weight * grad_dot + bias * grad_sum if needs[3] else None
-        grad_shift = grad_sum if needs[4] else None
-        return grad_x, grad_weight, grad_bias, grad_scale, grad_shift, None, None, None
-
-
-def group_norm_act(
-    x: torch.Tensor,
-    norm: nn.GroupNorm,
-    scale: torch.Tensor | None = None,
-    shift: torch.Tensor | None = None,
-    act: bool = True,
-) -> torch.Tensor:
-    """``SiLU(norm(x) * (1 + scale) + shift)`` in one fused step.
-
-    Args:
-        x: feature map ``[B, C, ...]`` in any memory layout (the output keeps it).
-        norm: an affine :class:`torch.nn.GroupNorm` over ``C`` channels (its parameters are used).
-        scale, shift: per-sample modulation ``[B, C]``, both or neither.
-        act: apply SiLU; without it the result is ``norm(x) * (1 + scale) + shift``.
-
-    Returns:
-        a tensor shaped, typed and laid out like ``x`` (computed in float32 when ``x`` is narrower).
-    """
-    inputs = (x, norm.weight, norm.bias, scale, shift)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return _GroupNormAct.apply(*inputs, norm.num_groups, norm.eps, act)
-    y = _group_norm_affine(*inputs, norm.num_groups, norm.eps)[0]
-    return (F.silu(y, inplace=True) if act else y).to(x.dtype)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -162,35 +63,111 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
-class ResBlock(nn.Module):
-    """Residual block conditioned on an embedding by scale and shift.
+class RenamedKeys(nn.Module):
+    """A module some of whose state-dict keys were renamed after checkpoints were saved with the old ones.
 
-    ``h = conv(SiLU(GroupNorm(x)))``; ``h = GroupNorm(h) * (1 + scale) + shift`` with ``(scale, shift)``
-    projected from the embedding; ``h = conv(dropout(SiLU(h)))`` (zero-initialised, so the block starts
-    as its skip path); output ``skip(x) + h`` where ``skip`` is a 1x1 conv when the channel count changes.
-    The submodules keep this reading order (and the parameter names); ``forward`` fuses each
-    normalisation with what follows it (:func:`group_norm_act`).
+    :attr:`renamed_keys` maps each old key, relative to the module, to its current key. Every load of a
+    state dict into the module (``load_state_dict``, and so ``from_pretrained`` and accelerate's
+    ``load_state``) renames the old keys it finds before the parameters are matched, so old checkpoints
+    load as they are. Only the listed keys are renamed: any other unknown key is still unexpected, and a
+    state dict that holds a key under both names keeps the old one, which strict loading refuses.
+    The state dicts the module gives (``state_dict()``) use the current keys.
     """
+
+    renamed_keys: ClassVar[dict[str, str]] = {}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for old, new in self.renamed_keys.items():
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def renamed_keys(module: nn.Module) -> dict[str, str]:
+    """Every old state-dict key of ``module`` and its submodules (:class:`RenamedKeys`), as a full key
+    such as ``"input_blocks.1.0.in_layers.0.weight"``, mapped to its current full key.
+
+    For state kept by parameter name outside ``load_state_dict`` (an EMA's shadow weights, say):
+    ``{renames.get(key, key): value for key, value in old_state.items()}``.
+    """
+    renames = {}
+    for name, submodule in module.named_modules():
+        if isinstance(submodule, RenamedKeys):
+            prefix = f"{name}." if name else ""
+            renames.update({prefix + old: prefix + new for old, new in submodule.renamed_keys.items()})
+    return renames
+
+
+class ConditionedBlock(nn.Module, abc.ABC):
+    """A block that needs more than the feature map: the conditioning embedding, the text, or both.
+
+    :class:`ConditionedSequential` calls every such block as
+    ``block(x, emb=emb, context=context, context_mask=context_mask)``; each uses the inputs it needs
+    and ignores the others. The conditioning inputs are keyword-only, so that a call written for
+    another block's signature fails instead of putting the text in the embedding's place. Any other
+    module in a :class:`ConditionedSequential` is called with the feature map alone.
+    """
+
+    @abc.abstractmethod
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        emb: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x [B, C, H, W]``, the embedding ``emb [B, E]``, text tokens ``context [B, L, D]`` (or None)
+        and their mask ``context_mask`` bool ``[B, L]`` (True for real tokens; None: all real) ->
+        ``[B, C', H', W']``."""
+
+
+class ResBlock(RenamedKeys, ConditionedBlock):
+    """Residual block conditioned on an embedding by scale and shift (AdaGN, Dhariwal & Nichol 2021,
+    "Diffusion Models Beat GANs on Image Synthesis", Sec. 3.1; the residual form of He et al. 2016).
+
+    ``h = in_conv(SiLU(in_norm(x)))``; ``h = out_norm(h) * (1 + scale) + shift`` with ``(scale, shift)``
+    projected from the embedding by ``emb_layers``; ``h = out_conv(dropout(SiLU(h)))`` (zero-initialised,
+    so the block starts as its skip path); output ``skip(x) + h`` where ``skip`` is a 1x1 conv when the
+    channel count changes. Each normalisation runs fused with the scale, shift and SiLU that follow it
+    (:func:`~guided_diffusion.models.ops.group_norm_act`). The text is not used.
+
+    The submodules are registered in this reading order, the order the parameters had when the norms and
+    convolutions sat in ``nn.Sequential`` s, so optimizer states saved then still line up; the old keys
+    (``in_layers.0``, ``in_layers.2``, ``out_layers.2``) load through :attr:`renamed_keys`.
+    """
+
+    renamed_keys = {
+        "in_layers.0.weight": "in_norm.weight",
+        "in_layers.0.bias": "in_norm.bias",
+        "in_layers.2.weight": "in_conv.weight",
+        "in_layers.2.bias": "in_conv.bias",
+        "out_layers.2.weight": "out_conv.weight",
+        "out_layers.2.bias": "out_conv.bias",
+    }
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.in_layers = nn.Sequential(
-            normalization(in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        )
+        self.in_norm = normalization(in_channels)
+        self.in_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_channels))
         self.out_norm = normalization(out_channels)
-        self.out_layers = nn.Sequential(
-            nn.SiLU(), nn.Dropout(dropout), zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
-        )
+        self.dropout = nn.Dropout(dropout)
+        self.out_conv = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """``x [B, C_in, H, W]``, ``emb [B, E]`` -> ``[B, C_out, H, W]``."""
-        norm, _, conv = self.in_layers
-        h = conv(group_norm_act(x, norm))
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        emb: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x [B, C_in, H, W]``, ``emb [B, E]`` -> ``[B, C_out, H, W]`` (``context`` and its mask unused)."""
+        h = self.in_conv(group_norm_act(x, self.in_norm))
         scale, shift = self.emb_layers(emb).to(h.dtype).chunk(2, dim=1)
-        _, dropout, conv = self.out_layers
-        return self.skip(x) + conv(dropout(group_norm_act(h, self.out_norm, scale, shift)))
+        return self.skip(x) + self.out_conv(self.dropout(group_norm_act(h, self.out_norm, scale, shift)))
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -233,7 +210,9 @@ class _SpatialAttention(nn.Module):
 
 
 class SelfAttention(_SpatialAttention):
-    """Multi-head self-attention over the ``H*W`` spatial positions of ``[B, C, H, W]``."""
+    """Multi-head self-attention over the ``H*W`` spatial positions of ``[B, C, H, W]``: scaled
+    dot-product attention ``softmax(Q K^T / sqrt(d)) V`` (Vaswani et al. 2017, "Attention Is All You
+    Need", Eq. 1) per head, with queries, keys and values from the normalised positions."""
 
     def __init__(self, channels: int, num_heads: int) -> None:
         super().__init__(channels, num_heads)
@@ -247,12 +226,15 @@ class SelfAttention(_SpatialAttention):
         return self._residual(x, attended)
 
 
-class CrossAttention(_SpatialAttention):
-    """Multi-head attention from the spatial positions of ``[B, C, H, W]`` to text tokens ``[B, L, D]``.
+class CrossAttention(_SpatialAttention, ConditionedBlock):
+    """Multi-head attention from the spatial positions of ``[B, C, H, W]`` to text tokens ``[B, L, D]``:
+    queries from the positions, keys and values from the tokens (Vaswani et al. 2017, Eq. 1; text
+    conditioning by cross-attention as in Rombach et al. 2022, "High-Resolution Image Synthesis with
+    Latent Diffusion Models", Sec. 3.3).
 
     ``context_mask [B, L]`` is a key padding mask: True marks real tokens, False padding, which no
     position attends to. A row with no real token gets no update (the block is the identity for that
-    sample) instead of NaN. Without context the block is the identity.
+    sample) instead of NaN. Without context the block is the identity. The embedding is not used.
     """
 
     def __init__(self, channels: int, context_dim: int, num_heads: int) -> None:
@@ -261,9 +243,15 @@ class CrossAttention(_SpatialAttention):
         self.kv = nn.Linear(context_dim, 2 * channels)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        *,
+        emb: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x [B, C, H, W]``, ``context [B, L, D]``, ``context_mask`` bool ``[B, L]`` -> ``[B, C, H, W]``."""
+        """``x [B, C, H, W]``, ``context [B, L, D]``, ``context_mask`` bool ``[B, L]`` -> ``[B, C, H, W]``
+        (``emb`` unused)."""
         if context is None:
             return x
         b, length = context.shape[:2]
@@ -304,8 +292,8 @@ class Upsample(nn.Module):
 class ConditionedSequential(nn.Sequential):
     """A chain of blocks; each gets the inputs its type needs.
 
-    :class:`ResBlock` gets the embedding ``[B, E]``, :class:`CrossAttention` the text tokens and mask,
-    every other block only the feature map.
+    A :class:`ConditionedBlock` (such as :class:`ResBlock` or :class:`CrossAttention`) gets the feature
+    map, the embedding ``[B, E]`` and the text tokens and mask; every other block only the feature map.
     """
 
     def forward(
@@ -317,10 +305,8 @@ class ConditionedSequential(nn.Sequential):
     ) -> torch.Tensor:
         """``x [B, C, H, W]``, ``emb [B, E]``, ``context [B, L, D]``, ``context_mask [B, L]`` -> ``[B, C', H', W']``."""
         for block in self:
-            if isinstance(block, ResBlock):
-                x = block(x, emb)
-            elif isinstance(block, CrossAttention):
-                x = block(x, context, context_mask)
+            if isinstance(block, ConditionedBlock):
+                x = block(x, emb=emb, context=context, context_mask=context_mask)
             else:
                 x = block(x)
         return x

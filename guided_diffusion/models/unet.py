@@ -1,11 +1,15 @@
 """The text-conditioned UNet noise predictor ``eps_theta(x_t, t, text)``.
 
+The network is a U-Net (Ronneberger et al. 2015) that predicts the noise ``eps`` of
+``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps`` (Ho et al. 2020, "Denoising Diffusion
+Probabilistic Models", Eqs. 4 and 14), with the residual and attention blocks of Dhariwal & Nichol 2021.
 Timesteps enter through a sinusoidal embedding and an MLP; the pooled text feature (masked mean over
 real tokens, projected) is added to that embedding, and the text tokens are attended to by
 cross-attention at the resolutions in ``attention_resolutions`` and in the middle block. Without text
 features the model is unconditional. With ``coordinate_channels`` the input gets two more channels, the
-pixel's row and column scaled to [-1, 1] (CoordConv), so that the convolutions, which are otherwise
-blind to where they are, can place what the text asks for at a position ("in the top left").
+pixel's row and column scaled to [-1, 1] (CoordConv, Liu et al. 2018), so that the convolutions, which
+are otherwise blind to where they are, can place what the text asks for at a position ("in the top
+left").
 """
 
 from __future__ import annotations
@@ -21,14 +25,15 @@ from .layers import (
     ConditionedSequential,
     CrossAttention,
     Downsample,
+    RenamedKeys,
     ResBlock,
     SelfAttention,
     Upsample,
-    group_norm_act,
     normalization,
     timestep_embedding,
     zero_module,
 )
+from .ops import group_norm_act
 
 
 @dataclass
@@ -84,7 +89,7 @@ class UNetConfig(ModelConfig):
                 )
 
 
-class UNet(PretrainedModel, nn.Module):
+class UNet(PretrainedModel, RenamedKeys):
     """Noise predictor conditioned on the timestep and, optionally, on text tokens.
 
     Call: ``unet(x [B, C_in, H, W], t [B], text_features [B, L, D] | None, text_mask [B, L] | None)``
@@ -92,12 +97,23 @@ class UNet(PretrainedModel, nn.Module):
     zeros. Inside, feature maps are channels-last, the layout in which CPU convolutions run fastest;
     parameters keep the default layout, so checkpoints are unaffected.
 
-    :meth:`enable_gradient_checkpointing` trades compute for memory in training: each block keeps only
-    its inputs for the backward pass and recomputes its activations there (the same gradients, one
-    more forward). It changes neither the config nor the weights.
+    :meth:`enable_gradient_checkpointing` trades compute for memory in training (Chen et al. 2016,
+    "Training Deep Nets with Sublinear Memory Cost"): each block keeps only its inputs for the backward
+    pass and recomputes its activations there (the same gradients, one more forward). It changes
+    neither the config nor the weights.
+
+    The output layer is ``out_conv(SiLU(out_norm(h)))``; checkpoints that hold it under its old keys
+    ``out.0`` (the norm) and ``out.2`` (the conv) load through :attr:`renamed_keys`, as do the residual
+    blocks' (:class:`~guided_diffusion.models.layers.ResBlock`).
     """
 
     config_class = UNetConfig
+    renamed_keys = {
+        "out.0.weight": "out_norm.weight",
+        "out.0.bias": "out_norm.bias",
+        "out.2.weight": "out_conv.weight",
+        "out.2.bias": "out_conv.bias",
+    }
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -144,9 +160,8 @@ class UNet(PretrainedModel, nn.Module):
                     resolution *= 2
                 self.output_blocks.append(ConditionedSequential(*layers))
 
-        self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1))
-        )
+        self.out_norm = normalization(ch)
+        self.out_conv = zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1))
         self.gradient_checkpointing = False
 
     def enable_gradient_checkpointing(self) -> None:
@@ -190,8 +205,7 @@ class UNet(PretrainedModel, nn.Module):
         h = self._run(self.middle_block, h, emb, text_features, text_mask)
         for block in self.output_blocks:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, text_features, text_mask)
-        norm, _, conv = self.out
-        return conv(group_norm_act(h, norm)).contiguous()
+        return self.out_conv(group_norm_act(h, self.out_norm)).contiguous()
 
     def _run(self, block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
         """``block(*args)``; with gradient checkpointing on, in training, its activations are recomputed
