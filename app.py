@@ -59,6 +59,8 @@ import torch
 from guided_diffusion.demo import DemoModels, build_demo, launch_demo
 from guided_diffusion.demo.batching import DEFAULT_MAX_BATCH_IMAGES
 from guided_diffusion.demo.ui import DEFAULT_MAX_QUEUE
+from guided_diffusion.errors import RequestError, exits_on_user_errors
+from guided_diffusion.pipeline import checked_device
 from guided_diffusion.serialization import CheckpointError
 
 DEFAULT_MODEL = "shapes32"
@@ -95,37 +97,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
-
-
+@exits_on_user_errors("app.py")
 def main(argv: Sequence[str] | None = None) -> int:
     """Load the given models and serve the demo until interrupted; user errors print one line and return 2."""
     args = parse_args(argv)
+    for flag, value in (("--queue-size", args.queue_size), ("--max-batch-images", args.max_batch_images)):
+        if value < 1:
+            raise RequestError(f"{flag} must be at least 1, got {value}")
     try:
-        for flag, value in (("--queue-size", args.queue_size), ("--max-batch-images", args.max_batch_images)):
-            if value < 1:
-                raise ValueError(f"{flag} must be at least 1, got {value}")
-        device = _device(args.device)
+        device = checked_device(args.device)
+    except RequestError as err:
+        raise RequestError(f"--device: {err}") from None
+    try:
         models = DemoModels.from_names(args.model or [DEFAULT_MODEL], device=device)
-    except (CheckpointError, FileNotFoundError) as err:
-        print(f"app.py: error: cannot load the model: {err}; pass --model DIR with a folder written by save_pretrained", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError) as err:
-        print(f"app.py: error: {err}", file=sys.stderr)
-        return 2
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot load the model: {err}; pass --model DIR with a folder written by save_pretrained") from None
     demo = build_demo(models, max_batch_images=args.max_batch_images, max_queue=args.queue_size)
     try:
         launch_demo(demo, host=args.host, port=args.port, share=args.share)
     except OSError as err:
-        print(f"app.py: error: cannot serve on {args.host}:{args.port}: {err}; pick another --port", file=sys.stderr)
-        return 2
+        raise RequestError(f"cannot serve on {args.host}:{args.port}: {err}; pick another --port") from None
     return 0
 
 

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if suffix:
             pipe.compile(backend=args.compile)
         first, times = first_and_timed(
-            lambda: pipe(prompts, sampler="ddim", steps=50, seed=0, output_type="pt"), device, 5
+            lambda: pipe(prompts, sampler="ddim", num_inference_steps=50, seed=0, output_type="pt"), device, 5
         )
         result[f"sample_ms{suffix}"] = round(1000 * statistics.median(times), 1)
         if suffix:

@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from guided_diffusion import GuidedDiffusionPipeline  # noqa: E402
-from guided_diffusion.pipeline import load_config  # noqa: E402
+from guided_diffusion.config import read_yaml  # noqa: E402
 
 from samplers import cpu_name  # noqa: E402  (benchmarks/samplers.py)
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--unet-only", action="store_true", help="the UNet's parameters, without the text encoder's")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    config = load_config(args.config)
+    config = read_yaml(args.config)
     training = config.get("training") or {}
 
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from guided_diffusion.models import UNet, UNetConfig  # noqa: E402
-from guided_diffusion.pipeline import load_config  # noqa: E402
+from guided_diffusion.config import read_yaml  # noqa: E402
 
 
 def resident_bytes() -> int:
@@ -39,7 +39,7 @@ def measure(
     config_path: str, batch_size: int, rounds: int, checkpointing: bool, device: torch.device
 ) -> dict[str, float]:
     """Peak extra memory (MiB) of the first training step and the median seconds of later ones."""
-    config = load_config(config_path)
+    config = read_yaml(config_path)
     text_dim = int(config["text_encoder"].get("width", 512))
     torch.manual_seed(0)
     unet = UNet(UNetConfig.from_dict({"text_dim": text_dim, **config["unet"]})).to(device).train()

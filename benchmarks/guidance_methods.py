@@ -72,7 +72,7 @@ def measure(pipe: GuidedDiffusionPipeline, targets: Sequence[tuple[str, str]], p
             prompt, extra = "", {"clip_guidance_prompt": text}
         else:
             prompt, extra = text, {}
-        images = pipe(prompt, num_images_per_prompt=per_pair, seed=seed + i, output_type="np", **extra, **call)
+        images = pipe(prompt, num_images_per_prompt=per_pair, seed=seed + i, **extra, **call).images
         found = describe_batch(images)
         hits += [f["color"] == color and f["shape"] == shape for f in found]
         entropies["size"].append(normalized_entropy([f["size"] for f in found], SIZES))
@@ -175,7 +175,7 @@ def main() -> None:
         "per_pair": args.per_pair,
         "images": len(targets) * args.per_pair,
         "interval": list(interval),
-        "sampling": f"{sampling['sampler']}, {sampling['steps']} steps, {sampling['timestep_schedule']} schedule",
+        "sampling": f"{sampling.sampler}, {sampling.steps} steps, {sampling.timestep_schedule} schedule",
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "seconds": time.perf_counter() - started,
         "rows": rows,

@@ -9,7 +9,7 @@ Quality is the share of samples with all four attributes right for canonical pro
 colour-shape pairs (the measure of the default-model evaluation, ``guided_diffusion.evaluate``). Each
 entry of ``--samplers`` is ``SAMPLER[:SCHEDULE]``; a sampler gets the most steps whose model evaluations
 fit each ``--nfe`` budget. The latency part times ``pipe(prompt, num_images_per_prompt=4)`` with the
-model's own sampling config against the same call with ``sampler="ddpm", steps=25,
+model's own sampling config against the same call with ``sampler="ddpm", num_inference_steps=25,
 timestep_schedule="uniform"``, the rounds interleaved, and reports the medians and their ratio.
 Writes ``samplers.md``, ``samplers.json`` and ``samplers.png`` into ``--out``; the last line printed is
 one JSON object.
@@ -31,7 +31,7 @@ from guided_diffusion import GuidedDiffusionPipeline
 from guided_diffusion.evaluate import plot_samplers, sampler_table
 from guided_diffusion.evaluation.sampling import EvalSampling
 
-BASELINE = {"sampler": "ddpm", "steps": 25, "timestep_schedule": "uniform"}
+BASELINE = {"sampler": "ddpm", "num_inference_steps": 25, "timestep_schedule": "uniform"}
 DEFAULT_SPECS = ["ddim:uniform", "ddpm:uniform", "dpm++:uniform", "dpm++:karras", "dpm++:log_snr", "dpm++3m:log_snr", "heun:karras"]
 
 
@@ -59,7 +59,7 @@ def latency(pipe: GuidedDiffusionPipeline, prompt: str, rounds: int) -> dict[str
             times[name].append(time.perf_counter() - started)
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {
-        "default_call": {k: pipe.sampling_config[k] for k in ("sampler", "timestep_schedule", "steps")},
+        "default_call": {k: getattr(pipe.sampling_config, k) for k in ("sampler", "timestep_schedule", "steps")},
         "seconds_default": round(medians["default"], 4),
         "seconds_ddpm25": round(medians["ddpm-25"], 4),
         "ratio": round(medians["default"] / medians["ddpm-25"], 3),
@@ -82,12 +82,12 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device="cuda" if torch.cuda.is_available() else "cpu")
-    scale = pipe.sampling_config["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
+    scale = pipe.sampling_config.guidance_scale if args.guidance_scale is None else args.guidance_scale
     result: dict[str, Any] = {"model": args.model, "cpu": cpu_name(), "threads": torch.get_num_threads()}
     result["latency"] = latency(pipe, pipe.example_prompts[0], args.rounds)
     print(json.dumps(result["latency"]))
     if not args.latency_only:
-        sampling = EvalSampling(guidance_scale=scale, batch_size=args.batch_size, seed=args.seed)
+        sampling = EvalSampling.of(pipe, guidance_scale=scale, batch_size=args.batch_size, seed=args.seed)
         rows = sampler_table(pipe, samplers=args.samplers, nfe=args.nfe, num_prompts=args.num_prompts, images_per_prompt=1, sampling=sampling)
         result["adherence"] = rows
         lines = [

@@ -14,11 +14,13 @@ from collections.abc import Sequence
 
 import torch
 
+from .errors import RequestError
+
 
 def check_compile_backend(backend: str) -> None:
-    """Refuse (ValueError) a ``torch.compile`` backend this torch does not have, naming the ones it has."""
+    """Refuse (RequestError) a ``torch.compile`` backend this torch does not have, naming the ones it has."""
     if backend not in torch.compiler.list_backends(exclude_tags=()):
-        raise ValueError(
+        raise RequestError(
             f"unknown compile backend {backend!r}; choose one of {', '.join(torch.compiler.list_backends())} "
             "(or eager, aot_eager to debug)"
         )

@@ -43,6 +43,8 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
 from .datasets.fetch import FetchError
+from .config import Config
+from .errors import UserError
 from .images import colour_rgb, flatten_alpha, from_uint8
 
 SHAPES32 = "shapes32"
@@ -53,13 +55,13 @@ BUILTIN_DATASETS = (SHAPES32, EMOJI, FASHION_MNIST)
 HFDataset = datasets.Dataset | datasets.IterableDataset
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data problem the user can fix: a bad path, a missing column, an unusable option."""
 
 
 @dataclass
-class DataConfig:
-    """Where the training images and captions come from and how they become tensors.
+class DataConfig(Config):
+    """The ``data`` section: where the training images and captions come from and how they become tensors.
 
     ``caption_template`` (e.g. ``"a photo of a {label}"``) builds captions from columns instead of
     reading ``caption_column``: ``{label}`` is the name of ``label_column``'s class, and any other
@@ -75,6 +77,8 @@ class DataConfig:
     ``include_skin_tones`` of :func:`~guided_diffusion.datasets.emoji.make_emoji`);
     ``num_workers`` applies to map-style datasets (streams are read in the main process).
     """
+
+    section = "data"
 
     dataset_name: str | None = None
     dataset_config_name: str | None = None

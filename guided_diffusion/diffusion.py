@@ -1,13 +1,13 @@
 """Gaussian diffusion: the forward process, its posterior, the learned reverse step, losses and the VLB.
 
-All the diffusion maths of the toolkit lives here, in the reference notes' notation:
+All the diffusion maths of the toolkit lives here, in the notation of Ho et al. 2020 (DDPM):
 
     q(x_t | x_0)        = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)
     q(x_{t-1} | x_t, x_0) = N(mu~_t(x_t, x_0), beta~_t I)
     mu~_t  = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0 + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
     beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
 
-Timesteps are indexed 0..T-1 (the notes' 1..T). The schedule's buffers are float64; each method
+Timesteps are indexed 0..T-1 (the paper's 1..T). The schedule's buffers are float64; each method
 computes in the dtype of its input tensors, so float64 inputs give float64 results.
 
 A model is called as ``model(x_t, t, **model_kwargs)`` and returns a tensor shaped like ``x_t``: the
@@ -19,22 +19,47 @@ the model and ``cond_fn`` still receive the original timesteps.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from .schedule import get_beta_schedule, space_timesteps
+from .config import Config
+from .errors import ConfigError
+from .schedule import BETA_SCHEDULES, get_beta_schedule, space_timesteps
+from .serialization import CONFIG_NAME, CheckpointError, load_component_config, save_json
 
 PREDICTIONS = ("eps", "x0", "v")
-DIFFUSION_DEFAULTS: dict[str, Any] = {
-    "num_timesteps": 1000,
-    "beta_schedule": "linear",
-    "prediction": "eps",
-    "variance": "fixed_small",
-    "clip_denoised": True,
-}
 VARIANCES = ("fixed_small", "fixed_large")
+
+
+@dataclass
+class DiffusionConfig(Config):
+    """The ``diffusion`` section: ``num_timesteps`` T and ``beta_schedule`` (see
+    :func:`~guided_diffusion.schedule.get_beta_schedule`), and :class:`GaussianDiffusion`'s
+    ``prediction``, ``variance`` and ``clip_denoised``. A saved pipeline keeps it as
+    ``diffusion/config.json``."""
+
+    section = "diffusion"
+
+    num_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    prediction: str = "eps"
+    variance: str = "fixed_small"
+    clip_denoised: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_timesteps < 1:
+            raise ConfigError(f"diffusion.num_timesteps must be at least 1, got {self.num_timesteps}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ConfigError(f"unknown beta_schedule {self.beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}")
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"unknown prediction {self.prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        if self.variance not in VARIANCES:
+            raise ConfigError(f"unknown variance {self.variance!r}; choose one of {', '.join(VARIANCES)}")
 
 Model = Callable[..., torch.Tensor]
 CondFn = Callable[..., torch.Tensor]
@@ -61,7 +86,7 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
     """log p(x) elementwise, in nats, for data on 256 levels scaled to [-1, 1].
 
     Each level x owns the bin [x - 1/255, x + 1/255] of N(mean, exp(log_scale)^2); the two edge bins
-    extend to -inf (x = -1) and +inf (x = 1), so the 256 probabilities sum to one (reference note 04).
+    extend to -inf (x = -1) and +inf (x = 1), so the 256 probabilities sum to one (Ho et al. 2020, Eq. 13).
     """
     inv_std = torch.exp(-log_scale)
     upper = inv_std * (x - mean + 1.0 / 255.0)
@@ -151,21 +176,39 @@ class GaussianDiffusion:
         # Copies of the schedule's tables per (table, device, dtype), made on first use, so that a step
         # on an accelerator indexes on the device instead of syncing with the host.
         self._tables: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+        self.config: DiffusionConfig | None = None  # set by from_config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "GaussianDiffusion":
-        """Build from a config section with keys among :data:`DIFFUSION_DEFAULTS` (missing ones take
-        their default; unknown ones are refused with the valid ones)."""
-        unknown = sorted(set(config) - set(DIFFUSION_DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown diffusion config keys {unknown}; valid keys: {', '.join(DIFFUSION_DEFAULTS)}")
-        full = {**DIFFUSION_DEFAULTS, **config}
-        return cls(
-            get_beta_schedule(full["beta_schedule"], int(full["num_timesteps"])),
-            prediction=full["prediction"],
-            variance=full["variance"],
-            clip_denoised=bool(full["clip_denoised"]),
+    def from_config(cls, config: DiffusionConfig | Mapping[str, Any] | None) -> "GaussianDiffusion":
+        """Build from a :class:`DiffusionConfig` or a ``diffusion`` section (missing keys take their
+        default; unknown ones are refused with the valid ones). The result keeps it as ``config``."""
+        if not isinstance(config, DiffusionConfig):
+            config = DiffusionConfig.from_dict(config)
+        diffusion = cls(
+            get_beta_schedule(config.beta_schedule, config.num_timesteps),
+            prediction=config.prediction,
+            variance=config.variance,
+            clip_denoised=config.clip_denoised,
         )
+        diffusion.config = config
+        return diffusion
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` (this process's :class:`DiffusionConfig`) into ``directory``; a
+        process not built by :meth:`from_config` (a respaced one) has no config to save."""
+        if self.config is None:
+            raise ValueError("only a GaussianDiffusion built by from_config can be saved; respaced ones are rebuilt when sampling")
+        save_json(Path(directory) / CONFIG_NAME, self.config.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "GaussianDiffusion":
+        """Load a process saved by :meth:`save_pretrained`; a missing or bad config is a
+        :class:`~guided_diffusion.serialization.CheckpointError` naming the file."""
+        values = load_component_config(directory)
+        try:
+            return cls.from_config(values)
+        except ConfigError as err:
+            raise CheckpointError(f"bad diffusion config in {Path(directory) / CONFIG_NAME}: {err}") from None
 
     def __repr__(self) -> str:
         return (
@@ -209,11 +252,7 @@ class GaussianDiffusion:
         return mean, variance, self._extract("log_one_minus_alphas_cumprod", t, x0)
 
     def q_sample(
-        self,
-        x0: torch.Tensor,
-        t: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. Shapes [B, ...]."""
         noise = self._noise_like(x0, noise, generator)

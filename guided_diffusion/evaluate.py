@@ -53,6 +53,7 @@ from .datasets.shapes import (
     make_shapes32,
     sample_attributes,
 )
+from .errors import RequestError, exits_on_user_errors
 from .evaluation.diversity import normalized_entropy
 from .evaluation.likelihood import bits_per_dim
 from .evaluation.sampling import EvalSampling
@@ -60,8 +61,7 @@ from .images import enlarge, from_pil, from_uint8, image_grid
 from .pipeline import GuidedDiffusionPipeline
 from .samplers import SAMPLERS, TIMESTEP_SCHEDULES, checked_sampler, model_evaluations, steps_for_nfe
 from .timestep_schedules import checked_schedule
-from .datasets.fetch import FetchError
-from .serialization import TRAINING_DATA_NAME, CheckpointError
+from .serialization import TRAINING_DATA_NAME
 
 ATTRIBUTES = ("shape", "color", "size", "position")
 CLASSES = {"shape": SHAPES, "color": COLORS, "size": SIZES, "position": POSITIONS}
@@ -100,14 +100,15 @@ def generate(pipe: GuidedDiffusionPipeline, prompts: Sequence[str], sampling: Ev
     chunks = []
     for i, start in enumerate(range(0, len(prompts), sampling.batch_size)):
         batch = list(prompts[start : start + sampling.batch_size])
-        chunks.append(pipe(batch, seed=sampling.seed + i, output_type="np", **sampling.kwargs(), **extra))
+        images = pipe(batch, seed=sampling.seed + i, **sampling.kwargs(), **extra).images
+        chunks.append(np.stack([np.asarray(image) for image in images]))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0, 0, 3), np.uint8)
 
 
 def attribute_accuracy(targets: Sequence[dict[str, str]], found: Sequence[dict[str, str]]) -> dict[str, float]:
     """Share of images whose attribute matches its target, per attribute and for all four at once."""
     if len(targets) != len(found) or not targets:
-        raise ValueError(f"need as many descriptions as targets (got {len(found)} and {len(targets)}), and at least one")
+        raise RequestError(f"need as many descriptions as targets (got {len(found)} and {len(targets)}), and at least one")
     scores = {a: float(np.mean([t[a] == f[a] for t, f in zip(targets, found)])) for a in ATTRIBUTES}
     scores["all"] = float(np.mean([all(t[a] == f[a] for a in ATTRIBUTES) for t, f in zip(targets, found)]))
     return scores
@@ -137,9 +138,9 @@ def classifier_guidance_sweep(
     and the normalised entropy of every other attribute (diversity). Rows are dicts. ``max_t``: guide
     only at t <= max_t (see :func:`~guided_diffusion.guidance.classifier_cond_fn`)."""
     if pipe.classifier is None:
-        raise ValueError("the pipeline has no classifier to guide with")
+        raise RequestError("the pipeline has no classifier to guide with")
     if attribute not in pipe.classifier.labels:
-        raise ValueError(f"the classifier has no {attribute!r} head; it has {', '.join(pipe.classifier.labels)}")
+        raise RequestError(f"the classifier has no {attribute!r} head; it has {', '.join(pipe.classifier.labels)}")
     rows = []
     for scale in scales:
         for target in pipe.classifier.labels[attribute]:
@@ -416,35 +417,29 @@ def dataset_of(pipe: GuidedDiffusionPipeline) -> str:
 
 def eval_sampling(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> EvalSampling:
     """The sampling of the emoji and generic evaluations: the flags, else the pipeline's defaults."""
-    defaults = pipe.sampling_config
-    return EvalSampling(
-        args.sampler or defaults["sampler"],
-        args.steps or int(defaults["steps"]),
-        defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale,
-        args.batch_size,
-        args.seed,
-        args.timestep_schedule or defaults["timestep_schedule"],
-    )
+    flags = ("sampler", "steps", "guidance_scale", "timestep_schedule", "batch_size", "seed")
+    return EvalSampling.of(pipe, **{name: getattr(args, name) for name in flags})
+
+
+def common_options(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments every evaluation takes from ``gd-eval``'s flags."""
+    return {
+        "model_name": str(args.model),
+        "sampling": eval_sampling(pipe, args),
+        "images_per_prompt": args.images_per_prompt,
+        "classifier_scales": args.classifier_scales,
+        "images_per_target": args.images_per_target,
+        "bpd_images": args.bpd_images,
+    }
 
 
 def emoji_main(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> int:
     """``gd-eval`` on an emoji model: :func:`~guided_diffusion.evaluation.emoji.evaluate_emoji`."""
     from .evaluation.emoji import evaluate_emoji, render_emoji_report
 
-    sampling = eval_sampling(pipe, args)
     report = evaluate_emoji(
-        pipe,
-        args.out,
-        model_name=str(args.model),
-        sampling=sampling,
-        num_seen=args.num_seen,
-        num_held_out=args.num_held_out,
-        images_per_prompt=args.images_per_prompt,
-        classifier_scales=args.classifier_scales,
-        images_per_target=args.images_per_target,
-        classifier_max_t=args.classifier_max_t,
-        bpd_images=args.bpd_images,
-        emoji_root=args.emoji_root,
+        pipe, args.out, **common_options(pipe, args), num_seen=args.num_seen, num_held_out=args.num_held_out,
+        classifier_max_t=args.classifier_max_t, emoji_root=args.emoji_root,
     )
     print(render_emoji_report(report))
     return 0
@@ -455,38 +450,16 @@ def generic_main(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> int
     from .data import DataConfig
     from .evaluation.generic import evaluate_generic, open_eval_data, render_generic_report
 
-    config = DataConfig(
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir,
-        split=args.split,
-        image_column=args.image_column,
-        caption_column=args.caption_column,
-        label_column=args.label_column,
-    )
+    columns = ("dataset_name", "dataset_config_name", "train_data_dir", "split", "image_column", "caption_column", "label_column")
+    config = DataConfig(**{name: getattr(args, name) for name in columns})
     data = open_eval_data(config, eval_split=args.eval_split, resolution=pipe.unet.config.image_size, seed=args.seed)
-    report = evaluate_generic(
-        pipe,
-        args.out,
-        model_name=str(args.model),
-        data=data,
-        sampling=eval_sampling(pipe, args),
-        num_prompts=args.num_prompts,
-        images_per_prompt=args.images_per_prompt,
-        gallery_size=args.gallery_size,
-        bpd_images=args.bpd_images,
-        cas_images_per_class=args.cas_images_per_class,
-        cas_epochs=args.cas_epochs,
-        cas_test_images=args.cas_test_images,
-        cas_classifier_scale=args.cas_classifier_scale,
-        classifier_scales=args.classifier_scales,
-        images_per_target=args.images_per_target,
-        classifier_max_t=args.classifier_max_t,
-    )
+    flags = ("num_prompts", "gallery_size", "cas_images_per_class", "cas_epochs", "cas_test_images", "cas_classifier_scale", "classifier_max_t")
+    report = evaluate_generic(pipe, args.out, **common_options(pipe, args), data=data, **{name: getattr(args, name) for name in flags})
     print(render_generic_report(report))
     return 0
 
 
+@exits_on_user_errors("gd-eval")
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gd-eval``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="gd-eval", description="Evaluate a pipeline on its dataset and write a markdown report.")
@@ -511,8 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics.add_argument("--cas-test-images", type=int, default=10_000, help="real held-out images the CAS classifier is tested on")
     metrics.add_argument("--cas-classifier-scale", type=float, default=10.0, help="classifier scale of the guided CAS, with a classifier head for the label column (0: none)")
     parser.add_argument("--out", type=Path, default=Path("docs/evaluation"), help="report folder")
-    parser.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="sampler (default: the model's)")
-    parser.add_argument("--timestep-schedule", choices=list(TIMESTEP_SCHEDULES), default=None, help="where the steps go (default: the model's)")
+    parser.add_argument("--sampler", default=None, help=f"sampler: {', '.join(SAMPLERS)} (default: the model's)")
+    parser.add_argument("--timestep-schedule", default=None, help=f"where the steps go: {', '.join(TIMESTEP_SCHEDULES)} (default: the model's)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance-scale", type=float, default=None)
     parser.add_argument("--num-prompts", type=int, default=54, help="canonical prompts per pair group (generic: rows per split whose captions are prompted)")
@@ -533,39 +506,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    try:
-        generic = args.dataset_name is not None or args.train_data_dir is not None
-        if generic and args.dataset not in (None, "generic"):
-            raise ValueError(f"--dataset-name and --train-data-dir select the generic evaluation; drop --dataset {args.dataset}")
-        pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device=args.device)
-        dataset = "generic" if generic else args.dataset or dataset_of(pipe)
-        if dataset == "generic":
-            return generic_main(pipe, args)
-        if dataset == "emoji":
-            return emoji_main(pipe, args)
-        if pipe.unet.config.image_size != 32:
-            raise ValueError(f"gd-eval judges 32x32 Shapes32 samples; this model makes {pipe.unet.config.image_size}x{pipe.unet.config.image_size}")
-        sampling = eval_sampling(pipe, args)
-        report = evaluate(
-            pipe,
-            args.out,
-            model_name=str(args.model),
-            sampling=sampling,
-            num_prompts=args.num_prompts,
-            images_per_prompt=args.images_per_prompt,
-            guidance_scales=args.guidance_scales,
-            classifier_attribute=args.classifier_attribute,
-            classifier_scales=args.classifier_scales,
-            images_per_target=args.images_per_target,
-            classifier_max_t=args.classifier_max_t,
-            bpd_images=args.bpd_images,
-            samplers=args.samplers,
-            sampler_steps=args.sampler_steps,
-            sampler_nfe=args.sampler_nfe,
-        )
-    except (ValueError, FileNotFoundError, CheckpointError, FetchError) as err:
-        print(f"gd-eval: error: {err}", file=sys.stderr)
-        return 2
+    generic = args.dataset_name is not None or args.train_data_dir is not None
+    if generic and args.dataset not in (None, "generic"):
+        raise RequestError(f"--dataset-name and --train-data-dir select the generic evaluation; drop --dataset {args.dataset}")
+    pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device=args.device)
+    dataset = "generic" if generic else args.dataset or dataset_of(pipe)
+    if dataset == "generic":
+        return generic_main(pipe, args)
+    if dataset == "emoji":
+        return emoji_main(pipe, args)
+    if pipe.unet.config.image_size != 32:
+        raise RequestError(f"gd-eval judges 32x32 Shapes32 samples; this model makes {pipe.unet.config.image_size}x{pipe.unet.config.image_size}")
+    report = evaluate(
+        pipe, args.out, **common_options(pipe, args), num_prompts=args.num_prompts, guidance_scales=args.guidance_scales,
+        classifier_attribute=args.classifier_attribute, classifier_max_t=args.classifier_max_t, samplers=args.samplers,
+        sampler_steps=args.sampler_steps, sampler_nfe=args.sampler_nfe,
+    )
     print(render_markdown(report, args.classifier_attribute))
     return 0
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from .errors import RequestError
 from .noise import Generators, randn
 
 Model = Callable[..., torch.Tensor]
@@ -45,10 +46,10 @@ def check_interval(name: str, interval: Sequence[float] | None, num_timesteps: i
     if interval is None:
         return None
     if isinstance(interval, (str, bytes)) or len(interval) != 2:
-        raise ValueError(f"{name} must be a pair (t_low, t_high) of timesteps in 0..{num_timesteps - 1}, got {interval!r}")
+        raise RequestError(f"{name} must be a pair (t_low, t_high) of timesteps in 0..{num_timesteps - 1}, got {interval!r}")
     low, high = (float(v) for v in interval)
     if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high <= num_timesteps - 1):
-        raise ValueError(f"{name} must satisfy 0 <= t_low <= t_high <= {num_timesteps - 1}, got ({low:g}, {high:g})")
+        raise RequestError(f"{name} must satisfy 0 <= t_low <= t_high <= {num_timesteps - 1}, got ({low:g}, {high:g})")
     return low, high
 
 
@@ -102,7 +103,7 @@ class ClassifierFreeGuidance:
             return self.model(x_t, t, **self.uncond_kwargs)
         else:
             if set(cond_kwargs) != set(self.uncond_kwargs):
-                raise ValueError(
+                raise RequestError(
                     f"conditional kwargs {sorted(cond_kwargs)} and unconditional kwargs {sorted(self.uncond_kwargs)} differ"
                 )
             both = {key: torch.cat([cond_kwargs[key], self.uncond_kwargs[key]]) for key in cond_kwargs}
@@ -127,9 +128,9 @@ class CADS:
 
     def __post_init__(self) -> None:
         if not 0 <= self.tau1 < self.tau2 <= 1:
-            raise ValueError(f"CADS needs 0 <= tau1 < tau2 <= 1, got tau1={self.tau1:g}, tau2={self.tau2:g}")
+            raise RequestError(f"CADS needs 0 <= tau1 < tau2 <= 1, got tau1={self.tau1:g}, tau2={self.tau2:g}")
         if not self.noise_scale >= 0 or not 0 <= self.psi <= 1:
-            raise ValueError(f"CADS needs noise_scale >= 0 and psi in [0, 1], got {self.noise_scale:g} and {self.psi:g}")
+            raise RequestError(f"CADS needs noise_scale >= 0 and psi in [0, 1], got {self.noise_scale:g} and {self.psi:g}")
 
     def gamma(self, tau: torch.Tensor) -> torch.Tensor:
         """gamma(tau) [B] for normalised timesteps ``tau`` [B]."""
@@ -185,21 +186,21 @@ def resolve_labels(
     resolved = {}
     for attribute, value in labels.items():
         if attribute not in class_names:
-            raise ValueError(f"unknown classifier attribute {attribute!r}; valid attributes: {', '.join(class_names)}")
+            raise RequestError(f"unknown classifier attribute {attribute!r}; valid attributes: {', '.join(class_names)}")
         names = list(class_names[attribute])
         values = value.tolist() if isinstance(value, torch.Tensor) else value
         if isinstance(values, (str, int)):
             values = [values] * batch_size
         if len(values) != batch_size:
-            raise ValueError(f"labels for {attribute!r} hold {len(values)} entries, expected {batch_size}")
+            raise RequestError(f"labels for {attribute!r} hold {len(values)} entries, expected {batch_size}")
         indices = []
         for item in values:
             if isinstance(item, str):
                 if item not in names:
-                    raise ValueError(f"unknown {attribute} {item!r}; valid: {', '.join(names)}")
+                    raise RequestError(f"unknown {attribute} {item!r}; valid: {', '.join(names)}")
                 indices.append(names.index(item))
             elif not 0 <= int(item) < len(names):
-                raise ValueError(f"{attribute} index {item} out of range 0..{len(names) - 1}")
+                raise RequestError(f"{attribute} index {item} out of range 0..{len(names) - 1}")
             else:
                 indices.append(int(item))
         resolved[attribute] = torch.tensor(indices, dtype=torch.long, device=device)
@@ -244,7 +245,7 @@ def classifier_cond_fn(
     """
     if max_t is not None:
         if interval is not None:
-            raise ValueError("give either max_t or interval, not both (max_t is the interval (0, max_t))")
+            raise RequestError("give either max_t or interval, not both (max_t is the interval (0, max_t))")
         interval = (0.0, float(max_t))
     resolved: dict[tuple[int, torch.device], dict[str, torch.Tensor]] = {}
 
@@ -282,7 +283,7 @@ def clip_cond_fn(clip: Any, prompts: Sequence[str], scale: float, interval: Inte
 
     def logit(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != text.shape[0]:
-            raise ValueError(f"CLIP guidance has {text.shape[0]} prompts for a batch of {x.shape[0]} images")
+            raise RequestError(f"CLIP guidance has {text.shape[0]} prompts for a batch of {x.shape[0]} images")
         image = clip.encode_image(x, t)
         return (temperature.to(image.dtype) * (image * text.to(image.dtype)).sum(dim=-1)).sum()
 

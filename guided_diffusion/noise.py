@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .errors import RequestError
+
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
@@ -19,7 +21,7 @@ def check_generators(generator: Generators, batch_size: int) -> None:
     if generator is None or isinstance(generator, torch.Generator):
         return
     if len(generator) != batch_size or not all(isinstance(g, torch.Generator) for g in generator):
-        raise ValueError(f"generator must be one torch.Generator or a list of {batch_size} (one per image), got {len(generator)} items")
+        raise RequestError(f"generator must be one torch.Generator or a list of {batch_size} (one per image), got {len(generator)} items")
 
 
 def randn(shape: Sequence[int], generator: Generators, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:

@@ -2,66 +2,64 @@
 
 A saved pipeline is a folder::
 
-    pipeline.json          format, diffusion and sampling settings, the component folders, and
-                           example prompts (what the model draws well, for demos and users)
+    pipeline.json          format, sampling settings, the component folders, and example prompts
+                           (what the model draws well, for demos and users)
     unet/                  config.json + model.safetensors
     text_encoder/          config.json + model.safetensors (plus tokenizer files for transformers)
+    diffusion/             config.json: the diffusion process (a DiffusionConfig), like diffusers' scheduler
     classifier/            config.json + model.safetensors, when the pipeline has a noise-aware classifier
+    clip/                  config.json + model.safetensors, when it has a noise-aware CLIP
 
 Nothing is unpickled on load, and a missing or corrupt file is refused by name. ``from_pretrained``
 also takes the name of a model shipped inside the package (``guided_diffusion/pretrained/<name>``).
+Folders of format version 1 (the diffusion settings inside ``pipeline.json``, no ``diffusion/``
+folder) still load; saving one again writes version 2.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from torch import nn
 
 from .compilation import check_compile_backend
-from .diffusion import GaussianDiffusion
-from .guidance import (
-    CADS,
-    ClassifierFreeGuidance,
-    ConditionAnnealing,
-    check_interval,
-    classifier_cond_fn,
-    clip_cond_fn,
-    resolve_labels,
-)
-from .models.classifier import NoiseAwareClassifier
-from .models.clip import NoiseAwareCLIP
+from .config import read_yaml
+from .diffusion import DiffusionConfig, GaussianDiffusion
+from .errors import ConfigError, RequestError
+from .guidance import CADS, ClassifierFreeGuidance, ConditionAnnealing, classifier_cond_fn, clip_cond_fn
+from .images import to_numpy, to_pil, to_unit
+from .models.classifier import ClassifierConfig, NoiseAwareClassifier
+from .models.clip import CLIPConfig, NoiseAwareCLIP
 from .models.unet import UNet, UNetConfig
-from .samplers import sample, sampler_options
+from .request import SamplingConfig, SamplingRequest, check_autoguidance
+from .samplers import sample
 from .serialization import CheckpointError, load_json, save_json
 from .text import TextEncoder, build_text_encoder, load_text_encoder
 
 PIPELINE_FORMAT = "guided-diffusion-pipeline"
+PIPELINE_FORMAT_VERSION = 2
 PIPELINE_INDEX = "pipeline.json"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-SAMPLING_DEFAULTS: dict[str, Any] = {
-    "sampler": "ddim",
-    "steps": 50,
-    "timestep_schedule": "uniform",
-    "guidance_scale": 3.0,
-    "eta": None,
-    "clip_guidance_scale": 0.0,
-}
-CONFIG_SECTIONS = ("unet", "text_encoder", "diffusion", "sampling")
 INDEX_KEYS = ("format", "format_version", "unet", "text_encoder", "classifier", "clip", "diffusion", "sampling", "example_prompts")
-OUTPUT_TYPES = ("pil", "pt", "np")
 
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+Images = list[Image.Image] | np.ndarray | torch.Tensor
+
+
+@dataclass
+class GuidedDiffusionPipelineOutput:
+    """What a pipeline call returns: ``images``, a list of N PIL images (``output_type="pil"``), a
+    float32 array [N, H, W, 3] in [0, 1] (``"np"``) or a float tensor [N, 3, H, W] in [0, 1] (``"pt"``)."""
+
+    images: Images
 
 
 def shipped_models() -> list[str]:
@@ -83,27 +81,15 @@ def resolve_pipeline_folder(name_or_path: str | os.PathLike) -> Path:
     return directory
 
 
-def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    """A YAML config file (or an already-parsed dict) as a dict; a bad file is refused by name."""
-    if isinstance(path_or_dict, Mapping):
-        return dict(path_or_dict)
-    path = Path(path_or_dict)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+def checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists here; refused with the fix otherwise."""
     try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"config file {path} is not valid YAML: {err}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"config file {path} must hold a mapping of sections")
-    return config
-
-
-def _checked_sampling(config: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(config) - set(SAMPLING_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown sampling config keys {unknown}; valid keys: {', '.join(SAMPLING_DEFAULTS)}")
-    return {**SAMPLING_DEFAULTS, **config}
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RequestError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RequestError(f"device {str(device)!r}: CUDA is not available here; use cpu")
+    return device
 
 
 def _summed(cond_fns: list[Callable[..., torch.Tensor]]) -> Callable[..., torch.Tensor] | None:
@@ -115,7 +101,7 @@ def _summed(cond_fns: list[Callable[..., torch.Tensor]]) -> Callable[..., torch.
 
 def _checked_prompts(prompts: Sequence[str]) -> list[str]:
     if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"example_prompts must be a list of strings, got {prompts!r}")
+        raise ConfigError(f"example_prompts must be a list of strings, got {prompts!r}")
     return list(prompts)
 
 
@@ -138,7 +124,11 @@ class GuidedDiffusionPipeline:
     noise-aware CLIP (:class:`~guided_diffusion.models.clip.NoiseAwareCLIP`) to guide with.
 
     Build one fresh with :meth:`from_config`, load one with :meth:`from_pretrained`, and call it with
-    prompts to get images. ``example_prompts`` are prompts the model draws well (the demo offers them);
+    prompts to get an output whose ``images`` are the samples. ``diffusion`` is a
+    :class:`~guided_diffusion.diffusion.GaussianDiffusion` built by ``from_config``, its
+    :class:`~guided_diffusion.diffusion.DiffusionConfig`, or a ``diffusion`` section;
+    ``sampling_config`` a :class:`~guided_diffusion.request.SamplingConfig` or a ``sampling`` section
+    (the call's defaults). ``example_prompts`` are prompts the model draws well (the demo offers them);
     they are saved and loaded with the pipeline.
     """
 
@@ -146,50 +136,64 @@ class GuidedDiffusionPipeline:
         self,
         unet: UNet,
         text_encoder: TextEncoder,
-        diffusion_config: Mapping[str, Any],
-        sampling_config: Mapping[str, Any] | None = None,
+        diffusion: GaussianDiffusion | DiffusionConfig | Mapping[str, Any] | None = None,
+        sampling_config: SamplingConfig | Mapping[str, Any] | None = None,
         classifier: NoiseAwareClassifier | None = None,
         example_prompts: Sequence[str] = (),
         clip: NoiseAwareCLIP | None = None,
     ) -> None:
         if unet.config.text_dim != text_encoder.width:
-            raise ValueError(
+            raise ConfigError(
                 f"unet.text_dim ({unet.config.text_dim}) must equal the text encoder width ({text_encoder.width})"
             )
+        if not isinstance(diffusion, GaussianDiffusion):
+            diffusion = GaussianDiffusion.from_config(diffusion)
+        elif diffusion.config is None:
+            raise ConfigError("the pipeline's GaussianDiffusion must be built by GaussianDiffusion.from_config (it is saved by its config)")
+        if not isinstance(sampling_config, SamplingConfig):
+            sampling_config = SamplingConfig.from_dict(sampling_config)
         self.unet = unet
         self.text_encoder = text_encoder
-        self.diffusion_config = dict(diffusion_config)
-        self.diffusion = GaussianDiffusion.from_config(self.diffusion_config)
-        self.sampling_config = _checked_sampling(sampling_config or {})
+        self.diffusion = diffusion
+        self.sampling_config = sampling_config
         self.classifier = classifier
         self.clip = clip
         self.example_prompts = _checked_prompts(example_prompts)
         self.folder: Path | None = None
 
+    @property
+    def diffusion_config(self) -> dict[str, Any]:
+        """The diffusion process's config as a dict (see :class:`~guided_diffusion.diffusion.DiffusionConfig`)."""
+        return self.diffusion.config.to_dict()
+
     # ------------------------------------------------------------------------------ construction
 
     @classmethod
     def from_config(cls, path_or_dict: str | os.PathLike | Mapping[str, Any]) -> "GuidedDiffusionPipeline":
-        """Fresh, randomly initialised components from a YAML config (sections ``unet``,
-        ``text_encoder``, ``diffusion``, ``sampling``; other sections such as ``data`` are ignored).
-        ``unet.text_dim`` defaults to the text encoder's width."""
-        config = load_config(path_or_dict)
-        missing = [s for s in ("unet", "text_encoder") if s not in config]
+        """Fresh, randomly initialised components from a YAML config or its dict: sections ``unet``,
+        ``text_encoder``, ``diffusion``, ``sampling``, and ``classifier`` (with its ``labels``) and
+        ``clip`` where the pipeline has them; other sections (``data``, ``training``) are ignored.
+        ``unet.text_dim`` defaults to the text encoder's width. ``from_config(pipe.config)`` rebuilds
+        every component of ``pipe`` with the same architecture."""
+        config = read_yaml(path_or_dict)
+        missing = [s for s in ("unet", "text_encoder") if not config.get(s)]
         if missing:
-            raise ValueError(f"config has no {' or '.join(missing)} section; sections found: {', '.join(config) or 'none'}")
+            raise ConfigError(f"config has no {' or '.join(missing)} section; sections found: {', '.join(config) or 'none'}")
         text_encoder = build_text_encoder(config["text_encoder"])
         unet = UNet(UNetConfig.from_dict({"text_dim": text_encoder.width, **config["unet"]}))
-        return cls(unet, text_encoder, config.get("diffusion") or {}, config.get("sampling") or {})
+        classifier = NoiseAwareClassifier(ClassifierConfig.from_dict(config["classifier"])) if config.get("classifier") else None
+        clip = NoiseAwareCLIP(CLIPConfig.from_dict(config["clip"])) if config.get("clip") else None
+        return cls(unet, text_encoder, config.get("diffusion"), config.get("sampling"), classifier, clip=clip)
 
     @property
     def config(self) -> dict[str, Any]:
-        """The full configuration, in the layout :meth:`from_config` reads (plus ``classifier`` and
+        """The full configuration, in the layout :meth:`from_config` reads (with ``classifier`` and
         ``clip`` when the pipeline has them)."""
         config = {
             "unet": self.unet.config.to_dict(),
             "text_encoder": dict(self.text_encoder.config),
-            "diffusion": dict(self.diffusion_config),
-            "sampling": dict(self.sampling_config),
+            "diffusion": self.diffusion.config.to_dict(),
+            "sampling": self.sampling_config.to_dict(),
         }
         if self.classifier is not None:
             config["classifier"] = self.classifier.config.to_dict()
@@ -198,37 +202,57 @@ class GuidedDiffusionPipeline:
         return config
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> "GuidedDiffusionPipeline":
-        """Load a pipeline folder written by :meth:`save_pretrained`, or a shipped model by name.
-        The folder it came from is kept as ``pipe.folder`` (``None`` for pipelines built in memory)."""
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        torch_dtype: torch.dtype | None = None,
+    ) -> "GuidedDiffusionPipeline":
+        """Load a pipeline folder written by :meth:`save_pretrained`, or a shipped model by name, in
+        eval mode, onto ``device`` and in ``torch_dtype`` (a floating dtype such as ``torch.float16``;
+        None: as saved, float32 on the CPU). The folder it came from is kept as ``pipe.folder``
+        (``None`` for pipelines built in memory)."""
+        device = checked_device(device) if device is not None else None
+        if torch_dtype is not None and not (isinstance(torch_dtype, torch.dtype) and torch_dtype.is_floating_point):
+            raise RequestError(f"torch_dtype must be a floating torch dtype such as torch.float16, got {torch_dtype!r}")
         directory = resolve_pipeline_folder(name_or_path)
-        index = load_json(directory / PIPELINE_INDEX)
+        index_path = directory / PIPELINE_INDEX
+        index = load_json(index_path)
         if index.get("format") != PIPELINE_FORMAT:
-            raise CheckpointError(f"{directory / PIPELINE_INDEX} is not a {PIPELINE_FORMAT} index")
+            raise CheckpointError(f"{index_path} is not a {PIPELINE_FORMAT} index")
+        if index.get("format_version", 1) not in (1, PIPELINE_FORMAT_VERSION):
+            raise CheckpointError(
+                f"{index_path} has format version {index.get('format_version')}; this version of guided_diffusion "
+                f"reads 1 and {PIPELINE_FORMAT_VERSION}: upgrade guided_diffusion to load it"
+            )
         unknown = sorted(set(index) - set(INDEX_KEYS))
         if unknown:
-            raise CheckpointError(f"{directory / PIPELINE_INDEX} has unknown entries {unknown}; valid entries: {', '.join(INDEX_KEYS)}")
+            raise CheckpointError(f"{index_path} has unknown entries {unknown}; valid entries: {', '.join(INDEX_KEYS)}")
         try:
+            diffusion = index.get("diffusion")
+            if isinstance(diffusion, str):  # format 2: a component folder
+                diffusion = GaussianDiffusion.from_pretrained(directory / diffusion)
             pipe = cls(
                 UNet.from_pretrained(directory / index["unet"]),
                 load_text_encoder(directory / index["text_encoder"]),
-                index.get("diffusion", {}),
-                index.get("sampling", {}),
+                diffusion,
+                index.get("sampling"),
                 NoiseAwareClassifier.from_pretrained(directory / index["classifier"]) if index.get("classifier") else None,
                 index.get("example_prompts", []),
                 NoiseAwareCLIP.from_pretrained(directory / index["clip"]) if index.get("clip") else None,
             )
         except KeyError as err:
-            raise CheckpointError(f"{directory / PIPELINE_INDEX} lacks the entry {err}") from None
-        except ValueError as err:
-            if isinstance(err, CheckpointError):
-                raise
+            raise CheckpointError(f"{index_path} lacks the entry {err}") from None
+        except ConfigError as err:
             raise CheckpointError(f"bad pipeline in {directory}: {err}") from None
         for module in (pipe.unet, pipe.classifier, pipe.clip):
             if module is not None:
                 module.eval()
         pipe.folder = directory
-        return pipe.to(device) if device is not None else pipe
+        if device is not None or torch_dtype is not None:
+            pipe.to(device, torch_dtype)
+        return pipe
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write the pipeline folder. The index is removed first and written last, so a write that is
@@ -239,6 +263,7 @@ class GuidedDiffusionPipeline:
         (directory / PIPELINE_INDEX).unlink(missing_ok=True)
         self.unet.save_pretrained(directory / "unet")
         self.text_encoder.save_pretrained(directory / "text_encoder")
+        self.diffusion.save_pretrained(directory / "diffusion")
         if self.classifier is not None:
             self.classifier.save_pretrained(directory / "classifier")
         if self.clip is not None:
@@ -247,27 +272,31 @@ class GuidedDiffusionPipeline:
             directory / PIPELINE_INDEX,
             {
                 "format": PIPELINE_FORMAT,
-                "format_version": 1,
+                "format_version": PIPELINE_FORMAT_VERSION,
                 "unet": "unet",
                 "text_encoder": "text_encoder",
+                "diffusion": "diffusion",
                 "classifier": "classifier" if self.classifier is not None else None,
                 "clip": "clip" if self.clip is not None else None,
-                "diffusion": self.diffusion_config,
-                "sampling": self.sampling_config,
+                "sampling": self.sampling_config.to_dict(),
                 "example_prompts": self.example_prompts,
             },
         )
 
-    def to(self, device: str | torch.device) -> "GuidedDiffusionPipeline":
-        """Move every component to ``device``; returns self."""
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "GuidedDiffusionPipeline":
+        """Move every component to ``device`` and/or cast its floating parameters to ``dtype``; returns self."""
         for module in (self.unet, self.text_encoder, self.classifier, self.clip):
             if module is not None:
-                module.to(device)
+                module.to(device=device, dtype=dtype)
         return self
 
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
 
     def compile(self, *, backend: str = "inductor", mode: str | None = None) -> "GuidedDiffusionPipeline":
         """Compile the UNet in place with ``torch.compile`` (``backend``, ``mode``); returns self.
@@ -285,8 +314,9 @@ class GuidedDiffusionPipeline:
     def parameter_counts(self) -> dict[str, int]:
         """Number of parameters of each component."""
         counts = {"unet": self.unet.num_parameters, "text_encoder": sum(p.numel() for p in self.text_encoder.parameters())}
-        if self.classifier is not None:
-            counts["classifier"] = sum(p.numel() for p in self.classifier.parameters())
+        for name, module in (("classifier", self.classifier), ("clip", self.clip)):
+            if module is not None:
+                counts[name] = sum(p.numel() for p in module.parameters())
         return counts
 
     # ------------------------------------------------------------------------------ sampling
@@ -296,16 +326,16 @@ class GuidedDiffusionPipeline:
         prompt: str | list[str],
         *,
         num_images_per_prompt: int = 1,
-        steps: int | None = None,
+        num_inference_steps: int | None = None,
         sampler: str | None = None,
         timestep_schedule: str | None = None,
         eta: float | None = None,
         guidance_scale: float | None = None,
+        guidance_interval: Sequence[float] | None = None,
         classifier_scale: float = 0.0,
         classifier_labels: Mapping[str, Any] | None = None,
         classifier_max_t: int | None = None,
         classifier_interval: Sequence[float] | None = None,
-        guidance_interval: Sequence[float] | None = None,
         autoguidance: "GuidedDiffusionPipeline | None" = None,
         cads: CADS | bool | Mapping[str, float] | None = None,
         clip_guidance_scale: float | None = None,
@@ -316,15 +346,16 @@ class GuidedDiffusionPipeline:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         callback: Callback | None = None,
         output_type: str = "pil",
+        return_dict: bool = True,
         progress: bool = False,
-    ) -> list[Image.Image] | torch.Tensor | np.ndarray:
+    ) -> GuidedDiffusionPipelineOutput | tuple[Images]:
         """Sample ``num_images_per_prompt`` images for each prompt (prompt-major order).
 
-        ``steps``, ``sampler``, ``timestep_schedule``, ``eta`` and ``guidance_scale`` default to the
-        pipeline's sampling config (see :data:`~guided_diffusion.samplers.SAMPLERS` and
-        :data:`~guided_diffusion.samplers.TIMESTEP_SCHEDULES`); ``eta`` goes to the samplers that take it
-        (``ddim``, ``dpm++2m-sde``; None in the config: each sampler's default), and is refused by the
-        others when given here. ``thresholding`` (a
+        ``num_inference_steps``, ``sampler``, ``timestep_schedule``, ``eta`` and ``guidance_scale``
+        default to the pipeline's :class:`~guided_diffusion.request.SamplingConfig` (see
+        :data:`~guided_diffusion.samplers.SAMPLERS` and :data:`~guided_diffusion.samplers.TIMESTEP_SCHEDULES`);
+        ``eta`` goes to the samplers that take it (``ddim``, ``dpm++2m-sde``; None in the config: each
+        sampler's default), and is refused by the others when given here. ``thresholding`` (a
         quantile such as 0.995) turns on dynamic thresholding of x_0, for high guidance scales.
         ``guidance_scale`` is classifier-free (1 plain conditional, 0 unconditional); ``classifier_scale``
         > 0 steers towards ``classifier_labels`` (attribute -> class name or index) with the classifier,
@@ -345,160 +376,71 @@ class GuidedDiffusionPipeline:
         also be a list with one generator per image (prompt-major), where consecutive images that share
         one generator draw their noise together, as that generator alone would for them. ``callback(step,
         num_steps, x_t, pred_x0)`` sees each step's tensors [N, C, H, W] in [-1, 1].
-        Returns a list of PIL images, a tensor [N, 3, H, W] in [0, 1] (``"pt"``), or uint8 [N, H, W, 3] (``"np"``).
+        Every argument is checked by :meth:`SamplingRequest.check <guided_diffusion.request.SamplingRequest.check>`.
+        Returns a :class:`GuidedDiffusionPipelineOutput` (``images``: see ``output_type`` there), or the
+        tuple ``(images,)`` with ``return_dict=False``.
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompt must be a string or a non-empty list of strings")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
-        settings = self.sampling_config
-        sampler = settings["sampler"] if sampler is None else sampler
-        timestep_schedule = settings["timestep_schedule"] if timestep_schedule is None else timestep_schedule
-        steps = int(settings["steps"] if steps is None else steps)
-        options = {}
-        if eta is not None:
-            options["eta"] = float(eta)
-        elif settings["eta"] is not None and "eta" in sampler_options(sampler):
-            options["eta"] = float(settings["eta"])
-        guidance_scale = float(settings["guidance_scale"] if guidance_scale is None else guidance_scale)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        arguments = locals()
+        request = SamplingRequest.check(self, prompt, **{name: arguments[name] for name in SamplingRequest.OPTIONS})
+        check_autoguidance(self, autoguidance)
         device = self.device
         if generator is None and seed is not None:
             generator = torch.Generator(device=device).manual_seed(int(seed))
+        x = self._sample(request, autoguidance, generator, callback, progress)
+        images: Images = to_unit(x).cpu()
+        if request.output_type == "np":
+            images = to_numpy(x)
+        elif request.output_type == "pil":
+            images = to_pil(x)
+        return GuidedDiffusionPipelineOutput(images) if return_dict else (images,)
 
+    def _sample(
+        self,
+        request: SamplingRequest,
+        autoguidance: "GuidedDiffusionPipeline | None",
+        generator: torch.Generator | Sequence[torch.Generator] | None,
+        callback: Callback | None,
+        progress: bool,
+    ) -> torch.Tensor:
+        """The samples of a checked ``request``, [N, C, H, W] in [-1, 1] on the pipeline's device."""
+        prompts, scale, device = list(request.prompts), request.guidance_scale, self.device
         num_timesteps = self.diffusion.num_timesteps
-        guidance_interval = check_interval("guidance_interval", guidance_interval, num_timesteps)
-        if classifier_max_t is not None:
-            if not 0 <= classifier_max_t < num_timesteps:
-                raise ValueError(f"classifier_max_t must be between 0 and {num_timesteps - 1}, got {classifier_max_t}")
-            if classifier_interval is not None:
-                raise ValueError("give classifier_max_t or classifier_interval, not both (classifier_max_t is the interval (0, max_t))")
-            classifier_interval = (0, classifier_max_t)
-        classifier_interval = check_interval("classifier_interval", classifier_interval, num_timesteps)
-        cads = self._checked_cads(cads)
-        self._check_autoguidance(autoguidance)
         guides = [autoguidance.unet, autoguidance.text_encoder] if autoguidance is not None else []
-
         with _eval_mode(self.unet, self.text_encoder, self.classifier, self.clip, *guides), torch.no_grad():
             features, mask = self.text_encoder.encode(prompts)
             model_kwargs = {"text_features": features, "text_mask": mask}
             model: Callable[..., torch.Tensor] = self.unet
-            if autoguidance is not None and guidance_scale != 1.0:
+            if autoguidance is not None and scale != 1.0:
                 weak_features, weak_mask = autoguidance.text_encoder.encode(prompts)
                 weak = {"text_features": weak_features, "text_mask": weak_mask}
-                model = ClassifierFreeGuidance(self.unet, guidance_scale, weak, guidance_interval, guide_model=autoguidance.unet)
-            elif guidance_scale != 1.0 and any(prompts):  # all empty: cond == uncond, the mix changes nothing
+                model = ClassifierFreeGuidance(self.unet, scale, weak, request.guidance_interval, guide_model=autoguidance.unet)
+            elif scale != 1.0 and any(prompts):  # all empty: cond == uncond, the mix changes nothing
                 empty_features, empty_mask = self.text_encoder.encode([""])
-                uncond = {
-                    "text_features": empty_features.expand_as(features),
-                    "text_mask": empty_mask.expand_as(mask),
-                }
-                model = ClassifierFreeGuidance(self.unet, guidance_scale, uncond, guidance_interval)
-            if cads is not None:
-                model = ConditionAnnealing(model, cads, num_timesteps, generator)
-            cond_fns = [
-                self._classifier_cond_fn(classifier_scale, classifier_labels, classifier_interval, len(prompts), device),
-                self._clip_cond_fn(clip_guidance_scale, clip_guidance_prompt, clip_guidance_interval, prompts, num_images_per_prompt),
-            ]
-            cond_fn = _summed([fn for fn in cond_fns if fn is not None])
+                uncond = {"text_features": empty_features.expand_as(features), "text_mask": empty_mask.expand_as(mask)}
+                model = ClassifierFreeGuidance(self.unet, scale, uncond, request.guidance_interval)
+            if request.cads is not None:
+                model = ConditionAnnealing(model, request.cads, num_timesteps, generator)
+            cond_fns = []
+            if request.classifier_labels is not None:
+                labels = {attribute: indices.to(device) for attribute, indices in request.classifier_labels.items()}
+                cond_fns.append(classifier_cond_fn(self.classifier, labels, request.classifier_scale, interval=request.classifier_interval))
+            if request.clip_guidance_prompts is not None:
+                cond_fns.append(clip_cond_fn(self.clip, list(request.clip_guidance_prompts), request.clip_guidance_scale, request.clip_guidance_interval))
             config = self.unet.config
-            x = sample(
+            return sample(
                 model,
                 self.diffusion,
                 (len(prompts), config.out_channels, config.image_size, config.image_size),
-                sampler=sampler,
-                steps=steps,
-                timestep_schedule=timestep_schedule,
+                sampler=request.sampler,
+                steps=request.num_inference_steps,
+                timestep_schedule=request.timestep_schedule,
                 model_kwargs=model_kwargs,
-                cond_fn=cond_fn,
-                thresholding=thresholding,
+                cond_fn=_summed(cond_fns),
+                thresholding=request.thresholding,
                 generator=generator,
                 device=device,
-                dtype=next(self.unet.parameters()).dtype,
+                dtype=self.dtype,
                 callback=callback,
                 progress=progress,
-                **options,
+                **request.sampler_options,
             )
-        images = ((x.float() + 1) / 2).clamp(0, 1).cpu()
-        if output_type == "pt":
-            return images
-        array = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        if output_type == "np":
-            return array
-        return [Image.fromarray(a) for a in array]
-
-    def _clip_cond_fn(
-        self,
-        scale: float | None,
-        guidance_prompt: str | list[str] | None,
-        interval: Sequence[float] | None,
-        prompts: list[str],
-        per_prompt: int,
-    ) -> Callable[..., torch.Tensor] | None:
-        scale = float(self.sampling_config["clip_guidance_scale"] if scale is None else scale)
-        interval = check_interval("clip_guidance_interval", interval, self.diffusion.num_timesteps)
-        if not math.isfinite(scale) or scale < 0:
-            raise ValueError(f"clip_guidance_scale must be a number >= 0, got {scale}")
-        if not scale:
-            return None
-        if self.clip is None:
-            raise ValueError("clip_guidance_scale needs a pipeline with a noise-aware CLIP (pipe.clip); this one has none")
-        if guidance_prompt is None:
-            targets = prompts
-        elif isinstance(guidance_prompt, str):
-            targets = [guidance_prompt] * len(prompts)
-        elif isinstance(guidance_prompt, list) and all(isinstance(p, str) for p in guidance_prompt) and len(guidance_prompt) * per_prompt == len(prompts):
-            targets = [p for p in guidance_prompt for _ in range(per_prompt)]
-        else:
-            raise ValueError(f"clip_guidance_prompt must be a string or a list with one string per prompt ({len(prompts) // per_prompt}), got {guidance_prompt!r}")
-        return clip_cond_fn(self.clip, targets, scale, interval)
-
-    def _checked_cads(self, cads: CADS | bool | Mapping[str, float] | None) -> CADS | None:
-        if cads is None or cads is False:
-            return None
-        if cads is True:
-            return CADS()
-        if isinstance(cads, CADS):
-            return cads
-        if isinstance(cads, Mapping):
-            unknown = sorted(set(cads) - {f.name for f in dataclasses.fields(CADS)})
-            if unknown:
-                raise ValueError(f"unknown CADS setting {unknown[0]!r}; valid: {', '.join(f.name for f in dataclasses.fields(CADS))}")
-            return CADS(**cads)
-        raise ValueError(f"cads must be True, a CADS or a dict of its settings, got {cads!r}")
-
-    def _check_autoguidance(self, weak: "GuidedDiffusionPipeline | None") -> None:
-        """Refuse a guiding pipeline whose predictions cannot be mixed with this one's."""
-        if weak is None:
-            return
-        if not isinstance(weak, GuidedDiffusionPipeline):
-            raise ValueError(f"autoguidance must be a GuidedDiffusionPipeline (a weaker model of the same kind), got {type(weak).__name__}")
-        ours, theirs = self.diffusion_config, weak.diffusion_config
-        for key in ("num_timesteps", "prediction"):
-            if ours.get(key) != theirs.get(key):
-                raise ValueError(f"autoguidance needs a model with the same diffusion {key}: this one has {ours.get(key)!r}, the guide {theirs.get(key)!r}")
-        if (weak.unet.config.image_size, weak.unet.config.out_channels) != (self.unet.config.image_size, self.unet.config.out_channels):
-            raise ValueError("autoguidance needs a model of the same image size and channels as this one")
-        if weak.device != self.device:
-            raise ValueError(f"autoguidance's model is on {weak.device}, this one on {self.device}: move it with .to()")
-
-    def _classifier_cond_fn(
-        self,
-        scale: float,
-        labels: Mapping[str, Any] | None,
-        interval: tuple[float, float] | None,
-        batch_size: int,
-        device: torch.device,
-    ) -> Callable[..., torch.Tensor] | None:
-        if not scale:
-            return None
-        if self.classifier is None:
-            raise ValueError("classifier_scale needs a pipeline with a classifier; this one has none")
-        if not labels:
-            names = {attr: list(classes) for attr, classes in self.classifier.labels.items()}
-            raise ValueError(f"classifier_scale needs classifier_labels, e.g. one of {names}")
-        resolved = resolve_labels(self.classifier.labels, labels, batch_size, device)
-        return classifier_cond_fn(self.classifier, resolved, float(scale), interval=interval)

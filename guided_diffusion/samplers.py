@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import CondFn, Denoised, GaussianDiffusion, Model
+from .errors import RequestError
 from .noise import Generators, check_generators, randn
 from .timestep_schedules import TIMESTEP_SCHEDULES, sigma_schedule
 
@@ -233,7 +234,7 @@ def dpm_solver_pp_3m(
     where, with r0 = h_{i-1} / h, r1 = h_{i-2} / h, d0 = (D_i - D_{i-1}) / r0 and d1 = (D_{i-1} - D_{i-2}) / r1,
     D1 = d0 + r0 / (r0 + r1) (d0 - d1) ~ h dD/dlambda and D2 = (d0 - d1) / (r0 + r1) ~ h^2 d^2D/dlambda^2 / 2.
     The exact integral weighs h^2 d^2D/dlambda^2 by -phi_3, hence the 2 on D2: with phi_3 alone on D2 (as
-    the reference implementation writes it) the step's local error is O(h^3) and the method second order;
+    some public implementations write it) the step's local error is O(h^3) and the method second order;
     with 2 phi_3 it is O(h^4), which ``tests/test_samplers.py`` measures. The first step is first order
     (D1 = D2 = 0), the second second order (D1 = d0, D2 = 0); the step to 0 returns D_i. Past its
     first-order first step (whose error is small at sigma_max, where D barely changes) it is third order.
@@ -322,7 +323,7 @@ def unipc(
     with fewer than 15 steps), and the step to 0 is x - s eps_i from the corrected x.
     """
     if not 1 <= order <= 3:
-        raise ValueError(f"unipc's order must be 1, 2 or 3, got {order}")
+        raise RequestError(f"unipc's order must be 1, 2 or 3, got {order}")
     pairs = _pairs(sigmas)
     to_zero = int(sigmas[-1] == 0)  # the step to 0 returns a denoised x, whatever the order
     history: list[tuple[torch.Tensor, float]] = []
@@ -354,7 +355,7 @@ def sampler_options(name: str) -> tuple[str, ...]:
 def checked_sampler(name: str) -> Sampler:
     """The registered sampler ``name``; unknown names are refused with the valid ones."""
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        raise RequestError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
 
 
@@ -406,12 +407,12 @@ def sample(
     unknown = sorted(set(options) - set(sampler_options(sampler)))
     if unknown:
         valid = ", ".join(sampler_options(sampler)) or "none"
-        raise ValueError(f"sampler {sampler!r} takes no option {unknown[0]!r}; its options: {valid}")
+        raise RequestError(f"sampler {sampler!r} takes no option {unknown[0]!r}; its options: {valid}")
     check_generators(generator, shape[0])
     sigmas = sigma_schedule(diffusion, timestep_schedule, steps)
     if noise is not None:
         if tuple(noise.shape) != tuple(shape):
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
+            raise RequestError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
         x = noise.to(device=device, dtype=dtype)
     else:
         x = randn(shape, generator, device, dtype)

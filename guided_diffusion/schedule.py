@@ -1,7 +1,7 @@
 """Noise schedules (beta_t) and timestep respacing.
 
-Notation follows the reference notes: beta_t is the variance added at step t, alpha_t = 1 - beta_t and
-alpha_bar_t = prod_{s <= t} alpha_s. Timesteps are indexed 0..T-1 (the notes' t = 1..T shifted by one).
+Notation follows Ho et al. 2020 (DDPM): beta_t is the variance added at step t, alpha_t = 1 - beta_t and
+alpha_bar_t = prod_{s <= t} alpha_s. Timesteps are indexed 0..T-1 (the paper's t = 1..T shifted by one).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 
 import torch
+
+from .errors import ConfigError
 
 BETA_SCHEDULES = ("linear", "cosine")
 
@@ -23,18 +25,18 @@ def get_beta_schedule(name: str, num_timesteps: int) -> torch.Tensor:
     betas taken from consecutive ratios of alpha_bar and capped at 0.999.
     """
     if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+        raise ConfigError(f"num_timesteps must be >= 1, got {num_timesteps}")
     if name == "linear":
         scale = 1000.0 / num_timesteps
         if scale * 0.02 >= 1.0:
-            raise ValueError(f"the linear schedule needs more than 20 timesteps (its last beta would be {scale * 0.02:g})")
+            raise ConfigError(f"the linear schedule needs more than 20 timesteps (its last beta would be {scale * 0.02:g})")
         return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
     if name == "cosine":
         s = 0.008
         steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
         alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
-    raise ValueError(f"unknown beta schedule {name!r}; choose one of {', '.join(BETA_SCHEDULES)}")
+    raise ConfigError(f"unknown beta schedule {name!r}; choose one of {', '.join(BETA_SCHEDULES)}")
 
 
 def space_timesteps(num_timesteps: int, spec: str | int | Sequence[int]) -> list[int]:
@@ -53,14 +55,14 @@ def space_timesteps(num_timesteps: int, spec: str | int | Sequence[int]) -> list
             for stride in range(1, num_timesteps + 1):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return list(range(0, num_timesteps, stride))
-            raise ValueError(f"cannot take exactly {desired} steps from {num_timesteps} with an integer stride")
+            raise ConfigError(f"cannot take exactly {desired} steps from {num_timesteps} with an integer stride")
         counts = [_parse_count(part, spec) for part in spec.split(",")]
     elif isinstance(spec, int):
         counts = [spec]
     else:
         counts = [int(c) for c in spec]
     if not counts or any(c < 0 for c in counts) or sum(counts) == 0:
-        raise ValueError(f"bad respacing {spec!r}: counts must be non-negative and not all zero")
+        raise ConfigError(f"bad respacing {spec!r}: counts must be non-negative and not all zero")
 
     section_size, extra = divmod(num_timesteps, len(counts))
     kept: list[int] = []
@@ -68,7 +70,7 @@ def space_timesteps(num_timesteps: int, spec: str | int | Sequence[int]) -> list
     for i, count in enumerate(counts):
         size = section_size + (1 if i < extra else 0)
         if count > size:
-            raise ValueError(f"cannot take {count} steps from a section of {size} (respacing {spec!r})")
+            raise ConfigError(f"cannot take {count} steps from a section of {size} (respacing {spec!r})")
         stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
         kept.extend(start + round(stride * j) for j in range(count))
         start += size
@@ -79,4 +81,4 @@ def _parse_count(text: str, spec: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"bad respacing {spec!r}: expected 'ddimN', 'N' or comma-separated counts") from None
+        raise ConfigError(f"bad respacing {spec!r}: expected 'ddimN', 'N' or comma-separated counts") from None

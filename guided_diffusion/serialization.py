@@ -16,12 +16,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .errors import UserError
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TRAINING_DATA_NAME = "training_data.json"  # in a pipeline folder: the pairs trained on and held out
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A saved component or pipeline is missing, corrupt or does not match its model."""
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from .config import Config
+from .errors import ConfigError
 from .serialization import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -58,38 +61,39 @@ from .serialization import (
     save_json,
 )
 
-_OPEN_CLIP_DEFAULTS: dict[str, Any] = {
-    "backend": "open_clip",
-    "model_name": None,
-    "pretrained": None,
-    "context_length": None,
-    "width": 512,
-    "heads": 8,
-    "layers": 12,
-    "vocab_size": 49408,
-    "trainable": False,
-}
-_TRANSFORMERS_DEFAULTS: dict[str, Any] = {
-    "backend": "transformers",
-    "name_or_path": None,
-    "context_length": None,
-    "trainable": False,
-}
 TRANSFORMERS_CONFIG_NAME = "text_encoder.json"
 
 
-def _complete_config(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated by ``config``; unknown keys or a non-bool ``trainable`` raise ValueError."""
-    unknown = sorted(set(config) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown text_encoder keys {unknown} for backend {defaults['backend']!r}; "
-            f"valid keys are {sorted(defaults)}"
-        )
-    full = {**defaults, **config}
-    if not isinstance(full["trainable"], bool):
-        raise ValueError(f"text_encoder.trainable must be true or false, got {full['trainable']!r}")
-    return full
+@dataclass
+class TextEncoderConfig(Config):
+    """The keys of a ``text_encoder`` section that every backend reads (see the module's docstring)."""
+
+    section = "text_encoder"
+
+    backend: str
+    context_length: int | None = None
+    trainable: bool = False
+
+
+@dataclass
+class OpenCLIPTextConfig(TextEncoderConfig):
+    """The ``text_encoder`` section of the ``open_clip`` backend."""
+
+    backend: str = "open_clip"
+    model_name: str | None = None
+    pretrained: str | None = None
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    vocab_size: int = 49408
+
+
+@dataclass
+class TransformersTextConfig(TextEncoderConfig):
+    """The ``text_encoder`` section of the ``transformers`` backend."""
+
+    backend: str = "transformers"
+    name_or_path: str | None = None
 
 
 def _real_token_mask(tokens: torch.Tensor, eos_id: int | None, pad_id: int | None) -> torch.Tensor:
@@ -211,7 +215,7 @@ class OpenCLIPTextEncoder(TextEncoder):
         """``load_pretrained=False`` builds a named architecture without fetching ``pretrained`` weights."""
         import open_clip
 
-        config = _complete_config(config, _OPEN_CLIP_DEFAULTS)
+        config = OpenCLIPTextConfig.from_dict(config).to_dict()
         super().__init__(config)
         if config["model_name"]:
             self.tower, self._tokenizer = self._build_named(config, load_pretrained)
@@ -229,7 +233,7 @@ class OpenCLIPTextEncoder(TextEncoder):
             )
             self._tokenizer = open_clip.SimpleTokenizer(context_length=config["context_length"])
         if config["vocab_size"] < len(self._tokenizer.encoder):
-            raise ValueError(
+            raise ConfigError(
                 f"text_encoder.vocab_size ({config['vocab_size']}) is smaller than the tokenizer's vocabulary "
                 f"({len(self._tokenizer.encoder)}); use vocab_size: {len(self._tokenizer.encoder)}"
             )
@@ -245,33 +249,33 @@ class OpenCLIPTextEncoder(TextEncoder):
         name = config["model_name"]
         model_config = open_clip.get_model_config(name)
         if model_config is None:
-            raise ValueError(f"unknown open_clip model_name {name!r}; open_clip.list_models() lists the known ones")
+            raise ConfigError(f"unknown open_clip model_name {name!r}; open_clip.list_models() lists the known ones")
         text_cfg = model_config.get("text_cfg", {})
         if text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name"):
-            raise ValueError(
+            raise ConfigError(
                 f"open_clip model {name!r} uses a Hugging Face text tower or tokenizer; use backend: transformers"
             )
         pretrained = config["pretrained"] if load_pretrained else None
         model = open_clip.create_model(name, pretrained=pretrained or None)
         source = getattr(model, "text", model)
         if not all(hasattr(source, part) for part in ("token_embedding", "positional_embedding", "ln_final")):
-            raise ValueError(
+            raise ConfigError(
                 f"open_clip model {name!r} has no CLIP-style text transformer; "
                 "use backend: transformers for Hugging Face text towers"
             )
         max_length = source.positional_embedding.shape[0]
         config["context_length"] = config["context_length"] or max_length
         if config["context_length"] > max_length:
-            raise ValueError(f"text_encoder.context_length must be at most {max_length} for {name!r}")
+            raise ConfigError(f"text_encoder.context_length must be at most {max_length} for {name!r}")
         tokenizer = open_clip.get_tokenizer(name, context_length=config["context_length"])
         if not isinstance(tokenizer, open_clip.SimpleTokenizer):
-            raise ValueError(
+            raise ConfigError(
                 f"open_clip model {name!r} uses {type(tokenizer).__name__}; only SimpleTokenizer models are supported"
             )
         tower = _OpenCLIPTextTower(source)
         config["width"] = tower.transformer.width
         config["layers"] = tower.transformer.layers
-        config["heads"] = text_cfg.get("heads", _OPEN_CLIP_DEFAULTS["heads"])
+        config["heads"] = text_cfg.get("heads", OpenCLIPTextConfig.heads)
         config["vocab_size"] = tower.token_embedding.num_embeddings
         return tower, tokenizer
 
@@ -299,9 +303,9 @@ class TransformersTextEncoder(TextEncoder):
         """
         from transformers import AutoTokenizer, CLIPTextModel
 
-        config = _complete_config(config, _TRANSFORMERS_DEFAULTS)
+        config = TransformersTextConfig.from_dict(config).to_dict()
         if not config["name_or_path"]:
-            raise ValueError("text_encoder.name_or_path is required for backend: transformers (a folder or hub id)")
+            raise ConfigError("text_encoder.name_or_path is required for backend: transformers (a folder or hub id)")
         super().__init__(config)
         saved = source is not None
         source = source if saved else config["name_or_path"]
@@ -310,7 +314,7 @@ class TransformersTextEncoder(TextEncoder):
         max_positions = self.model.config.max_position_embeddings
         config["context_length"] = config["context_length"] or min(self.tokenizer.model_max_length, max_positions)
         if config["context_length"] > max_positions:
-            raise ValueError(f"text_encoder.context_length must be at most {max_positions} for this model")
+            raise ConfigError(f"text_encoder.context_length must be at most {max_positions} for this model")
         self.width = self.model.config.hidden_size
         self.context_length = config["context_length"]
         self._finish_init()
@@ -367,7 +371,7 @@ _BACKENDS = {"open_clip": OpenCLIPTextEncoder, "transformers": TransformersTextE
 def _backend(config: dict[str, Any]) -> str:
     backend = config.get("backend")
     if backend not in _BACKENDS:
-        raise ValueError(f"text_encoder.backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
+        raise ConfigError(f"text_encoder.backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
     return backend
 
 
@@ -381,7 +385,7 @@ def build_text_encoder(config: dict[str, Any]) -> TextEncoder:
     if "from_pretrained" in config:
         unknown = sorted(set(config) - {"from_pretrained", "trainable"})
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"a text_encoder section with from_pretrained takes only trainable besides it, not {unknown}; "
                 "the architecture comes from the saved encoder"
             )

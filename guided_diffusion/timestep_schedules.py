@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 
 from .diffusion import GaussianDiffusion
+from .errors import RequestError
 from .schedule import space_timesteps
 
 KARRAS_RHO = 7.0
@@ -71,7 +72,7 @@ TIMESTEP_SCHEDULES: dict[str, Callable[[GaussianDiffusion, int], torch.Tensor]] 
 def checked_schedule(name: str) -> str:
     """``name`` when it is in :data:`TIMESTEP_SCHEDULES`; otherwise refused with the valid names."""
     if name not in TIMESTEP_SCHEDULES:
-        raise ValueError(f"unknown timestep schedule {name!r}; choose one of {', '.join(TIMESTEP_SCHEDULES)}")
+        raise RequestError(f"unknown timestep schedule {name!r}; choose one of {', '.join(TIMESTEP_SCHEDULES)}")
     return name
 
 
@@ -82,5 +83,5 @@ def sigma_schedule(diffusion: GaussianDiffusion, name: str, steps: int) -> torch
     """
     checked_schedule(name)
     if not 1 <= steps <= diffusion.num_timesteps:
-        raise ValueError(f"steps must be between 1 and {diffusion.num_timesteps}, got {steps}")
+        raise RequestError(f"steps must be between 1 and {diffusion.num_timesteps}, got {steps}")
     return TIMESTEP_SCHEDULES[name](diffusion, steps)

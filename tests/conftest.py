@@ -34,3 +34,19 @@ def tiny_pipeline_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("pipelines") / "tiny"
     pipe.save_pretrained(directory)
     return directory
+
+
+def training_error_line(main, prog: str, args: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run a training command's ``main(args)`` in this process, expecting a user error: it returns exit
+    status 2 and prints one line ``<prog>: error: ...``, which is returned. accelerate's process-wide
+    state is reset afterwards, for the tests that follow."""
+    from accelerate.state import AcceleratorState
+
+    try:
+        status = main(args)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert status == 2  # the exit status of every command's user errors
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and lines[-1].startswith(f"{prog}: error: ")
+    return lines[-1]

@@ -40,7 +40,7 @@ API_PARAMETERS = [
     "prompt", "num_images", "steps", "sampler", "guidance_scale",
     "classifier_attribute", "classifier_label", "classifier_scale", "seed", "model", "timestep_schedule",
     "guidance_t_min", "guidance_t_max", "classifier_t_min", "classifier_t_max", "cads",
-    "clip_guidance_scale", "clip_guidance_prompt",
+    "clip_guidance_scale", "clip_guidance_prompt", "eta", "thresholding", "clip_t_min", "clip_t_max", "autoguidance",
 ]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IN_CI = os.environ.get("CI") == "true"
@@ -117,10 +117,24 @@ def emoji_dir(tiny_pipeline_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(guided_dir, emoji_dir):
-    """The demo of the two tiny models (and the shipped ones) served in this process; one request is
+def weak_dir(tiny_pipeline_dir, tmp_path_factory):
+    """A weaker model of the tiny pipeline's kind (its UNet's weights shrunk and perturbed), to guide the
+    tiny models with (autoguidance)."""
+    pipe = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.mul_(0.9).add_(torch.randn(p.shape, generator=generator) * 0.01)
+    directory = tmp_path_factory.mktemp("pipelines") / "tiny-weak"
+    pipe.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def server(guided_dir, emoji_dir, weak_dir):
+    """The demo of the three tiny models (and the shipped ones) served in this process; one request is
     sampled at a time and at most 2 more wait in its queue."""
-    demo = build_demo(DemoModels.from_names([guided_dir, emoji_dir]), concurrency_limit=1, max_queue=2)
+    demo = build_demo(DemoModels.from_names([guided_dir, emoji_dir, weak_dir]), concurrency_limit=1, max_queue=2)
     url = launch_demo(demo, port=free_port(), prevent_thread_lock=True)
     yield url
     demo.close()
@@ -219,9 +233,19 @@ def test_picking_a_model_switches_the_page(pipe, guided_dir, emoji_dir):
     assert (timestep.maximum, timestep.value) == (499, 499)  # t = 900 does not exist in T = 500
     assert any(isinstance(value, str) and "t = 499" in value and "cosine (this model)" in value for value in shown.values())
     assert shown[block_by(shown, elem_id="samples")] is None  # the previous model's samples are cleared
+    guides = shown[block_by(shown, elem_id="autoguidance")]
+    assert [value for _, value in guides.choices] == ["", "guided", "plain"] and guides.value == ""  # none, or another model
+    assert not shown[block_by(shown, elem_id="eta")].visible  # dpm++ takes no eta
+    assert shown[block_by(shown, label="CLIP guidance from t")].maximum == 499
 
     hidden = switch("plain", None, 100)
     assert not hidden[block_by(hidden, elem_id="classifier-guidance")].visible
+    assert not hidden[block_by(hidden, elem_id="clip-guidance")].visible
+    assert hidden[block_by(hidden, elem_id="eta")].visible  # ddim takes eta
+    assert [value for _, value in hidden[block_by(hidden, elem_id="autoguidance")].choices] == ["", "guided", "tiny-emoji"]
+    eta_control = next(fn.fn for fn in demo.fns.values() if fn.name == "eta_control")
+    assert not eta_control("euler", 0.5).visible and eta_control("euler", 0.5).value is None  # never sent to euler
+    assert eta_control("dpm++2m-sde", 0.5).visible and eta_control("dpm++2m-sde", 0.5).value == 0.5
     assert hidden[block_by(hidden, label="Attribute")].choices == []
     assert hidden[block_by(hidden, label="Classifier scale (0 off)")].value == 0
     with pytest.raises(gr.Error, match="unknown model"):
@@ -242,7 +266,7 @@ def test_check_request_refuses_bad_values_and_needs_a_classifier_for_guidance(pi
         check_request(pipe, **{**ok, "classifier_scale": 2.0})
     with pytest.raises(ValueError, match="whole number"):
         check_request(pipe, **{**ok, "steps": 2.5})
-    with pytest.raises(ValueError, match="guidance_scale must be a number"):
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
         check_request(pipe, **{**ok, "guidance_scale": float("inf")})
     scheduled = check_request(pipe, **ok, guidance_t_min=100, cads=True)
     assert scheduled.guidance_interval == (100.0, 999.0) and scheduled.cads and scheduled.classifier_interval is None
@@ -252,6 +276,48 @@ def test_check_request_refuses_bad_values_and_needs_a_classifier_for_guidance(pi
     assert scheduled.batch_key() != request.batch_key()
     with pytest.raises(ValueError, match="cads must be true or false"):
         check_request(pipe, **ok, cads="sometimes")
+
+
+def test_check_request_takes_eta_thresholding_a_clip_interval_and_an_autoguidance_model(guided_dir, emoji_dir, weak_dir):
+    models = DemoModels({"guided": guided_dir, "tiny-emoji": emoji_dir, "tiny-weak": weak_dir})
+    guided, weak = models.pipeline("guided"), models.pipeline("tiny-weak")
+    ok = dict(prompt="a red circle", num_images=1, steps=4, sampler="ddim", guidance_scale=3.0,
+              classifier_attribute=None, classifier_label=None, classifier_scale=0.0, seed=3)
+    new = dict(eta=0.5, thresholding=0.995, clip_guidance_scale=20.0, clip_t_min=100, clip_t_max=800, autoguidance="tiny-weak")
+    request = check_request(guided, **ok, **new, models=models, model="guided")
+    kwargs = request.pipeline_kwargs()
+    assert (kwargs["eta"], kwargs["thresholding"], kwargs["clip_guidance_interval"]) == (0.5, 0.995, (100.0, 800.0))
+    assert kwargs["autoguidance"] is weak and request.autoguidance == "tiny-weak"
+    direct = guided("a red circle", num_inference_steps=4, sampler="ddim", guidance_scale=3.0, eta=0.5, thresholding=0.995,
+                    clip_guidance_scale=20.0, clip_guidance_interval=(100, 800), autoguidance=weak, seed=3, output_type="pt")
+    assert torch.equal(guided(**kwargs, output_type="pt").images, direct.images)
+    # the guide counts by its name in the (hashable) batch key; the empty prompt is guided by it too
+    unguided = check_request(guided, **ok, **{**new, "autoguidance": ""}, models=models, model="guided")
+    assert unguided.autoguidance is None and unguided.pipeline_kwargs()["autoguidance"] is None
+    assert hash(request.batch_key()) is not None and request.batch_key() != unguided.batch_key()
+    empty = check_request(guided, **{**ok, "prompt": ""}, **new, models=models, model="guided")
+    assert empty.batch_key() == request.batch_key()
+    defaults = check_request(guided, **{**ok, "sampler": "dpm++2m-sde"})
+    assert (defaults.eta, defaults.thresholding, defaults.clip_guidance_interval, defaults.autoguidance) == (None, None, None, None)
+
+    def refused(message, **bad):
+        with pytest.raises(ValueError, match=message):
+            check_request(guided, **{**ok, **bad}, models=models, model="guided")
+
+    refused("sampler 'euler' takes no option 'eta'; its options: none", sampler="euler", eta=0.5)  # the pipeline's message
+    refused("eta must be between 0 and 10", eta=11)
+    refused("eta must be between 0 and 10", eta=-0.5)
+    refused("eta must be a finite number", eta="much")
+    refused("thresholding must be between 0 and 1", thresholding=1.5)
+    refused("thresholding must be a quantile above 0", thresholding=0)
+    refused(re.escape("unknown autoguidance model 'nope'; choose one of tiny-emoji, tiny-weak (or none)"), autoguidance="nope")
+    refused("'guided' is the model being sampled, which cannot guide itself", autoguidance="guided")
+    refused("autoguidance needs a model with the same diffusion num_timesteps: this one has 1000, the guide 500", autoguidance="tiny-emoji")
+    refused("autoguidance must be a model's name", autoguidance=3)
+    refused(re.escape("clip_t_min (900) must not be above clip_t_max (100)"), clip_t_min=900, clip_t_max=100)
+    refused("clip_t_max must be between 0 and 999", clip_t_max=1000)
+    with pytest.raises(ValueError, match="no other model is offered"):
+        check_request(guided, **ok, autoguidance="tiny-weak")  # no models to pick a guide from
 
 
 def test_over_long_prompts_are_noticed_and_truncated_at_the_context(pipe):
@@ -273,7 +339,7 @@ def test_sampling_streams_every_step_with_a_few_previews_and_stops_when_closed(p
     assert [u.step for u in steps if u.x_t is not None] == preview_steps(12, 4) == [0, 4, 7, 11]
     assert preview_steps(12, 0) == [] and preview_steps(12, 1) == [11]
     assert steps[-1].pred_x0.shape == (2, 3, 16, 16)
-    assert torch.equal(updates[-1].images, pipe(**request.pipeline_kwargs(), output_type="pt"))  # alone: exactly
+    assert torch.equal(updates[-1].images, pipe(**request.pipeline_kwargs(), output_type="pt").images)  # alone: exactly
 
     evaluations = []
     hook = pipe.unet.register_forward_hook(lambda *_: evaluations.append(1))
@@ -307,7 +373,7 @@ def test_requests_that_arrive_together_are_batched_and_keep_their_own_images(pip
     batcher.close()
     assert batcher.batch_sizes == [3, 1, 1, 1]
     for request, updates in zip(requests, results):
-        alone = pipe(**request.pipeline_kwargs(), output_type="pt")
+        alone = pipe(**request.pipeline_kwargs(), output_type="pt").images
         assert updates[-1].images.shape == alone.shape
         torch.testing.assert_close(updates[-1].images, alone, rtol=0, atol=1e-4)
         previews = [u for u in updates if isinstance(u, StepUpdate) and u.x_t is not None]
@@ -364,12 +430,12 @@ def test_two_folders_of_one_name_are_told_apart_without_their_paths(guided_dir, 
     assert models.names[:2] == ["guided", "guided-2"] and set(models.names[2:]) == set(shipped_models())
 
 
-def test_no_page_or_api_answer_shows_the_servers_paths(server, client, guided_dir, emoji_dir, tmp_path):
+def test_no_page_or_api_answer_shows_the_servers_paths(server, client, guided_dir, emoji_dir, weak_dir, tmp_path):
     import urllib.request
 
     from guided_diffusion.demo.public import scrub_paths
 
-    server_paths = [str(REPO), str(guided_dir), str(emoji_dir), str(guided_dir.parent), str(Path.home())]
+    server_paths = [str(REPO), str(guided_dir), str(emoji_dir), str(weak_dir), str(guided_dir.parent), str(Path.home())]
     answers = [urllib.request.urlopen(server.rstrip("/") + path).read().decode() for path in ("/", "/config", "/gradio_api/info")]
     answers.append(str(client.view_api(print_info=False, return_format="dict")))
     with pytest.raises(AppError) as refused:
@@ -407,8 +473,8 @@ def test_generate_api_returns_the_images(client):
     assert list(info) == ["/generate"]
     parameters = info["/generate"]["parameters"]
     assert [p["parameter_name"] for p in parameters] == API_PARAMETERS
-    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 17
-    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided", None] + [None] * 4 + [False, None, None]
+    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 22
+    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided", None] + [None] * 4 + [False, None, None] + [None] * 5
 
     result = client.predict(prompt="a large red circle in the center", num_images=4, steps=25, seed=3, api_name="/generate")
     images = [Image.open(item["image"]) for item in result]
@@ -440,11 +506,30 @@ def test_generate_api_returns_the_images(client):
 
 def test_generate_api_samples_the_named_model_with_its_own_settings(client, emoji_dir):
     result = client.predict(prompt="a grinning face", num_images=1, seed=5, model="tiny-emoji", api_name="/generate")
-    expected = GuidedDiffusionPipeline.from_pretrained(emoji_dir)("a grinning face", seed=5, **EMOJI_SAMPLING)[0]
+    emoji = GuidedDiffusionPipeline.from_pretrained(emoji_dir)
+    assert all(getattr(emoji.sampling_config, k) == v for k, v in EMOJI_SAMPLING.items())
+    expected = emoji("a grinning face", seed=5).images[0]
     assert Image.open(result[0]["image"]).tobytes() == expected.tobytes()  # its sampler, steps and guidance scale
     guided = client.predict(prompt="", num_images=1, steps=3, classifier_attribute="category", classifier_label="food",
                             classifier_scale=10.0, seed=1, model="tiny-emoji", api_name="/generate")
     assert len(guided) == 1
+
+
+def test_generate_api_takes_eta_thresholding_a_clip_interval_and_an_autoguidance_model(client, guided_dir, weak_dir):
+    def served(**kwargs):
+        result = client.predict(prompt="a green square", num_images=1, steps=5, sampler="ddim", seed=4, api_name="/generate", **kwargs)
+        return Image.open(result[0]["image"]).tobytes()
+
+    guided = GuidedDiffusionPipeline.from_pretrained(guided_dir)
+    weak = GuidedDiffusionPipeline.from_pretrained(weak_dir)
+    expected = guided("a green square", num_inference_steps=5, sampler="ddim", eta=0.7, thresholding=0.9, autoguidance=weak, seed=4)
+    assert served(eta=0.7, thresholding=0.9, autoguidance="tiny-weak") == expected.images[0].tobytes()
+    plain = served()
+    assert served(eta=0.7) != plain and served(thresholding=0.9) != plain and served(autoguidance="tiny-weak") != plain
+    assert served(autoguidance="") == plain  # none
+    clip = served(clip_guidance_scale=50.0)
+    assert served(clip_guidance_scale=50.0, clip_t_min=0, clip_t_max=999) == clip  # the whole range
+    assert served(clip_guidance_scale=50.0, clip_t_min=500) != clip
 
 
 @pytest.mark.parametrize(
@@ -457,18 +542,27 @@ def test_generate_api_samples_the_named_model_with_its_own_settings(client, emoj
         ({"sampler": "rk4"}, "unknown sampler 'rk4'; choose one of ddpm, ddim, euler, heun, dpm\\+\\+"),
         ({"timestep_schedule": "cosine"}, "unknown timestep schedule 'cosine'; choose one of uniform, trailing, karras, log_snr"),
         ({"guidance_scale": -1}, "guidance_scale must be between 0 and 20"),
-        ({"classifier_scale": 3.0, "classifier_attribute": "size"}, "unknown classifier_attribute 'size'; choose one of"),
-        ({"classifier_scale": 3.0, "classifier_attribute": "shape", "classifier_label": "hexagon"}, "unknown classifier_label 'hexagon'"),
+        ({"classifier_scale": 3.0, "classifier_attribute": "size"}, "unknown classifier attribute 'size'; valid attributes:"),
+        ({"classifier_scale": 3.0, "classifier_attribute": "shape", "classifier_label": "hexagon"}, "unknown shape 'hexagon'; valid:"),
         ({"seed": -1}, "seed must be between 0 and"),
         ({"prompt": "a red circle " * 100}, "the limit is 1000"),
         ({"model": "emoji64"}, "unknown model 'emoji64'; choose one of guided, tiny-emoji"),
         ({"model": "tiny-emoji", "classifier_scale": 3.0, "classifier_attribute": "shape", "classifier_label": "circle"},
-         "unknown classifier_attribute 'shape'; choose one of style, category"),
+         "unknown classifier attribute 'shape'; valid attributes: style, category"),
         ({"model": "tiny-emoji", "steps": 501}, "steps must be between 1 and 500"),
         ({"guidance_t_min": 600, "guidance_t_max": 200}, "guidance_t_min \\(600\\) must not be above guidance_t_max \\(200\\)"),
         ({"model": "tiny-emoji", "classifier_t_max": 700}, "classifier_t_max must be between 0 and 499"),
         ({"model": "tiny-emoji", "clip_guidance_scale": 5}, "this model has no noise-aware CLIP"),
         ({"clip_guidance_scale": -5}, "clip_guidance_scale must be between 0 and 1000"),
+        ({"sampler": "euler", "eta": 0.5}, "sampler 'euler' takes no option 'eta'; its options: none"),
+        ({"sampler": "ddim", "eta": 11}, "eta must be between 0 and 10"),
+        ({"thresholding": 1.5}, "thresholding must be between 0 and 1"),
+        ({"thresholding": 0}, "thresholding must be a quantile above 0 and at most 1"),
+        ({"autoguidance": "emoji64"}, "unknown autoguidance model 'emoji64'; choose one of tiny-emoji, tiny-weak"),
+        ({"autoguidance": "guided"}, "'guided' is the model being sampled, which cannot guide itself"),
+        ({"autoguidance": "tiny-emoji"}, "autoguidance needs a model with the same diffusion num_timesteps: this one has 1000, the guide 500"),
+        ({"clip_t_min": 800, "clip_t_max": 100}, "clip_t_min \\(800\\) must not be above clip_t_max \\(100\\)"),
+        ({"model": "tiny-emoji", "clip_t_max": 600}, "clip_t_max must be between 0 and 499"),
     ],
 )
 def test_bad_input_is_refused_with_a_message(client, bad, message):
@@ -512,7 +606,7 @@ def test_the_default_queue_serves_32_simultaneous_clients_in_batches_with_their_
     assert sum(batcher.batch_sizes) == 32 and max(batcher.batch_sizes) > 1
     pipe = GuidedDiffusionPipeline.from_pretrained(guided_dir)
     for seed, result in enumerate(results):
-        alone = np.stack([np.asarray(image) for image in pipe("a red circle", num_images_per_prompt=2, steps=3, seed=seed)])
+        alone = np.stack([np.asarray(image) for image in pipe("a red circle", num_images_per_prompt=2, num_inference_steps=3, seed=seed).images])
         served = np.stack([np.asarray(Image.open(item["image"])) for item in result])
         assert np.abs(served.astype(int) - alone.astype(int)).max() <= 1  # float rounding may flip a last bit
 
@@ -548,6 +642,9 @@ def test_page_generates_with_previews_in_headless_chromium(server, tmp_path):
             page.get_by_label("Prompt", exact=True).fill("x" * 1001)
             page.get_by_role("button", name="Generate").click()
             page.get_by_text("the limit is 1000").first.wait_for(timeout=20_000)
+            sync_api.expect(page.locator("#eta")).to_be_visible()  # ddim takes eta, euler none
+            page.get_by_label("euler", exact=True).check()
+            sync_api.expect(page.locator("#eta")).to_be_hidden()
 
             page.get_by_role("tab", name="Forward process").click()
             page.get_by_text("linear (this model)").wait_for(timeout=20_000)

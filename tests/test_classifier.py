@@ -36,7 +36,7 @@ def test_config_refuses_bad_labels():
         make_classifier(labels={"shape": ["circle"]})
     with pytest.raises(ValueError, match="repeated"):
         make_classifier(labels={"shape": ["circle", "circle"]})
-    with pytest.raises(ValueError, match="unknown ClassifierConfig keys"):
+    with pytest.raises(ValueError, match="unknown key .depth. in the classifier section"):
         ClassifierConfig.from_dict({"image_size": 16, "labels": LABELS, "depth": 3})
 
 
@@ -63,36 +63,36 @@ def test_classifier_guidance_travels_with_the_pipeline_and_steers(guided_pipe, t
     seen_t = []
     forward = pipe.classifier.forward
     pipe.classifier.forward = lambda x, t: seen_t.append(t.clone()) or forward(x, t)
-    plain = pipe("", steps=4, seed=0, output_type="pt")
+    plain = pipe("", num_inference_steps=4, seed=0, output_type="pt").images
     for sampler in ("ddpm", "ddim", "dpm++"):
-        guided = pipe("", steps=4, seed=0, sampler=sampler, classifier_scale=50.0, classifier_labels={"shape": "square"}, output_type="pt")
-        assert not torch.allclose(guided, pipe("", steps=4, seed=0, sampler=sampler, output_type="pt"))
+        guided = pipe("", num_inference_steps=4, seed=0, sampler=sampler, classifier_scale=50.0, classifier_labels={"shape": "square"}, output_type="pt").images
+        assert not torch.allclose(guided, pipe("", num_inference_steps=4, seed=0, sampler=sampler, output_type="pt").images)
     del pipe.classifier.forward
     # the classifier sees the original timesteps of the respaced schedule
     assert sorted({int(t[0]) for t in seen_t}) == [0, 333, 666, 999]
     pipe.save_pretrained(tmp_path / "with_classifier")
     loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "with_classifier")
     assert loaded.classifier is not None and loaded.classifier.labels == LABELS
-    a = pipe("a circle", steps=3, seed=1, classifier_scale=5.0, classifier_labels={"color": "red"}, output_type="pt")
-    b = loaded("a circle", steps=3, seed=1, classifier_scale=5.0, classifier_labels={"color": "red"}, output_type="pt")
+    a = pipe("a circle", num_inference_steps=3, seed=1, classifier_scale=5.0, classifier_labels={"color": "red"}, output_type="pt").images
+    b = loaded("a circle", num_inference_steps=3, seed=1, classifier_scale=5.0, classifier_labels={"color": "red"}, output_type="pt").images
     assert torch.equal(a, b)
     assert plain.shape == (1, 3, 16, 16)
 
 
 def test_classifier_max_t_guides_only_the_late_steps(guided_pipe):
-    kwargs = {"steps": 4, "seed": 0, "sampler": "ddim", "classifier_scale": 50.0, "classifier_labels": {"shape": "square"}, "output_type": "pt"}
-    full = guided_pipe("", **kwargs)
-    assert torch.equal(guided_pipe("", classifier_max_t=999, **kwargs), full)
-    late = guided_pipe("", classifier_max_t=500, **kwargs)  # guides at t = 333 and 0, not at 999 and 666
-    assert not torch.allclose(late, full) and not torch.allclose(late, guided_pipe("", steps=4, seed=0, sampler="ddim", output_type="pt"))
+    kwargs = {"num_inference_steps": 4, "seed": 0, "sampler": "ddim", "classifier_scale": 50.0, "classifier_labels": {"shape": "square"}, "output_type": "pt"}
+    full = guided_pipe("", **kwargs).images
+    assert torch.equal(guided_pipe("", classifier_max_t=999, **kwargs).images, full)
+    late = guided_pipe("", classifier_max_t=500, **kwargs).images  # guides at t = 333 and 0, not at 999 and 666
+    assert not torch.allclose(late, full) and not torch.allclose(late, guided_pipe("", num_inference_steps=4, seed=0, sampler="ddim", output_type="pt").images)
     with pytest.raises(ValueError, match="classifier_max_t must be between 0 and 999, got 1000"):
         guided_pipe("", classifier_max_t=1000, **kwargs)
 
 
 def test_unknown_attributes_and_classes_are_refused_with_the_valid_ones(guided_pipe):
     with pytest.raises(ValueError, match="valid attributes: shape, color"):
-        guided_pipe("", steps=2, classifier_scale=1.0, classifier_labels={"size": "large"})
+        guided_pipe("", num_inference_steps=2, classifier_scale=1.0, classifier_labels={"size": "large"})
     with pytest.raises(ValueError, match="valid: red, green, blue"):
-        guided_pipe("", steps=2, classifier_scale=1.0, classifier_labels={"color": "purple"})
+        guided_pipe("", num_inference_steps=2, classifier_scale=1.0, classifier_labels={"color": "purple"})
     with pytest.raises(ValueError, match="needs classifier_labels"):
-        guided_pipe("", steps=2, classifier_scale=1.0)
+        guided_pipe("", num_inference_steps=2, classifier_scale=1.0)

@@ -31,12 +31,17 @@ def test_a_user_error_exits_2_with_one_line_and_no_traceback(tmp_path):
 def test_user_errors_are_reported_in_one_line(tiny_pipeline_dir, tmp_path, capsys):
     cases = [
         (["x", "--label", "shape"], "ATTRIBUTE=CLASS"),
-        (["x", "--classifier-scale", "2", "--label", "shape=circle"], "has none"),
+        (["x", "--classifier-scale", "2", "--label", "shape=circle"], "has no classifier"),
         (["x", "-o", str(tmp_path / "grid.jpg")], ".png"),
         (["x", "-n", "0"], "-n must be at least 1"),
         (["x", "--guidance-interval", "500", "100"], "guidance_interval must satisfy 0 <= t_low <= t_high"),
         (["x", "--clip-guidance-scale", "5"], "needs a pipeline with a noise-aware CLIP"),
         (["x", "--autoguidance", str(tmp_path / "nowhere")], "no pipeline folder"),
+        (["x", "--sampler", "rk4"], "unknown sampler 'rk4'; choose one of ddpm, ddim"),
+        (["x", "--cads-setting", "tau1=early"], "--cads-setting values must be numbers"),
+        (["x", "--cads-setting", "tau3=0.5"], "unknown CADS setting 'tau3'"),
+        (["x", "--classifier-max-t", "5000", "--classifier-scale", "1"], "classifier_max_t must be between 0 and 999"),
+        (["x", "--thresholding", "2"], "thresholding must be between 0 and 1"),
     ]
     for argv, message in cases:
         status = sample_main(["--model", str(tiny_pipeline_dir), *argv, "--device", "cpu", "--steps", "2"])
@@ -44,6 +49,8 @@ def test_user_errors_are_reported_in_one_line(tiny_pipeline_dir, tmp_path, capsy
         assert status == 2
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("gd-sample: error:") and message in lines[0], err
+    assert sample_main(["--model", str(tiny_pipeline_dir), "x", "--device", "nonsense"]) == 2
+    assert "'nonsense' is not a torch device" in capsys.readouterr().err
 
 
 def test_gd_sample_takes_every_registered_sampler_and_schedule(tiny_pipeline_dir, tmp_path, capsys):
@@ -104,3 +111,20 @@ def test_gd_sample_guides_with_the_models_clip(tiny_pipeline_dir, tmp_path):
     per_prompt = grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle", "--clip-guidance-prompt", "a blue square")
     assert per_prompt != steered
     assert grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle", "--clip-guidance-interval", "0", "999") == steered
+
+
+def test_gd_sample_takes_cads_settings_and_the_classifier_max_t(tiny_pipeline_dir, tmp_path):
+    base = ["--model", str(tiny_pipeline_dir), "a red circle", "-n", "2", "--steps", "3", "--seed", "0", "--device", "cpu"]
+    grids = {}
+    for name, extra in {"plain": [], "cads": ["--cads"], "tuned": ["--cads-setting", "tau1=0.1", "--cads-setting", "noise_scale=1"]}.items():
+        assert sample_main([*base, *extra, "-o", str(tmp_path / f"{name}.png")]) == 0
+        grids[name] = Image.open(tmp_path / f"{name}.png").tobytes()
+    assert len(set(grids.values())) == 3  # CADS changes the images, and its settings change them again
+
+
+def test_gd_sample_exposes_every_option_of_the_pipeline_call():
+    from guided_diffusion.cli import PASSED_ON
+    from guided_diffusion.request import SamplingRequest
+
+    by_their_own_flags = {"num_images_per_prompt", "num_inference_steps", "classifier_labels", "cads", "clip_guidance_prompt"}
+    assert set(SamplingRequest.OPTIONS) - {"output_type"} == set(PASSED_ON) | by_their_own_flags  # it writes PNGs

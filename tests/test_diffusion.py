@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from guided_diffusion import GaussianDiffusion, discretized_gaussian_log_likelihood, get_beta_schedule, normal_kl
+from guided_diffusion import GaussianDiffusion
+from guided_diffusion.diffusion import discretized_gaussian_log_likelihood, normal_kl
+from guided_diffusion.schedule import get_beta_schedule
 
 torch.manual_seed(0)
 F64 = torch.float64

@@ -6,7 +6,7 @@ import pytest
 
 from train.config import TrainingConfig
 from train.divergence import DivergenceGuard
-from train.errors import ConfigError, TrainingError
+from guided_diffusion.errors import ConfigError, TrainingError
 
 
 def test_a_non_finite_loss_stops_at_once_naming_the_step_and_the_last_good_checkpoint():

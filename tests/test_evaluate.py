@@ -77,7 +77,7 @@ def tiny32(tmp_path_factory):
 def test_evaluate_writes_a_complete_report(tiny32, tmp_path):
     pipe = GuidedDiffusionPipeline.from_pretrained(tiny32)
     report = evaluate(
-        pipe, tmp_path, model_name="tiny32", sampling=EvalSampling("ddim", 2, 3.0, 16, 0), num_prompts=3, images_per_prompt=2,
+        pipe, tmp_path, model_name="tiny32", sampling=EvalSampling(sampler="ddim", steps=2, guidance_scale=3.0, batch_size=16, seed=0), num_prompts=3, images_per_prompt=2,
         guidance_scales=(1.0,), classifier_scales=(0, 10), images_per_target=2, bpd_images=2,
         samplers=("ddim", "heun:karras"), sampler_nfe=(1, 3),
     )
@@ -93,7 +93,7 @@ def test_evaluate_writes_a_complete_report(tiny32, tmp_path):
     assert "| seen | 6 |" in text and "## Classifier guidance on `shape`" in text and "Bits/dim on 2" in text
     assert all(r["images"] == 2 for r in report.classifier) and "| training data | 100.0% |" in text
     late = evaluate(
-        pipe, tmp_path / "late", model_name="tiny32", sampling=EvalSampling("ddim", 2, 3.0, 16, 0), num_prompts=1, images_per_prompt=1,
+        pipe, tmp_path / "late", model_name="tiny32", sampling=EvalSampling(sampler="ddim", steps=2, guidance_scale=3.0, batch_size=16, seed=0), num_prompts=1, images_per_prompt=1,
         classifier_scales=(10,), images_per_target=2, classifier_max_t=20, bpd_images=0,
     )
     assert "with the empty prompt, at t <= 20 only" in (tmp_path / "late" / "report.md").read_text()

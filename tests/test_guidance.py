@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from guided_diffusion import GaussianDiffusion, get_beta_schedule
+from guided_diffusion import GaussianDiffusion
+from guided_diffusion.schedule import get_beta_schedule
 from guided_diffusion.guidance import (
     CADS,
     ClassifierFreeGuidance,
@@ -27,12 +28,15 @@ class CountingModel(torch.nn.Module):
         return torch.tanh(x) * text_features.mean(dim=(1, 2)).view(-1, 1, 1, 1) + t.view(-1, 1, 1, 1).to(x.dtype) / 100
 
 
+def guidance_inputs(t: list[float]) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
+    """x [3, 2, 4, 4], the timesteps ``t`` [3], and conditional and unconditional text features."""
+    features = torch.randn(2, 3, 7, 8, dtype=F64)
+    return torch.randn(3, 2, 4, 4, dtype=F64), torch.tensor(t), {"text_features": features[0]}, {"text_features": features[1]}
+
+
 def test_classifier_free_guidance_batches_both_inputs_in_one_forward():
     model = CountingModel()
-    x = torch.randn(3, 2, 4, 4, dtype=F64)
-    t = torch.tensor([5, 9, 11])
-    cond = {"text_features": torch.randn(3, 7, 8, dtype=F64)}
-    uncond = {"text_features": torch.randn(3, 7, 8, dtype=F64)}
+    x, t, cond, uncond = guidance_inputs([5, 9, 11])
     guided = ClassifierFreeGuidance(model, 4.0, uncond)(x, t, **cond)
     assert model.calls == [6]
     c, u = model(x, t, **cond), model(x, t, **uncond)
@@ -45,10 +49,7 @@ def test_classifier_free_guidance_batches_both_inputs_in_one_forward():
 
 def test_a_guidance_interval_guides_the_rows_inside_it_and_leaves_the_others_conditional():
     model = CountingModel()
-    x = torch.randn(3, 2, 4, 4, dtype=F64)
-    t = torch.tensor([5.0, 9.5, 11.0])
-    cond = {"text_features": torch.randn(3, 7, 8, dtype=F64)}
-    uncond = {"text_features": torch.randn(3, 7, 8, dtype=F64)}
+    x, t, cond, uncond = guidance_inputs([5.0, 9.5, 11.0])
     c, u = model(x, t, **cond), model(x, t, **uncond)
     model.calls.clear()
     guided = ClassifierFreeGuidance(model, 4.0, uncond, interval=(9.5, 20))(x, t, **cond)
@@ -250,7 +251,7 @@ def pipe(tiny_pipeline_dir):
 
 
 def sampled(pipe, **kwargs):
-    return pipe(["a red circle", "a blue square"], steps=4, sampler="ddim", guidance_scale=3.0, seed=0, output_type="pt", **kwargs)
+    return pipe(["a red circle", "a blue square"], num_inference_steps=4, sampler="ddim", guidance_scale=3.0, seed=0, output_type="pt", **kwargs).images
 
 
 def test_the_pipeline_takes_intervals_autoguidance_and_cads(pipe):
@@ -259,8 +260,8 @@ def test_the_pipeline_takes_intervals_autoguidance_and_cads(pipe):
     assert torch.equal(sampled(pipe, guidance_interval=(0, last)), plain)
     assert not torch.equal(sampled(pipe, guidance_interval=(0, last // 2)), plain)
     conditional = pipe(
-        ["a red circle", "a blue square"], steps=4, sampler="ddim", guidance_scale=1.0, seed=0, output_type="pt"
-    )
+        ["a red circle", "a blue square"], num_inference_steps=4, sampler="ddim", guidance_scale=1.0, seed=0, output_type="pt"
+    ).images
     torch.testing.assert_close(sampled(pipe, autoguidance=pipe), conditional)  # guided by itself: no guidance
     annealed = sampled(pipe, cads=True)
     assert torch.equal(annealed, sampled(pipe, cads={"tau1": 0.6}))  # the same seed, the same noise
@@ -299,7 +300,7 @@ def test_a_pipeline_guides_any_prompt_with_its_clip_and_saves_and_loads_it(pipe,
     assert not torch.equal(late, steered)
     with pytest.raises(ValueError, match="one string per prompt \\(2\\)"):
         sampled(with_clip, clip_guidance_scale=5.0, clip_guidance_prompt=["a", "b", "c"])
-    with pytest.raises(ValueError, match="clip_guidance_scale must be a number >= 0"):
+    with pytest.raises(ValueError, match="clip_guidance_scale must be at least 0"):
         sampled(with_clip, clip_guidance_scale=-1.0)
 
     with_clip.save_pretrained(tmp_path / "with_clip")

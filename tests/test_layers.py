@@ -10,6 +10,7 @@ from torch import nn
 
 import guided_diffusion
 from guided_diffusion.models.classifier import ClassifierConfig, NoiseAwareClassifier
+from guided_diffusion.models.unet import UNet
 from guided_diffusion.models.layers import (
     ConditionedBlock,
     ConditionedSequential,
@@ -157,10 +158,12 @@ def test_classifier_loads_its_old_keys_and_computes_the_same(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["shapes32", "emoji32"])
-def test_shipped_classifier_files_keep_the_old_keys_that_load(name):
-    folder = Path(guided_diffusion.__file__).parent / "pretrained" / name / "classifier"
+@pytest.mark.parametrize("component, model_class", [("unet", UNet), ("classifier", NoiseAwareClassifier)])
+def test_shipped_weight_files_keep_the_old_keys_that_load(name, component, model_class):
+    """The shipped weights are not rewritten: they hold the old keys, each of which the map renames."""
+    folder = Path(guided_diffusion.__file__).parent / "pretrained" / name / component
     keys = set(load_file(str(folder / WEIGHTS_NAME)))
-    clf = NoiseAwareClassifier(ClassifierConfig.from_dict(json.loads((folder / "config.json").read_text())))
-    renames = renamed_keys(clf)
+    model = model_class(model_class.config_class.from_dict(json.loads((folder / "config.json").read_text())))
+    renames = renamed_keys(model)
     assert keys & set(renames), "the shipped file no longer uses the old keys: this test guards nothing"
-    assert {renames.get(key, key) for key in keys} == set(clf.state_dict())
+    assert {renames.get(key, key) for key in keys} == set(model.state_dict())

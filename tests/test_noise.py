@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from guided_diffusion import GaussianDiffusion, GuidedDiffusionPipeline, get_beta_schedule
+from guided_diffusion import GaussianDiffusion, GuidedDiffusionPipeline
+from guided_diffusion.schedule import get_beta_schedule
 from guided_diffusion.noise import randn
 from guided_diffusion.samplers import sample
 
@@ -44,8 +45,8 @@ def test_a_batch_with_one_generator_per_request_samples_each_request_as_alone(na
 def test_the_pipeline_takes_one_generator_per_image(tiny_pipeline_dir):
     pipe = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
     g, h = seeded(4), seeded(5)
-    both = pipe(["a red circle", "a red circle", "a blue square"], steps=4, sampler="ddpm", generator=[g, g, h], output_type="pt")
-    torch.testing.assert_close(both[:2], pipe("a red circle", num_images_per_prompt=2, steps=4, sampler="ddpm", seed=4, output_type="pt"), rtol=0, atol=1e-4)
-    torch.testing.assert_close(both[2:], pipe("a blue square", steps=4, sampler="ddpm", seed=5, output_type="pt"), rtol=0, atol=1e-4)
+    both = pipe(["a red circle", "a red circle", "a blue square"], num_inference_steps=4, sampler="ddpm", generator=[g, g, h], output_type="pt").images
+    torch.testing.assert_close(both[:2], pipe("a red circle", num_images_per_prompt=2, num_inference_steps=4, sampler="ddpm", seed=4, output_type="pt").images, rtol=0, atol=1e-4)
+    torch.testing.assert_close(both[2:], pipe("a blue square", num_inference_steps=4, sampler="ddpm", seed=5, output_type="pt").images, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="a list of 2 \\(one per image\\)"):
-        pipe("a red circle", num_images_per_prompt=2, steps=2, generator=[g])
+        pipe("a red circle", num_images_per_prompt=2, num_inference_steps=2, generator=[g])

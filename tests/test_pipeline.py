@@ -13,6 +13,8 @@ import yaml
 from PIL import Image
 
 from guided_diffusion import GuidedDiffusionPipeline
+from guided_diffusion.config import read_yaml
+from guided_diffusion.errors import RequestError
 from guided_diffusion.serialization import CheckpointError
 
 from .conftest import TINY_CONFIG
@@ -34,37 +36,41 @@ def test_from_config_builds_the_configured_components():
 
 
 def test_images_have_the_configured_size_and_same_seed_gives_same_images(pipe):
-    images = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, steps=5, seed=1)
+    images = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, num_inference_steps=5, seed=1).images
     assert len(images) == 4 and all(isinstance(im, Image.Image) and im.size == (16, 16) for im in images)
-    again = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, steps=5, seed=1)
+    again = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, num_inference_steps=5, seed=1).images
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, again))
-    other = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, steps=5, seed=2)
+    other = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, num_inference_steps=5, seed=2).images
     assert not np.array_equal(np.asarray(images[0]), np.asarray(other[0]))
 
 
 @pytest.mark.parametrize("sampler, schedule", [("ddpm", "uniform"), ("ddim", "trailing"), ("dpm++", "karras"), ("dpm++3m", "log_snr"), ("heun", "karras")])
 def test_output_types_agree_and_the_callback_sees_every_step(pipe, sampler, schedule):
     seen = []
-    kwargs = dict(steps=4, sampler=sampler, timestep_schedule=schedule, seed=0)
-    tensor = pipe("a circle", **kwargs, output_type="pt", callback=lambda *a: seen.append(a))
+    kwargs = dict(num_inference_steps=4, sampler=sampler, timestep_schedule=schedule, seed=0)
+    tensor = pipe("a circle", **kwargs, output_type="pt", callback=lambda *a: seen.append(a)).images
     assert tensor.shape == (1, 3, 16, 16) and 0 <= tensor.min() and tensor.max() <= 1
-    array = pipe("a circle", **kwargs, output_type="np")
-    assert array.dtype == np.uint8 and array.shape == (1, 16, 16, 3)
-    np.testing.assert_array_equal(array[0], (tensor[0].permute(1, 2, 0) * 255).round().byte().numpy())
+    array = pipe("a circle", **kwargs, output_type="np").images
+    assert array.dtype == np.float32 and array.shape == (1, 16, 16, 3)  # as diffusers: floats in [0, 1]
+    np.testing.assert_array_equal(array[0], tensor[0].permute(1, 2, 0).numpy())
+    pil = pipe("a circle", **kwargs).images
+    np.testing.assert_array_equal(np.asarray(pil[0]), (tensor[0].permute(1, 2, 0) * 255).round().byte().numpy())
+    (as_tuple,) = pipe("a circle", **kwargs, output_type="pt", return_dict=False)
+    assert torch.equal(as_tuple, tensor)
     assert [s[0] for s in seen] == [0, 1, 2, 3] and all(s[1] == 4 for s in seen)
     assert seen[-1][2].shape == seen[-1][3].shape == (1, 3, 16, 16)
 
 
 def test_prompt_and_guidance_scale_change_the_images(pipe):
-    a = pipe("a red circle", steps=5, seed=0, output_type="pt")
-    b = pipe("a blue square", steps=5, seed=0, output_type="pt")
+    a = pipe("a red circle", num_inference_steps=5, seed=0, output_type="pt").images
+    b = pipe("a blue square", num_inference_steps=5, seed=0, output_type="pt").images
     assert not torch.allclose(a, b)
-    plain = pipe("a red circle", steps=5, seed=0, guidance_scale=1.0, output_type="pt")
+    plain = pipe("a red circle", num_inference_steps=5, seed=0, guidance_scale=1.0, output_type="pt").images
     assert not torch.allclose(a, plain)
-    uncond_a = pipe("a red circle", steps=5, seed=0, guidance_scale=0.0, output_type="pt")
-    uncond_b = pipe("a blue square", steps=5, seed=0, guidance_scale=0.0, output_type="pt")
+    uncond_a = pipe("a red circle", num_inference_steps=5, seed=0, guidance_scale=0.0, output_type="pt").images
+    uncond_b = pipe("a blue square", num_inference_steps=5, seed=0, guidance_scale=0.0, output_type="pt").images
     torch.testing.assert_close(uncond_a, uncond_b)
-    empty = pipe("", steps=5, seed=0, guidance_scale=1.0, output_type="pt")
+    empty = pipe("", num_inference_steps=5, seed=0, guidance_scale=1.0, output_type="pt").images
     torch.testing.assert_close(uncond_a, empty)
 
 
@@ -72,21 +78,21 @@ def test_empty_prompts_skip_the_doubled_classifier_free_forward(pipe):
     batches = []
     hook = pipe.unet.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
     try:
-        guided = pipe(["", ""], steps=3, seed=0, guidance_scale=3.0, output_type="pt")
+        guided = pipe(["", ""], num_inference_steps=3, seed=0, guidance_scale=3.0, output_type="pt").images
         assert batches == [2, 2, 2]
-        pipe(["", "a red circle"], steps=3, seed=0, guidance_scale=3.0, output_type="pt")
+        pipe(["", "a red circle"], num_inference_steps=3, seed=0, guidance_scale=3.0, output_type="pt")
         assert batches[3:] == [4, 4, 4]
     finally:
         hook.remove()
-    torch.testing.assert_close(guided, pipe(["", ""], steps=3, seed=0, guidance_scale=1.0, output_type="pt"))
+    torch.testing.assert_close(guided, pipe(["", ""], num_inference_steps=3, seed=0, guidance_scale=1.0, output_type="pt").images)
 
 
 def test_save_and_load_reproduce_images_exactly(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "copy")
     loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "copy")
     assert loaded.config == pipe.config
-    first = pipe(["a small blue triangle in the top right"], steps=6, seed=3, output_type="pt")
-    second = loaded(["a small blue triangle in the top right"], steps=6, seed=3, output_type="pt")
+    first = pipe(["a small blue triangle in the top right"], num_inference_steps=6, seed=3, output_type="pt").images
+    second = loaded(["a small blue triangle in the top right"], num_inference_steps=6, seed=3, output_type="pt").images
     assert torch.equal(first, second)
 
 
@@ -147,17 +153,17 @@ def test_bad_arguments_are_refused(pipe):
         pipe("a circle", timestep_schedule="cosine")
     with pytest.raises(ValueError, match="sampler 'heun' takes no option 'eta'; its options: none"):
         pipe("a circle", sampler="heun", eta=0.5)
-    with pytest.raises(ValueError, match="has none"):
+    with pytest.raises(ValueError, match="has no classifier"):
         pipe("a circle", classifier_scale=2.0, classifier_labels={"shape": "circle"})
     with pytest.raises(ValueError, match="between 1 and 1000"):
-        pipe("a circle", steps=0)
-    with pytest.raises(ValueError, match="unknown diffusion config keys"):
+        pipe("a circle", num_inference_steps=0)
+    with pytest.raises(ValueError, match="unknown key 'steps' in the diffusion section; valid keys: num_timesteps, beta_schedule"):
         GuidedDiffusionPipeline.from_config({**GuidedDiffusionPipeline.from_config(TINY_CONFIG).config, "diffusion": {"steps": 3}})
 
 
 def test_training_mode_is_restored_after_sampling(pipe):
     pipe.unet.train()
-    pipe("a circle", steps=2, seed=0)
+    pipe("a circle", num_inference_steps=2, seed=0)
     assert pipe.unet.training
     pipe.unet.eval()
 
@@ -187,16 +193,16 @@ def test_the_sampling_config_chooses_sampler_schedule_and_eta_and_round_trips(pi
     )
     sde.save_pretrained(tmp_path / "sde")
     loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "sde")
-    assert loaded.sampling_config == {**sde.sampling_config, "eta": None}
-    default = loaded("a red circle", seed=0, output_type="pt")
-    explicit = pipe("a red circle", sampler="dpm++2m-sde", timestep_schedule="karras", steps=4, seed=0, output_type="pt")
+    assert loaded.sampling_config == sde.sampling_config and loaded.sampling_config.eta is None
+    default = loaded("a red circle", seed=0, output_type="pt").images
+    explicit = pipe("a red circle", sampler="dpm++2m-sde", timestep_schedule="karras", num_inference_steps=4, seed=0, output_type="pt").images
     assert torch.equal(default, explicit)  # eta None: the sampler's own default (1, the SDE)
-    assert not torch.equal(default, loaded("a red circle", seed=1, output_type="pt"))
-    ode = loaded("a red circle", seed=0, eta=0.0, output_type="pt")  # no noise: DPM-Solver++(2M)
-    torch.testing.assert_close(ode, loaded("a red circle", sampler="dpm++", seed=0, output_type="pt"), rtol=0, atol=1e-5)
+    assert not torch.equal(default, loaded("a red circle", seed=1, output_type="pt").images)
+    ode = loaded("a red circle", seed=0, eta=0.0, output_type="pt").images  # no noise: DPM-Solver++(2M)
+    torch.testing.assert_close(ode, loaded("a red circle", sampler="dpm++", seed=0, output_type="pt").images, rtol=0, atol=1e-5)
     old = GuidedDiffusionPipeline(pipe.unet, pipe.text_encoder, pipe.diffusion_config, sampling_config={"sampler": "ddpm", "eta": 0.0})
-    assert old.sampling_config["timestep_schedule"] == "uniform"  # configs saved before schedules existed
-    assert torch.equal(old("a red circle", steps=3, seed=0, output_type="pt"), pipe("a red circle", sampler="ddpm", steps=3, seed=0, output_type="pt"))
+    assert old.sampling_config.timestep_schedule == "uniform"  # configs saved before schedules existed
+    assert torch.equal(old("a red circle", num_inference_steps=3, seed=0, output_type="pt").images, pipe("a red circle", sampler="ddpm", num_inference_steps=3, seed=0, output_type="pt").images)
 
 
 def require_inductor_toolchain() -> None:
@@ -220,16 +226,92 @@ def test_a_pipeline_compiled_with_inductor_samples_the_same_images(tmp_path):
             if not p.any():
                 p.normal_(0, 0.05)
     prompts = ["a red circle", "a blue square"]
-    expected = pipe(prompts, steps=3, seed=0, output_type="pt")
+    expected = pipe(prompts, num_inference_steps=3, seed=0, output_type="pt").images
     keys = list(pipe.unet.state_dict())
     assert pipe.compile() is pipe
-    torch.testing.assert_close(pipe(prompts, steps=3, seed=0, output_type="pt"), expected, rtol=0, atol=1e-3)
+    torch.testing.assert_close(pipe(prompts, num_inference_steps=3, seed=0, output_type="pt").images, expected, rtol=0, atol=1e-3)
     assert list(pipe.unet.state_dict()) == keys
     pipe.save_pretrained(tmp_path / "saved")
     loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "saved")
-    assert torch.equal(loaded(prompts, steps=3, seed=0, output_type="pt"), expected)
+    assert torch.equal(loaded(prompts, num_inference_steps=3, seed=0, output_type="pt").images, expected)
 
 
 def test_an_unknown_compile_backend_is_refused_with_the_known_ones(pipe):
     with pytest.raises(ValueError, match="unknown compile backend 'inductr'; choose one of .*inductor"):
         pipe.compile(backend="inductr")
+
+
+# ------------------------------------------------------------------------------------- issue 15's seams
+
+TINY_CLASSIFIER = {"image_size": 16, "base_channels": 16, "channel_mult": [1, 2], "attention_resolutions": [8], "num_heads": 2,
+                   "labels": {"shape": ["circle", "square"], "color": ["red", "blue", "green"]}}
+TINY_CLIP = {"image_size": 16, "embed_dim": 16, "base_channels": 16, "channel_mult": [1, 2], "attention_resolutions": [8], "num_heads": 2,
+             "text_encoder": {"backend": "open_clip", "context_length": 16, "width": 32, "heads": 2, "layers": 1}}
+
+
+def test_from_config_of_a_pipeline_config_rebuilds_every_component(tmp_path):
+    config = {**read_yaml(TINY_CONFIG), "classifier": TINY_CLASSIFIER, "clip": TINY_CLIP, "sampling": {"sampler": "heun", "steps": 7}}
+    pipe = GuidedDiffusionPipeline.from_config(config)
+    assert pipe.classifier.labels == TINY_CLASSIFIER["labels"] and pipe.clip.config.embed_dim == 16
+    assert (pipe.sampling_config.sampler, pipe.sampling_config.steps) == ("heun", 7)
+    again = GuidedDiffusionPipeline.from_config(pipe.config)
+    assert again.config == pipe.config
+    for name in ("unet", "text_encoder", "classifier", "clip"):
+        ours, theirs = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
+        assert ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)
+    pipe.save_pretrained(tmp_path / "full")
+    assert GuidedDiffusionPipeline.from_pretrained(tmp_path / "full").config == pipe.config
+
+
+def test_the_diffusion_process_is_a_saved_component_and_version_1_folders_still_load(tiny_pipeline_dir, tmp_path):
+    pipe = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.save_pretrained(tmp_path / "v2")
+    index = json.loads((tmp_path / "v2" / "pipeline.json").read_text())
+    assert index["format_version"] == 2 and index["diffusion"] == "diffusion"
+    assert json.loads((tmp_path / "v2" / "diffusion" / "config.json").read_text()) == pipe.diffusion_config
+    expected = pipe("a red circle", num_inference_steps=3, seed=0, output_type="pt").images
+    # a folder written before the diffusion became a component: its settings inside pipeline.json
+    shutil.copytree(tmp_path / "v2", tmp_path / "v1")
+    shutil.rmtree(tmp_path / "v1" / "diffusion")
+    (tmp_path / "v1" / "pipeline.json").write_text(json.dumps({**index, "format_version": 1, "diffusion": pipe.diffusion_config}))
+    old = GuidedDiffusionPipeline.from_pretrained(tmp_path / "v1")
+    assert torch.equal(old("a red circle", num_inference_steps=3, seed=0, output_type="pt").images, expected)
+    (tmp_path / "v2" / "diffusion" / "config.json").write_text('{"num_timesteps": 1000, "schedule": "linear"}')
+    with pytest.raises(CheckpointError, match=r"diffusion/config.json.*unknown key 'schedule'"):
+        GuidedDiffusionPipeline.from_pretrained(tmp_path / "v2")
+    (tmp_path / "v1" / "pipeline.json").write_text(json.dumps({**index, "format_version": 3}))
+    with pytest.raises(CheckpointError, match="format version 3.*upgrade guided_diffusion"):
+        GuidedDiffusionPipeline.from_pretrained(tmp_path / "v1")
+
+
+def test_from_pretrained_takes_torch_dtype_and_device(tiny_pipeline_dir):
+    pipe = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype=torch.float64, device="cpu")
+    assert pipe.dtype == torch.float64 and pipe.device == torch.device("cpu")
+    assert all(p.dtype == torch.float64 for p in pipe.text_encoder.parameters())
+    images = pipe("a red circle", num_inference_steps=2, seed=0, output_type="pt").images
+    assert images.dtype == torch.float32 and images.shape == (1, 3, 16, 16)
+    with pytest.raises(RequestError, match="torch_dtype must be a floating torch dtype"):
+        GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype=torch.int8)
+    with pytest.raises(RequestError, match="'nonsense' is not a torch device"):
+        GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir, device="nonsense")
+
+
+def test_the_public_api_exports_what_users_call():
+    import guided_diffusion
+
+    for name in ("GuidedDiffusionPipeline", "GaussianDiffusion", "UNet", "NoiseAwareClassifier", "sample", "classifier_cond_fn",
+                 "ClassifierFreeGuidance", "CheckpointError", "UserError", "__version__"):
+        assert name in guided_diffusion.__all__ and getattr(guided_diffusion, name) is not None
+    assert "normal_kl" not in guided_diffusion.__all__ and not hasattr(guided_diffusion, "discretized_gaussian_log_likelihood")
+    assert issubclass(CheckpointError, guided_diffusion.UserError) and issubclass(RequestError, ValueError)
+
+
+def test_the_call_passes_every_option_of_the_one_request_check():
+    import inspect
+
+    from guided_diffusion.request import SamplingRequest
+
+    parameters = inspect.signature(GuidedDiffusionPipeline.__call__).parameters
+    assert all(parameters[name].default == default for name, default in SamplingRequest.OPTIONS.items())
+    with pytest.raises(RequestError, match="unknown sampling option 'step'; valid options: num_images_per_prompt"):
+        SamplingRequest.check(GuidedDiffusionPipeline.from_config(TINY_CONFIG), "a circle", step=3)

@@ -18,16 +18,16 @@ def test_shapes32_ships_with_its_classifier_and_samples():
     assert pipe.classifier.labels["shape"] == ["circle", "square", "triangle"]
     counts = pipe.parameter_counts()
     assert sum(counts.values()) * 4 <= 40 * 2**20  # the weights fit the 40 MB budget
-    images = pipe("a small blue triangle in the top right", steps=2, seed=0, output_type="np")
-    again = pipe("a small blue triangle in the top right", steps=2, seed=0, output_type="np")
+    images = pipe("a small blue triangle in the top right", num_inference_steps=2, seed=0, output_type="np").images
+    again = pipe("a small blue triangle in the top right", num_inference_steps=2, seed=0, output_type="np").images
     assert images.shape == (1, 32, 32, 3) and np.array_equal(images, again)
-    guided = pipe("", steps=2, seed=0, classifier_scale=5.0, classifier_labels={"shape": "triangle"}, output_type="np")
+    guided = pipe("", num_inference_steps=2, seed=0, classifier_scale=5.0, classifier_labels={"shape": "triangle"}, output_type="np").images
     assert guided.shape == (1, 32, 32, 3)
 
 
 @pytest.mark.parametrize(
     "settings",
-    [{"sampler": "ddpm", "steps": 20, "timestep_schedule": "uniform"}, {"sampler": "unipc", "steps": 20, "timestep_schedule": "karras"}, {}],
+    [{"sampler": "ddpm", "num_inference_steps": 20, "timestep_schedule": "uniform"}, {"sampler": "unipc", "num_inference_steps": 20, "timestep_schedule": "karras"}, {}],
 )
 def test_shapes32_draws_what_the_prompt_says(settings):
     """Four canonical prompts, the last a colour-shape pair held out of training, read back by the
@@ -41,8 +41,8 @@ def test_shapes32_draws_what_the_prompt_says(settings):
         ("triangle", "purple", "small", "right"),
     ]
     prompts = [canonical_caption(*attributes) for attributes in wanted]
-    assert (pipe.sampling_config["sampler"], pipe.sampling_config["timestep_schedule"], pipe.sampling_config["steps"]) == ("dpm++", "log_snr", 8)
-    images = pipe(prompts, **settings, seed=0, output_type="np")
+    assert (pipe.sampling_config.sampler, pipe.sampling_config.timestep_schedule, pipe.sampling_config.steps) == ("dpm++", "log_snr", 8)
+    images = [np.asarray(image) for image in pipe(prompts, **settings, seed=0).images]  # uint8, as describe reads them
     keys = ("shape", "color", "size", "position")
     assert [tuple(describe(image)[k] for k in keys) for image in images] == wanted
 
@@ -62,8 +62,8 @@ def test_emoji32_ships_with_its_classifier_training_pairs_and_samples():
     assert not held & {(name, style) for name, style, _ in pairs["train_pairs"]}
     assert all((name, {"google": "twitter", "twitter": "google"}[style]) not in held for name, style in held)
     assert pipe.example_prompts[0] == "grinning face, google style"
-    images = pipe("tiger face, twitter style", steps=2, seed=0, output_type="np")
-    again = pipe("tiger face, twitter style", steps=2, seed=0, output_type="np")
+    images = pipe("tiger face, twitter style", num_inference_steps=2, seed=0, output_type="np").images
+    again = pipe("tiger face, twitter style", num_inference_steps=2, seed=0, output_type="np").images
     assert images.shape == (1, 32, 32, 3) and np.array_equal(images, again)
-    guided = pipe("", steps=2, seed=0, classifier_scale=5.0, classifier_labels={"style": "twitter"}, output_type="np")
+    guided = pipe("", num_inference_steps=2, seed=0, classifier_scale=5.0, classifier_labels={"style": "twitter"}, output_type="np").images
     assert guided.shape == (1, 32, 32, 3)

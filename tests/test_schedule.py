@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from guided_diffusion import get_beta_schedule, space_timesteps
+from guided_diffusion.schedule import get_beta_schedule, space_timesteps
 
 
 def test_linear_schedule_matches_ddpm_and_scales_with_length():

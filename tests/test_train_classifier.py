@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from guided_diffusion.data import DataConfig, DataError, label_classes
+from guided_diffusion.errors import ConfigError
 from guided_diffusion.datasets.shapes import COLORS, make_shapes32
 from guided_diffusion.diffusion import GaussianDiffusion
 from guided_diffusion.guidance import classifier_cond_fn, resolve_labels
@@ -25,8 +26,8 @@ from guided_diffusion.models.classifier import NoiseAwareClassifier
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
 from train.classifier import ClassifierTrainingConfig, split_evaluation, t_ranges
 from train.config import RunConfig
-from train.errors import ConfigError
 
+from .conftest import training_error_line
 from .imagefolder import write_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,26 +51,9 @@ def make_labelled_folder(root: Path, num_images: int) -> Path:
 
 def flags(data: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
-        "--config",
-        "configs/tiny_classifier.yaml",
-        "--train_data_dir",
-        str(data),
-        "--label_columns",
-        "shape",
-        "color",
-        "--output_dir",
-        str(output_dir),
-        "--train_batch_size",
-        str(BATCH),
-        "--max_train_steps",
-        str(STEPS),
-        "--checkpointing_steps",
-        "4",
-        "--validation_steps",
-        "4",
-        "--eval_samples",
-        "8",
-        *extra,
+        "--config", "configs/tiny_classifier.yaml", "--train_data_dir", str(data), "--label_columns", "shape", "color",
+        "--output_dir", str(output_dir), "--train_batch_size", str(BATCH), "--max_train_steps", str(STEPS),
+        "--checkpointing_steps", "4", "--validation_steps", "4", "--eval_samples", "8", *extra,
     ]
 
 
@@ -146,10 +130,10 @@ def test_trained_classifier_guides_alone_and_attached(reference: tuple[Path, str
     assert f"attached the classifier to the pipeline in {pipeline_dir}" in stdout
     pipe = GuidedDiffusionPipeline.from_pretrained(pipeline_dir)
     assert pipe.classifier is not None and pipe.classifier.labels == classifier.labels
-    settings = {"steps": 4, "seed": 0, "output_type": "pt"}
-    guided = pipe("", classifier_scale=50.0, classifier_labels={"color": "blue"}, **settings)
+    settings = {"num_inference_steps": 4, "seed": 0, "output_type": "pt"}
+    guided = pipe("", classifier_scale=50.0, classifier_labels={"color": "blue"}, **settings).images
     assert guided.shape == (1, 3, 16, 16) and torch.isfinite(guided).all()
-    assert not torch.equal(guided, pipe("", **settings))
+    assert not torch.equal(guided, pipe("", **settings).images)
 
 
 def test_resume_reproduces_the_losses_and_evaluation(reference: tuple[Path, str], data: Path, tmp_path: Path) -> None:
@@ -174,19 +158,9 @@ def test_resume_reproduces_the_losses_and_evaluation(reference: tuple[Path, str]
 
 def error_in_process(args: list[str], capsys: pytest.CaptureFixture) -> str:
     """Run ``train.classifier.main(args)`` in this process, expecting a user error; returns its line."""
-    from accelerate.state import AcceleratorState
-
     from train.classifier import main
 
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main(args)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    assert exit_info.value.code == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines and lines[-1].startswith("error: ")
-    return lines[-1]
+    return training_error_line(main, "train.classifier", args, capsys)
 
 
 def test_missing_label_column_is_refused_with_the_columns(
@@ -253,10 +227,10 @@ def test_evaluation_rows_are_held_out_of_training() -> None:
         split_evaluation(dataset, run)
 
 
-@pytest.mark.parametrize("key", ["gradient_checkpointing", "snr_gamma"])
+@pytest.mark.parametrize("key", ["gradient_checkpointing", "snr_gamma", "validation_prompts"])
 def test_diffusion_only_keys_are_refused(key: str) -> None:
-    with pytest.raises(ConfigError, match=f"training.{key} belongs to diffusion runs"):
-        ClassifierTrainingConfig(**{key: True if key == "gradient_checkpointing" else 5.0})
+    with pytest.raises(ConfigError, match=f"unknown key '{key}' in the training section of run.yaml; valid keys: output_dir, seed"):
+        ClassifierTrainingConfig.from_dict({key: True}, source="run.yaml")
 
 
 def test_t_ranges_are_the_quarters_and_match_the_diffusion() -> None:

@@ -17,14 +17,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from guided_diffusion.errors import ConfigError
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
 from guided_diffusion.text import build_text_encoder
 from train.conditioning import CachedTextFeatures, TextConditionedUNet, TextConditioning
 from train.config import TrainingConfig, parse_run_config
 from train.ema import EMA
-from train.errors import ConfigError
 from train.loop import choose_mixed_precision, make_accelerator
 
+from .conftest import training_error_line
 from .imagefolder import write_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,25 +49,9 @@ def make_imagefolder(root: Path, num_images: int, broken: tuple[int, ...] = ()) 
 
 def flags(data: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
-        "--config",
-        "configs/tiny.yaml",
-        "--train_data_dir",
-        str(data),
-        "--output_dir",
-        str(output_dir),
-        "--train_batch_size",
-        str(BATCH),
-        "--max_train_steps",
-        str(STEPS),
-        "--checkpointing_steps",
-        "4",
-        "--validation_prompts",
-        "a red square",
-        "a blue square",
-        "--validation_steps",
-        "4",
-        "--validation_sampling_steps",
-        "5",
+        "--config", "configs/tiny.yaml", "--train_data_dir", str(data), "--output_dir", str(output_dir),
+        "--train_batch_size", str(BATCH), "--max_train_steps", str(STEPS), "--checkpointing_steps", "4",
+        "--validation_prompts", "a red square", "a blue square", "--validation_steps", "4", "--validation_sampling_steps", "5",
         *extra,
     ]
 
@@ -128,7 +113,7 @@ def test_run_writes_checkpoints_logs_validation_and_pipeline(reference: Path) ->
     assert sorted(p.name for p in (reference / "validation").iterdir()) == ["step-000004.png", "step-000008.png"]
 
     pipe = GuidedDiffusionPipeline.from_pretrained(reference)
-    images = pipe(["a red square", "a blue square"], steps=4, seed=0, output_type="pt")
+    images = pipe(["a red square", "a blue square"], num_inference_steps=4, seed=0, output_type="pt").images
     assert images.shape == (2, 3, 16, 16) and 0.0 <= images.min() and images.max() <= 1.0
 
 
@@ -215,7 +200,7 @@ def test_bf16_autocast_trains_and_resumes_exactly_on_the_cpu(data: Path, tmp_pat
     assert len(records) == STEPS and all(np.isfinite(r["loss"]) for r in records)
     train(flags(data, tmp_path / "resumed", *bf16, "--resume_from_checkpoint", str(tmp_path / "bf16" / "checkpoint-4")))
     assert [r["loss"] for r in metrics(tmp_path / "resumed")] == [r["loss"] for r in records[4:]]
-    GuidedDiffusionPipeline.from_pretrained(tmp_path / "bf16")("a red square", steps=2, seed=0)
+    GuidedDiffusionPipeline.from_pretrained(tmp_path / "bf16")("a red square", num_inference_steps=2, seed=0)
 
 
 def test_a_one_process_checkpoint_resumes_on_two_processes(reference: Path, data: Path, tmp_path: Path) -> None:
@@ -280,27 +265,16 @@ def test_gradient_checkpointing_trains_the_same_losses_and_publishes_the_same_mo
 
 
 def error_in_process(args: list[str], capsys: pytest.CaptureFixture) -> str:
-    """Run ``train.diffusion.main(args)`` in this process, expecting a user error; returns its line.
-    accelerate's process-wide state is reset afterwards, for the tests that follow."""
-    from accelerate.state import AcceleratorState
-
+    """Run ``train.diffusion.main(args)`` in this process, expecting a user error; returns its line."""
     from train.diffusion import main
 
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main(args)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    assert exit_info.value.code == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines and lines[-1].startswith("error: ")
-    return lines[-1]
+    return training_error_line(main, "train.diffusion", args, capsys)
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("train.diffusion: error")]
     assert len(errors) == 1, result.stderr
     return errors[0]
 

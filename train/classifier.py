@@ -25,6 +25,7 @@ EMA classifier: ``NoiseAwareClassifier.from_pretrained(output_dir / "classifier"
 
 from __future__ import annotations
 
+import sys
 import dataclasses
 import itertools
 import random
@@ -53,18 +54,17 @@ from guided_diffusion.data import (
     load_source,
 )
 from guided_diffusion.diffusion import GaussianDiffusion
+from guided_diffusion.errors import ConfigError, exits_on_user_errors
 from guided_diffusion.models.classifier import ClassifierConfig, NoiseAwareClassifier
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
 from guided_diffusion.serialization import save_json
 
 from .config import RunConfig, TrainingConfig, parse_run_config
-from .errors import ConfigError, exit_on_user_errors
 from .loop import EvaluateFn, LossFn, Trainer, make_accelerator
 
 CLASSIFIER_DIR = "classifier"
 REPORT_NAME = "accuracy_by_t"
 NUM_T_RANGES = 4
-DIFFUSION_ONLY_KEYS = ("validation_prompts", "validation_sampling_steps", "snr_gamma", "gradient_checkpointing")
 
 
 @dataclass
@@ -74,8 +74,7 @@ class HeldOutTrainingConfig(TrainingConfig):
 
     ``eval_samples`` images are held out for evaluation: rows of the training data, left out of training,
     or, with ``eval_split`` (a split other than ``data.split``), the first rows of that split (for
-    ``shapes32``, a freshly generated split of that size). The prompt-sampling keys of diffusion runs
-    are refused.
+    ``shapes32``, a freshly generated split of that size).
     """
 
     eval_samples: int = 512
@@ -87,9 +86,6 @@ class HeldOutTrainingConfig(TrainingConfig):
         for name in ("eval_samples", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"training.{name} must be at least 1, got {getattr(self, name)}")
-        for name in DIFFUSION_ONLY_KEYS:
-            if getattr(self, name):
-                raise ConfigError(f"training.{name} belongs to diffusion runs; this run has no use for it")
 
 
 @dataclass
@@ -382,8 +378,8 @@ def make_evaluate(
     return evaluate
 
 
-@exit_on_user_errors
-def main(argv: Sequence[str] | None = None) -> None:
+@exits_on_user_errors("train.classifier")
+def main(argv: Sequence[str] | None = None) -> int | None:
     run = parse_run_config(
         argv,
         description="Train a noise-aware classifier for classifier guidance.",
@@ -442,4 +438,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

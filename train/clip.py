@@ -18,6 +18,7 @@ model) and ``text_encoder/`` (its text tower, which a diffusion config loads wit
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +31,12 @@ from open_clip.loss import ClipLoss
 
 from guided_diffusion.data import TrainData, check_columns, load_source
 from guided_diffusion.diffusion import GaussianDiffusion
+from guided_diffusion.errors import ConfigError, exits_on_user_errors
 from guided_diffusion.models.clip import CLIPConfig, NoiseAwareCLIP
 from guided_diffusion.serialization import save_json
 
 from .classifier import HELD_OUT_FLAGS, EvalSet, HeldOutTrainingConfig, build_diffusion, load_eval_set, split_evaluation, t_ranges
 from .config import RunConfig, parse_run_config
-from .errors import ConfigError, exit_on_user_errors
 from .loop import EvaluateFn, LossFn, Trainer, make_accelerator
 
 CLIP_DIR = "clip"
@@ -174,8 +175,8 @@ def make_evaluate(
     return evaluate
 
 
-@exit_on_user_errors
-def main(argv: Sequence[str] | None = None) -> None:
+@exits_on_user_errors("train.clip")
+def main(argv: Sequence[str] | None = None) -> int | None:
     run = parse_run_config(
         argv, description="Train a noise-aware CLIP contrastively.", extra_flags=CLIP_FLAGS, training_config=ClipTrainingConfig
     )
@@ -216,4 +217,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

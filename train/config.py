@@ -1,18 +1,18 @@
 """A training run's configuration: a YAML file with command-line flags over it.
 
 The YAML file holds every section: the model sections read by ``GuidedDiffusionPipeline``
-(``unet``, ``text_encoder``, ``diffusion``, ``sampling``, and ``classifier`` for classifier runs),
-``data`` (a :class:`~guided_diffusion.data.DataConfig`) and ``training`` (a :class:`TrainingConfig`).
-A flag given on the command line replaces the key of the same name; unknown sections or keys are
-refused with the valid ones.
+(``unet``, ``text_encoder``, ``diffusion``, ``sampling``, and ``classifier`` or ``clip`` for those
+runs), ``data`` (a :class:`~guided_diffusion.data.DataConfig`) and ``training`` (a
+:class:`TrainingConfig` of the run's kind: :class:`DiffusionTrainingConfig` for diffusion runs, the
+held-out ones of :mod:`train.classifier` for the classifier and the CLIP). Every section is checked by
+:meth:`guided_diffusion.config.Config.from_dict`. A flag given on the command line replaces the key of
+the same name; unknown sections or keys are refused with the valid ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +21,9 @@ from typing import Any
 import torch
 from accelerate.utils import DynamoBackend
 
+from guided_diffusion.config import Config, read_yaml
 from guided_diffusion.data import DataConfig
-from guided_diffusion.pipeline import load_config
-
-from .errors import ConfigError
+from guided_diffusion.errors import ConfigError
 
 MODEL_SECTIONS = ("unet", "text_encoder", "diffusion", "sampling", "classifier", "clip")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -32,28 +31,27 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 @dataclass
-class TrainingConfig:
-    """Optimisation, schedule, checkpoints, EMA and validation of a run.
+class TrainingConfig(Config):
+    """Optimisation, schedule, checkpoints, EMA and validation of a run: the keys every kind of run
+    reads (each kind adds its own in a subclass).
 
     ``max_train_steps`` (optimizer updates) wins over ``num_train_epochs`` when both are set; streaming
-    data needs it. ``resume_from_checkpoint`` is a checkpoint folder or ``"latest"``. Validation
-    samples ``validation_prompts`` every ``validation_steps`` updates and at the end, with
-    ``validation_sampling_steps`` sampler steps (default: the config's ``sampling.steps``).
-    Commands without prompts (the classifier) evaluate on held-out data on the same schedule instead.
-    ``text_feature_cache`` is the number of captions whose frozen text features are kept (0: none).
+    data needs it. ``resume_from_checkpoint`` is a checkpoint folder or ``"latest"``. Validation runs every
+    ``validation_steps`` updates and at the end.
     ``mixed_precision`` None takes accelerate's setting (``accelerate launch --mixed_precision`` or
     ``accelerate config``) when there is one; without one it is "bf16" on a CUDA device that supports
     bf16 and "no" (float32) elsewhere, the CPU included (see :func:`train.loop.choose_mixed_precision`).
     A loss above ``divergence_factor`` x the median of the last ``divergence_window`` healthy updates
     for ``divergence_patience`` updates in a row, or a loss that is not finite, stops the run (see
     :mod:`train.divergence`); ``divergence_factor`` None keeps only the second check.
-    ``gradient_checkpointing`` recomputes the UNet's activations in the backward pass (diffusion runs).
     ``fused_adamw`` picks AdamW's fused kernel (None: where it pays, see
     :func:`train.optimizer.use_fused_adamw`).
     ``compile`` has accelerate run the trained module through ``torch.compile`` with ``compile_backend``
     (false: accelerate's setting, ``accelerate launch --dynamo_backend``, default none); checkpoints and
     the published model are named as without it.
     """
+
+    section = "training"
 
     output_dir: str = "outputs/run"
     seed: int = 0
@@ -73,18 +71,13 @@ class TrainingConfig:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
-    validation_prompts: list[str] = field(default_factory=list)
     validation_steps: int | None = None
-    validation_sampling_steps: int | None = None
     use_ema: bool = True
     ema_decay: float = 0.9999
     ema_warmup: bool = True
-    snr_gamma: float | None = None
-    text_feature_cache: int = 4096
     divergence_factor: float | None = 100.0
     divergence_patience: int = 3
     divergence_window: int = 100
-    gradient_checkpointing: bool = False
     fused_adamw: bool | None = None
     compile: bool = False
     compile_backend: str = "inductor"
@@ -94,7 +87,7 @@ class TrainingConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"training.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_train_steps", "validation_steps", "validation_sampling_steps", "checkpoints_total_limit"):
+        for name in ("max_train_steps", "validation_steps", "checkpoints_total_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"training.{name} must be at least 1 (or null), got {getattr(self, name)}")
         if self.lr_scheduler not in LR_SCHEDULERS:
@@ -112,15 +105,37 @@ class TrainingConfig:
                 raise ConfigError(f"training.{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ConfigError(f"training.learning_rate must be positive, got {self.learning_rate}")
-        for name in ("lr_warmup_steps", "text_feature_cache"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"training.{name} must not be negative, got {getattr(self, name)}")
+        if self.lr_warmup_steps < 0:
+            raise ConfigError(f"training.lr_warmup_steps must not be negative, got {self.lr_warmup_steps}")
         if self.compile:
             backends = training_compile_backends()
             if self.compile_backend not in backends:
                 raise ConfigError(
                     f"unknown compile_backend {self.compile_backend!r}; choose one of {', '.join(backends)}"
                 )
+
+
+@dataclass
+class DiffusionTrainingConfig(TrainingConfig):
+    """The ``training`` section of a diffusion run: :class:`TrainingConfig` plus what only a
+    text-to-image model uses. Validation samples ``validation_prompts`` (none: no validation), with
+    ``validation_sampling_steps`` sampler steps (default: the config's ``sampling.steps``).
+    ``snr_gamma`` turns on min-SNR-gamma loss weighting. ``text_feature_cache`` is the number of
+    captions whose frozen text features are kept (0: none). ``gradient_checkpointing`` recomputes the
+    UNet's activations in the backward pass."""
+
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_sampling_steps: int | None = None
+    snr_gamma: float | None = None
+    text_feature_cache: int = 4096
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.validation_sampling_steps is not None and self.validation_sampling_steps < 1:
+            raise ConfigError(f"training.validation_sampling_steps must be at least 1 (or null), got {self.validation_sampling_steps}")
+        if self.text_feature_cache < 0:
+            raise ConfigError(f"training.text_feature_cache must not be negative, got {self.text_feature_cache}")
 
 
 def training_compile_backends() -> list[str]:
@@ -174,21 +189,24 @@ TRAINING_FLAGS: dict[str, dict[str, Any]] = {
     "checkpointing_steps": {"type": int, "help": "save a checkpoint every N updates"},
     "checkpoints_total_limit": {"type": int, "help": "keep only the newest N checkpoints"},
     "resume_from_checkpoint": {"help": "a checkpoint folder, or 'latest' in output_dir"},
-    "validation_prompts": {"nargs": "+", "help": "prompts sampled into output_dir/validation/"},
     "validation_steps": {"type": int, "help": "sample the validation prompts (or evaluate) every N updates"},
-    "validation_sampling_steps": {"type": int, "help": "sampler steps of validation (default: sampling.steps)"},
     "use_ema": {"action": argparse.BooleanOptionalAction, "help": "keep an EMA of the weights and export it"},
     "ema_decay": {"type": float},
-    "snr_gamma": {"type": float, "help": "min-SNR-gamma loss weighting (e.g. 5.0)"},
     "divergence_factor": {"type": float, "help": "stop when the loss exceeds this many times its recent median (default 100)"},
     "divergence_patience": {"type": int, "help": "... for this many updates in a row (default 3)"},
+    "fused_adamw": {"action": argparse.BooleanOptionalAction, "help": "AdamW's fused kernel (default: where it pays)"},
+    "compile": {"action": argparse.BooleanOptionalAction, "help": "torch.compile the trained model (default: no)"},
+    "compile_backend": {"help": "torch.compile backend (default: inductor)"},
+}
+DIFFUSION_TRAINING_FLAGS: dict[str, dict[str, Any]] = {
+    "validation_prompts": {"nargs": "+", "help": "prompts sampled into output_dir/validation/"},
+    "validation_sampling_steps": {"type": int, "help": "sampler steps of validation (default: sampling.steps)"},
+    "snr_gamma": {"type": float, "help": "min-SNR-gamma loss weighting (e.g. 5.0)"},
     "gradient_checkpointing": {
         "action": argparse.BooleanOptionalAction,
         "help": "recompute the UNet's activations in the backward pass: less memory, one more forward",
     },
-    "fused_adamw": {"action": argparse.BooleanOptionalAction, "help": "AdamW's fused kernel (default: where it pays)"},
-    "compile": {"action": argparse.BooleanOptionalAction, "help": "torch.compile the trained model (default: no)"},
-    "compile_backend": {"help": "torch.compile backend (default: inductor)"},
+    "text_feature_cache": {"type": int, "help": "captions whose frozen text features are cached (0: none)"},
 }
 MODEL_FLAGS: dict[str, dict[str, Any]] = {
     "prediction_type": {"choices": ("eps", "x0", "v"), "help": "what the model predicts (diffusion.prediction)"},
@@ -198,72 +216,13 @@ MODEL_FLAGS: dict[str, dict[str, Any]] = {
 # ---------------------------------------------------------------------------------------- building
 
 
-def _convert(value: Any, kind: Any) -> Any:
-    """``value`` as the simple type ``kind``; TypeError or ValueError when it is not one."""
-    if kind is bool and isinstance(value, bool):
-        return value
-    if kind is int and not isinstance(value, bool):
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(value)
-        if isinstance(value, (int, float, str)):
-            return int(value)
-    if kind is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        return float(value)  # also YAML's "1e-4", which it reads as a string
-    if kind is str and isinstance(value, str):
-        return value
-    if typing.get_origin(kind) is list and isinstance(value, (list, tuple)):
-        return list(value)
-    if typing.get_origin(kind) is dict and isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(value)
-
-
-def _describe(kind: Any) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    return names.get(kind, {list: "a list", dict: "a mapping"}.get(typing.get_origin(kind), str(kind)))
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` checked against the annotation ``hint`` (a type or a union of types)."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in options:
-        return None
-    kinds = [o for o in options if o is not type(None)]
-    for kind in kinds:
-        try:
-            return _convert(value, kind)
-        except (TypeError, ValueError):
-            continue
-    expected = " or ".join(_describe(k) for k in kinds) + (" (or null)" if type(None) in options else "")
-    raise ConfigError(f"{where} must be {expected}, got {value!r}")
-
-
-def build_section(cls: type, values: Mapping[str, Any] | None, section: str, source: str) -> Any:
-    """An instance of the dataclass ``cls`` from a config section, refusing unknown keys and wrong types."""
-    values = dict(values or {})
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {unknown[0]!r} in the {section} section of {source}; valid keys: {', '.join(known)}"
-        )
-    return cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping of sections in a YAML config file; a missing or malformed file is a ConfigError."""
-    path = Path(path)
-    try:
-        config = load_config(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(str(err)) from None
+def read_run_yaml(path: str | Path) -> dict[str, Any]:
+    """The sections of a run's YAML config; a section no run reads is a ConfigError naming the valid ones."""
+    config = read_run_yaml(path)
     sections = (*MODEL_SECTIONS, "data", "training")
-    for section, values in config.items():
+    for section in config:
         if section not in sections:
             raise ConfigError(f"unknown section {section!r} in {path}; valid sections: {', '.join(sections)}")
-        if values is not None and not isinstance(values, dict):
-            raise ConfigError(f"section {section!r} of {path} must be a mapping of keys")
     return config
 
 
@@ -271,17 +230,19 @@ def parse_run_config(
     argv: Sequence[str] | None,
     description: str,
     extra_flags: Mapping[str, Mapping[str, dict[str, Any]]] | None = None,
-    training_config: type[TrainingConfig] = TrainingConfig,
+    training_config: type[TrainingConfig] = DiffusionTrainingConfig,
 ) -> RunConfig:
     """Parse ``--config`` and the override flags, and build the run's config from them.
 
-    ``extra_flags`` maps a section name to more flags (argparse keyword arguments by name) that
-    override keys of that section; other training commands add theirs this way, with the keys of their
-    ``training`` section in a subclass of :class:`TrainingConfig` passed as ``training_config``. Every
+    ``training_config`` is the kind of run's ``training`` section (a diffusion run's by default; its
+    own flags come with it). ``extra_flags`` maps a section name to more flags (argparse keyword
+    arguments by name) that override keys of that section; other training commands add theirs this way,
+    with the keys of their ``training`` section in a subclass of :class:`TrainingConfig`. Every
     override flag defaults to None, meaning "keep the YAML value". ``--prediction_type`` sets
     ``diffusion.prediction``.
     """
-    sections_of_flags = {"data": DATA_FLAGS, "training": TRAINING_FLAGS, "diffusion": MODEL_FLAGS}
+    training_flags = {**TRAINING_FLAGS, **(DIFFUSION_TRAINING_FLAGS if issubclass(training_config, DiffusionTrainingConfig) else {})}
+    sections_of_flags = {"data": DATA_FLAGS, "training": training_flags, "diffusion": MODEL_FLAGS}
     for section, flags in (extra_flags or {}).items():
         sections_of_flags[section] = {**sections_of_flags.get(section, {}), **flags}
     parser = argparse.ArgumentParser(description=description)
@@ -300,7 +261,7 @@ def parse_run_config(
             value = getattr(args, name)
             if value is not None:
                 sections[section]["prediction" if name == "prediction_type" else name] = value
-    data = build_section(DataConfig, sections["data"], "data", str(path))
-    training = build_section(training_config, sections["training"], "training", str(path))
+    data = DataConfig.from_dict(sections["data"], source=path)
+    training = training_config.from_dict(sections["training"], source=path)
     model = {name: sections[name] for name in MODEL_SECTIONS if name in config or sections[name]}
     return RunConfig(path=path, model=model, data=data, training=training)

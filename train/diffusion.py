@@ -16,6 +16,7 @@ weights: ``GuidedDiffusionPipeline.from_pretrained(output_dir)`` loads it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,13 @@ from torch import nn
 
 from guided_diffusion.data import EMOJI
 from guided_diffusion.datasets.emoji import training_pairs
+from guided_diffusion.errors import ConfigError, exits_on_user_errors
 from guided_diffusion.images import captioned_grid
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
 from guided_diffusion.serialization import TRAINING_DATA_NAME, save_json
 
 from .conditioning import TextConditioning
 from .config import RunConfig, parse_run_config
-from .errors import ConfigError, exit_on_user_errors
 from .loop import LossFn, Trainer, make_accelerator, open_training_data
 
 PIPELINE_SECTIONS = ("unet", "text_encoder", "diffusion", "sampling")
@@ -44,7 +45,7 @@ def build_pipeline(run: RunConfig) -> GuidedDiffusionPipeline:
     config = {name: run.model[name] for name in PIPELINE_SECTIONS if name in run.model}
     try:
         return GuidedDiffusionPipeline.from_config(config)
-    except ValueError as err:
+    except ConfigError as err:
         raise ConfigError(f"bad model config in {run.path}: {err}") from None
 
 
@@ -90,13 +91,13 @@ def save_validation_grid(
 ) -> None:
     """Sample one image per prompt into a PNG, in prompt order (8 per row), each enlarged with its
     prompt written under it; ``steps`` None uses the pipeline's sampling settings."""
-    images = pipe(prompts, seed=seed, steps=steps)
+    images = pipe(prompts, seed=seed, num_inference_steps=steps).images
     path.parent.mkdir(parents=True, exist_ok=True)
     captioned_grid(images, prompts).save(path)
 
 
-@exit_on_user_errors
-def main(argv: Sequence[str] | None = None) -> None:
+@exits_on_user_errors("train.diffusion")
+def main(argv: Sequence[str] | None = None) -> int | None:
     run = parse_run_config(argv, description="Train a text-conditioned diffusion model.")
     training = run.training
     accelerator = make_accelerator(training)
@@ -132,10 +133,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         data,
         make_loss_fn(accelerator, pipe, conditioning, run),
         publish,
-        validate,
+        validate if training.validation_prompts else None,
     )
     trainer.run()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,7 +18,7 @@ import os
 import statistics
 from collections import deque
 
-from .errors import TrainingError
+from guided_diffusion.errors import TrainingError
 
 CAUSES = (
     "Likely causes: a learning rate too high for this model and batch (lower --learning_rate or add "
@@ -56,7 +56,7 @@ class DivergenceGuard:
 
     def check(self, step: int, loss: float, last_good: os.PathLike | str | None) -> bool:
         """Judge update ``step``'s ``loss``: True when healthy, False when suspect; raises
-        :class:`~train.errors.TrainingError` (naming the step, the last good checkpoint ``last_good``
+        :class:`~guided_diffusion.errors.TrainingError` (naming the step, the last good checkpoint ``last_good``
         and the likely causes) when the loss is not finite or has been suspect for ``patience``
         updates in a row."""
         if not math.isfinite(loss):

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from guided_diffusion.models.layers import renamed_keys
+
 
 class EMA:
     """The EMA of ``module``'s parameters that require gradients.
@@ -28,6 +30,7 @@ class EMA:
         self.num_updates = 0
         self.params = {name: p for name, p in module.named_parameters() if p.requires_grad}
         self.shadow = {name: p.detach().to(torch.float32, copy=True) for name, p in self.params.items()}
+        self.renames = renamed_keys(module)  # old weight names of the module's blocks -> today's
 
     def current_decay(self) -> float:
         """The decay the next :meth:`update` uses."""
@@ -62,9 +65,11 @@ class EMA:
         return {"num_updates": self.num_updates, "shadow": {k: v.clone() for k, v in self.shadow.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = sorted(set(self.shadow) - set(state["shadow"]))
+        """Load a state saved by :meth:`state_dict`, also one saved under the blocks' old weight names."""
+        shadow = {self.renames.get(name, name): tensor for name, tensor in state["shadow"].items()}
+        missing = sorted(set(self.shadow) - set(shadow))
         if missing:
             raise ValueError(f"EMA state lacks weights {missing[:3]}; it belongs to another model")
         self.num_updates = int(state["num_updates"])
         for name, tensor in self.shadow.items():
-            tensor.copy_(state["shadow"][name])
+            tensor.copy_(shadow[name])

@@ -37,6 +37,7 @@ from transformers import get_scheduler
 
 from guided_diffusion.compilation import compile_time_report
 from guided_diffusion.data import DataError, DataPosition, TrainData, check_columns, load_source
+from guided_diffusion.errors import ConfigError, TrainingError
 from guided_diffusion.serialization import CheckpointError
 
 from .checkpoints import (
@@ -51,7 +52,6 @@ from .checkpoints import (
 from .config import RunConfig, TrainingConfig
 from .divergence import DivergenceGuard, kept
 from .ema import EMA
-from .errors import ConfigError, TrainingError
 from .optimizer import build_adamw
 from .tracking import Tracker, tracker_backends
 
@@ -189,7 +189,7 @@ class Trainer:
             the unconfirmed checkpoints after them deleted. The last checkpoint of a run has no next
             update: it is published when the run's last loss is healthy.
         validate: ``validate(step)`` samples for inspection; called on the main process with the EMA
-            weights in place, every ``validation_steps`` and at the end, when there are prompts.
+            weights in place, every ``validation_steps`` and at the end (None: no validation).
         evaluate: ``evaluate(step) -> metrics`` measures the model on held-out data; called on the main
             process with the EMA weights in place, every ``validation_steps`` and at the end. Its
             metrics join that update's record in the logs.
@@ -475,7 +475,7 @@ class Trainer:
         return step == self.max_steps or (every is not None and step % every == 0)
 
     def _validation_due(self, step: int) -> bool:
-        if self.validate is None or not self.config.validation_prompts:
+        if self.validate is None:
             return False
         return self._on_validation_schedule(step)
 

@@ -17,10 +17,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..errors import UserError
+
 DATA_DIR_ENV = "GD_DATA_DIR"
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """A dataset's files could not be fetched or found; the message names the fix."""
 
 

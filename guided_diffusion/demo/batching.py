@@ -1,7 +1,8 @@
 """Sampling checked requests in batches on one worker thread, with live previews for each request.
 
 Requests that arrive together are sampled in one call of the pipeline when they can share it: the same
-model and the same settings (:meth:`GenerationRequest.batch_key`). Prompts and seeds may differ, and
+model and the same settings (:meth:`GenerationRequest.batch_key`; an autoguidance model, which the
+request holds already resolved to its pipeline, counts by its name). Prompts and seeds may differ, and
 every image's noise comes from its own request's generator (:func:`guided_diffusion.noise.randn`), so a
 request gets the images it would get alone: the same seed, the same image, up to float rounding (a
 batched matrix product may sum in another order).
@@ -221,6 +222,6 @@ class SamplingBatcher:
                 else:
                     job.updates.put(StepUpdate(step, steps))
 
-        images = pipe(prompts, generator=generators, callback=callback, output_type="pt", **first.request.sampling_kwargs())
+        images = pipe(prompts, generator=generators, callback=callback, output_type="pt", **first.request.sampling_kwargs()).images
         for job, (start, end) in zip(batch, bounds):
             job.updates.put(SamplingDone(images[start:end]))

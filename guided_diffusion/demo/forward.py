@@ -2,7 +2,7 @@
 
 For every beta schedule (linear and cosine, over the loaded model's T steps) the demo shows the same
 noise added to the same image at timestep t, and plots alpha_bar_t and the signal-to-noise ratio
-SNR(t) = alpha_bar_t / (1 - alpha_bar_t) on a log scale, as in the reference notes.
+SNR(t) = alpha_bar_t / (1 - alpha_bar_t) on a log scale (Kingma et al. 2021, variational diffusion models).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ..datasets.shapes import PALETTE, POSITION_XY, SIZE_PX, render_shape
-from ..diffusion import DIFFUSION_DEFAULTS, GaussianDiffusion
+from ..diffusion import GaussianDiffusion
 from ..images import from_pil
 from ..pipeline import GuidedDiffusionPipeline
 from ..schedule import BETA_SCHEDULES, get_beta_schedule
@@ -47,7 +47,7 @@ def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
 def schedule_processes(pipe: GuidedDiffusionPipeline) -> dict[str, GaussianDiffusion]:
     """One process per beta schedule over the pipeline's T steps; the pipeline's own schedule is
     ``pipe.diffusion`` itself."""
-    own = pipe.diffusion_config.get("beta_schedule", DIFFUSION_DEFAULTS["beta_schedule"])
+    own = pipe.diffusion.config.beta_schedule
     steps = pipe.diffusion.num_timesteps
     return {name: pipe.diffusion if name == own else GaussianDiffusion(get_beta_schedule(name, steps)) for name in BETA_SCHEDULES}
 

@@ -1,27 +1,33 @@
 """Checked generation requests, independent of the web UI.
 
 :func:`check_request` turns raw user input (from the browser or an API client) into a
-:class:`GenerationRequest`, refusing bad values with a ``ValueError`` that names the valid range, and
-noting when the prompt is longer than the text encoder reads. :mod:`.batching` samples them.
+:class:`GenerationRequest`: the demo's own limits (images per request, scales, prompt length) and the
+form of its inputs are checked here, everything else by the pipeline's one check,
+:meth:`~guided_diffusion.request.SamplingRequest.check`; a bad value raises a
+:class:`~guided_diffusion.errors.RequestError` that names it and its valid range. It also notes when
+the prompt is longer than the text encoder reads, and resolves the name of an autoguidance model to
+that model's pipeline among the demo's :class:`~.models.DemoModels`. :mod:`.batching` samples the
+requests.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import RequestError
 from ..pipeline import GuidedDiffusionPipeline
-from ..samplers import checked_sampler
-from ..timestep_schedules import checked_schedule
+from ..request import SamplingRequest, check_autoguidance, number, whole_number
 from ..text import TextEncoder
+from .models import DemoModels
 
 MAX_IMAGES = 16
 MAX_PROMPT_CHARS = 1000
 MAX_GUIDANCE_SCALE = 20.0
 MAX_CLASSIFIER_SCALE = 100.0
 MAX_CLIP_GUIDANCE_SCALE = 1000.0
+MAX_ETA = 10.0
 MAX_SEED = 2**32 - 1
 
 
@@ -29,6 +35,8 @@ MAX_SEED = 2**32 - 1
 class GenerationRequest:
     """One checked request: every value is in range and understood by the pipeline.
 
+    ``autoguidance`` is the name of the guiding model (None: classifier-free guidance by the model
+    itself) and ``guide`` its pipeline; ``eta`` is the sampler's eta (None: the sampler's default).
     ``notices`` are things the user should be told that do not stop the request (a truncated prompt).
     """
 
@@ -46,6 +54,11 @@ class GenerationRequest:
     cads: bool = False
     clip_guidance_scale: float = 0.0
     clip_guidance_prompt: str | None = None
+    eta: float | None = None
+    thresholding: float | None = None
+    clip_guidance_interval: tuple[float, float] | None = None
+    autoguidance: str | None = None
+    guide: GuidedDiffusionPipeline | None = field(default=None, compare=False, repr=False)
     notices: tuple[str, ...] = field(default=())
 
     def pipeline_kwargs(self) -> dict[str, Any]:
@@ -53,9 +66,10 @@ class GenerationRequest:
         return {"prompt": self.prompt, "num_images_per_prompt": self.num_images, "seed": self.seed, **self.sampling_kwargs()}
 
     def sampling_kwargs(self) -> dict[str, Any]:
-        """The pipeline's keyword arguments that every request sampled in one batch must share."""
+        """The pipeline's keyword arguments that every request sampled in one batch must share
+        (``autoguidance``: the guiding pipeline)."""
         return {
-            "steps": self.steps,
+            "num_inference_steps": self.steps,
             "sampler": self.sampler,
             "timestep_schedule": self.timestep_schedule,
             "guidance_scale": self.guidance_scale,
@@ -66,30 +80,20 @@ class GenerationRequest:
             "cads": self.cads,
             "clip_guidance_scale": self.clip_guidance_scale,
             "clip_guidance_prompt": self.clip_guidance_prompt,
+            "clip_guidance_interval": self.clip_guidance_interval,
+            "eta": self.eta,
+            "thresholding": self.thresholding,
+            "autoguidance": self.guide,
         }
 
     def batch_key(self) -> tuple[Any, ...]:
-        """Requests with equal keys can be sampled in one batch: the same settings, and classifier-free
-        guidance either applied to both or to neither (the pipeline skips it for the empty prompt)."""
+        """Requests with equal keys can be sampled in one batch: the same settings (the guiding model by
+        its name), and classifier-free guidance either applied to both or to neither (the pipeline skips
+        it for the empty prompt, unless a guiding model gives the unconditional branch)."""
         settings = self.sampling_kwargs()
         settings["classifier_labels"] = tuple(sorted((self.classifier_labels or {}).items()))
-        return (*settings.values(), self.guidance_scale != 1.0 and bool(self.prompt))
-
-
-def _whole_number(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
-        raise ValueError(f"{name} must be a whole number between {low} and {high}, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {int(value)}")
-    return int(value)
-
-
-def _number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number between {low:g} and {high:g}, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
-    return float(value)
+        settings["autoguidance"] = self.autoguidance
+        return (*settings.values(), self.guidance_scale != 1.0 and (bool(self.prompt) or self.autoguidance is not None))
 
 
 def prompt_truncation(text_encoder: TextEncoder, prompt: str) -> str | None:
@@ -122,8 +126,16 @@ def check_request(
     cads: Any = False,
     clip_guidance_scale: Any = None,
     clip_guidance_prompt: Any = None,
+    eta: Any = None,
+    thresholding: Any = None,
+    clip_t_min: Any = None,
+    clip_t_max: Any = None,
+    autoguidance: Any = None,
+    *,
+    models: DemoModels | None = None,
+    model: str | None = None,
 ) -> GenerationRequest:
-    """Check raw user input against ``pipe`` and the demo's limits; ``ValueError`` names the problem.
+    """Check raw user input against ``pipe`` and the demo's limits; a ``RequestError`` names the problem.
 
     ``steps``, ``sampler``, ``guidance_scale`` and ``timestep_schedule`` None take ``pipe``'s sampling
     config; ``seed`` None draws a random seed. Classifier settings (a non-empty attribute or label, or a
@@ -132,82 +144,120 @@ def check_request(
     timesteps (0..T-1) at which classifier-free and classifier guidance act (None: that end of the
     range); ``cads`` turns on condition-annealed sampling. ``clip_guidance_scale`` (None: the model's
     sampling config) > 0 needs a pipeline with a noise-aware CLIP, which steers towards
-    ``clip_guidance_prompt`` (None or empty: the prompt).
+    ``clip_guidance_prompt`` (None or empty: the prompt), at the timesteps between ``clip_t_min`` and
+    ``clip_t_max``. ``eta`` (0..MAX_ETA; None: the model's or the sampler's default) is for the samplers
+    that take it (see :func:`~guided_diffusion.samplers.sampler_options`); ``thresholding`` (a quantile
+    in (0, 1] such as 0.995; None: off) turns on dynamic thresholding. ``autoguidance`` (None or empty:
+    off) names the model among ``models`` that guides in place of the unconditional model; ``model`` is
+    the name of ``pipe`` there, which cannot guide itself. The guide must be compatible with ``pipe``
+    (the pipeline's own check: the same diffusion process, image size and device).
     """
     if prompt is None:
         prompt = ""
     if not isinstance(prompt, str):
-        raise ValueError(f"prompt must be text, got {type(prompt).__name__}")
+        raise RequestError(f"prompt must be text, got {type(prompt).__name__}")
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(
+        raise RequestError(
             f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS} "
             f"(the text encoder reads only {pipe.text_encoder.context_length} tokens anyway)"
         )
-    num_images = _whole_number("num_images", num_images, 1, MAX_IMAGES)
-    settings = pipe.sampling_config
-    steps = settings["steps"] if steps is None else steps
-    sampler = settings["sampler"] if sampler is None else sampler
-    guidance_scale = settings["guidance_scale"] if guidance_scale is None else guidance_scale
-    timestep_schedule = settings["timestep_schedule"] if timestep_schedule is None else timestep_schedule
-    steps = _whole_number("steps", steps, 1, pipe.diffusion.num_timesteps)
-    checked_sampler(sampler)
-    checked_schedule(timestep_schedule)
-    guidance_scale = _number("guidance_scale", guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
-    classifier_scale = _number("classifier_scale", classifier_scale, 0.0, MAX_CLASSIFIER_SCALE)
-    labels = _classifier_labels(pipe, classifier_attribute, classifier_label, classifier_scale)
-    seed = secrets.randbelow(MAX_SEED + 1) if seed is None else _whole_number("seed", seed, 0, MAX_SEED)
+    num_images = whole_number("num_images", num_images, 1, MAX_IMAGES)
     last = pipe.diffusion.num_timesteps - 1
-    guidance_interval = _interval("guidance", guidance_t_min, guidance_t_max, last)
-    classifier_interval = _interval("classifier", classifier_t_min, classifier_t_max, last)
+    if steps is not None:
+        steps = whole_number("steps", steps, 1, last + 1)
+    if guidance_scale is not None:
+        guidance_scale = number("guidance_scale", guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
+    classifier_scale = number("classifier_scale", classifier_scale, 0.0, MAX_CLASSIFIER_SCALE)
+    if clip_guidance_scale is not None:
+        clip_guidance_scale = number("clip_guidance_scale", clip_guidance_scale, 0.0, MAX_CLIP_GUIDANCE_SCALE)
+    seed = secrets.randbelow(MAX_SEED + 1) if seed is None else whole_number("seed", seed, 0, MAX_SEED)
     if cads not in (True, False, None):
-        raise ValueError(f"cads must be true or false, got {cads!r}")
-    clip_scale = settings["clip_guidance_scale"] if clip_guidance_scale is None else clip_guidance_scale
-    clip_scale = _number("clip_guidance_scale", clip_scale, 0.0, MAX_CLIP_GUIDANCE_SCALE)
-    if clip_scale > 0 and pipe.clip is None:
-        raise ValueError("this model has no noise-aware CLIP: leave clip_guidance_scale at 0")
+        raise RequestError(f"cads must be true or false, got {cads!r}")
     if clip_guidance_prompt is not None and not isinstance(clip_guidance_prompt, str):
-        raise ValueError(f"clip_guidance_prompt must be text, got {type(clip_guidance_prompt).__name__}")
+        raise RequestError(f"clip_guidance_prompt must be text, got {type(clip_guidance_prompt).__name__}")
     if clip_guidance_prompt is not None and len(clip_guidance_prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"the CLIP guidance prompt is {len(clip_guidance_prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+        raise RequestError(f"the CLIP guidance prompt is {len(clip_guidance_prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    if eta is not None:
+        eta = number("eta", eta, 0.0, MAX_ETA)
+    if thresholding is not None:
+        thresholding = number("thresholding", thresholding, 0.0, 1.0)
+        if thresholding == 0:
+            raise RequestError("thresholding must be a quantile above 0 and at most 1, such as 0.995 (none: off), got 0")
+    if autoguidance is not None and not isinstance(autoguidance, str):
+        raise RequestError(f"autoguidance must be a model's name, got {type(autoguidance).__name__}")
+    labels = None
+    if classifier_attribute or classifier_label or classifier_scale:
+        labels = {classifier_attribute: classifier_label}
+    checked = SamplingRequest.check(
+        pipe,
+        prompt,
+        num_images_per_prompt=num_images,
+        num_inference_steps=steps,
+        sampler=sampler,
+        timestep_schedule=timestep_schedule,
+        guidance_scale=guidance_scale,
+        guidance_interval=_interval("guidance", guidance_t_min, guidance_t_max, last),
+        classifier_scale=classifier_scale,
+        classifier_labels=labels,
+        classifier_interval=_interval("classifier", classifier_t_min, classifier_t_max, last),
+        cads=bool(cads),
+        clip_guidance_scale=clip_guidance_scale,
+        clip_guidance_prompt=clip_guidance_prompt or None,
+        clip_guidance_interval=_interval("clip", clip_t_min, clip_t_max, last),
+        eta=eta,
+        thresholding=thresholding,
+    )
+    guide = _guide(pipe, autoguidance, models, model)
     notice = prompt_truncation(pipe.text_encoder, prompt)
     return GenerationRequest(
         prompt=prompt,
         num_images=num_images,
-        steps=steps,
-        sampler=sampler,
-        guidance_scale=guidance_scale,
-        classifier_scale=classifier_scale,
-        classifier_labels=labels if classifier_scale > 0 else None,
+        steps=checked.num_inference_steps,
+        sampler=checked.sampler,
+        guidance_scale=checked.guidance_scale,
+        classifier_scale=checked.classifier_scale,
+        classifier_labels=labels if checked.classifier_labels is not None else None,
         seed=seed,
-        timestep_schedule=timestep_schedule,
-        guidance_interval=guidance_interval,
-        classifier_interval=classifier_interval if classifier_scale > 0 else None,
-        cads=bool(cads),
-        clip_guidance_scale=clip_scale,
-        clip_guidance_prompt=(clip_guidance_prompt or None) if clip_scale > 0 else None,
+        timestep_schedule=checked.timestep_schedule,
+        guidance_interval=checked.guidance_interval,
+        classifier_interval=checked.classifier_interval if checked.classifier_labels is not None else None,
+        cads=checked.cads is not None,
+        clip_guidance_scale=checked.clip_guidance_scale,
+        clip_guidance_prompt=(clip_guidance_prompt or None) if checked.clip_guidance_prompts is not None else None,
+        eta=checked.sampler_options.get("eta"),
+        thresholding=checked.thresholding,
+        clip_guidance_interval=checked.clip_guidance_interval if checked.clip_guidance_prompts is not None else None,
+        autoguidance=autoguidance if guide is not None else None,
+        guide=guide,
         notices=(notice,) if notice else (),
     )
 
 
 def _interval(kind: str, low: Any, high: Any, last: int) -> tuple[float, float] | None:
     """The interval ``(low, high)`` of timesteps (None ends: 0 and ``last``); None for the whole range."""
-    low = 0.0 if low is None else _number(f"{kind}_t_min", low, 0, last)
-    high = float(last) if high is None else _number(f"{kind}_t_max", high, 0, last)
+    low = 0.0 if low is None else number(f"{kind}_t_min", low, 0, last)
+    high = float(last) if high is None else number(f"{kind}_t_max", high, 0, last)
     if low > high:
-        raise ValueError(f"{kind}_t_min ({low:g}) must not be above {kind}_t_max ({high:g})")
+        raise RequestError(f"{kind}_t_min ({low:g}) must not be above {kind}_t_max ({high:g})")
     return None if (low, high) == (0.0, float(last)) else (low, high)
 
 
-def _classifier_labels(
-    pipe: GuidedDiffusionPipeline, attribute: Any, label: Any, scale: float
-) -> dict[str, str] | None:
-    if not attribute and not label and scale == 0:
+def _guide(
+    pipe: GuidedDiffusionPipeline, name: str | None, models: DemoModels | None, model: str | None
+) -> GuidedDiffusionPipeline | None:
+    """The pipeline of the autoguidance model ``name`` among ``models`` (None for None or empty), checked
+    by ``pipe``'s own check of a guide; any other name is refused with the valid ones."""
+    if not name:
         return None
-    if pipe.classifier is None:
-        raise ValueError("this model has no classifier: leave classifier_attribute and classifier_label empty and classifier_scale at 0")
-    names = pipe.classifier.labels
-    if not isinstance(attribute, str) or attribute not in names:
-        raise ValueError(f"unknown classifier_attribute {attribute!r}; choose one of {', '.join(names)}")
-    if not isinstance(label, str) or label not in names[attribute]:
-        raise ValueError(f"unknown classifier_label {label!r} for {attribute!r}; choose one of {', '.join(names[attribute])}")
-    return {attribute: label}
+    valid = [n for n in (models.names if models is not None else []) if n != model]
+    choices = f"choose one of {', '.join(valid)} (or none)" if valid else "no other model is offered"
+    itself = f"autoguidance model {name!r} is the model being sampled, which cannot guide itself; {choices}"
+    if name == model:
+        raise RequestError(itself)
+    if name not in valid:
+        raise RequestError(f"unknown autoguidance model {name!r}; {choices}")
+    guide = models.pipeline(name)
+    if guide is pipe:
+        raise RequestError(itself)
+    check_autoguidance(pipe, guide)
+    return guide

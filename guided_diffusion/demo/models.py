@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import RequestError
 from ..pipeline import GuidedDiffusionPipeline, resolve_pipeline_folder, shipped_models
 
 
@@ -29,7 +30,7 @@ class DemoModels:
         self, sources: Mapping[str, GuidedDiffusionPipeline | str | os.PathLike], device: str | torch.device = "cpu"
     ) -> None:
         if not sources:
-            raise ValueError("the demo needs at least one model")
+            raise RequestError("the demo needs at least one model")
         self._sources = dict(sources)
         self._loaded = {name: source for name, source in sources.items() if isinstance(source, GuidedDiffusionPipeline)}
         self._lock = threading.Lock()
@@ -67,7 +68,7 @@ class DemoModels:
     def pipeline(self, name: str) -> GuidedDiffusionPipeline:
         """The pipeline called ``name``, loaded on first use; ``ValueError`` for a name not offered."""
         if name not in self._sources:
-            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(self.names)}")
+            raise RequestError(f"unknown model {name!r}; choose one of {', '.join(self.names)}")
         with self._lock:
             if name not in self._loaded:
                 self._loaded[name] = GuidedDiffusionPipeline.from_pretrained(self._sources[name], device=self.device)

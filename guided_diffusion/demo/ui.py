@@ -1,7 +1,8 @@
 """The Gradio app: a model picker over the Generate, Forward process and Model tabs.
 
 Picking a model switches the whole page to it: its example prompts, sampling defaults, classifier
-attributes and classes, forward process and model card (:func:`model_settings`, :func:`forward_view`).
+attributes and classes, the other models it may be guided by (autoguidance), forward process and
+model card (:func:`model_settings`, :func:`forward_view`).
 
 Sampling runs through Gradio's queue in one concurrency group shared by the browser's streaming event
 and the ``/generate`` API: ``concurrency_limit`` requests at a time go to one
@@ -17,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import html
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import gradio as gr
@@ -26,13 +27,14 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ..pipeline import GuidedDiffusionPipeline
-from ..samplers import SAMPLERS, TIMESTEP_SCHEDULES
+from ..samplers import SAMPLERS, TIMESTEP_SCHEDULES, sampler_options
 from ..schedule import BETA_SCHEDULES
 from .forward import example_images, image_to_tensor, noised_grid, schedule_figure, schedule_processes, schedule_table
 from .batching import DEFAULT_MAX_BATCH_IMAGES, SamplingBatcher, SamplingDone
 from .generation import (
     MAX_CLASSIFIER_SCALE,
     MAX_CLIP_GUIDANCE_SCALE,
+    MAX_ETA,
     MAX_GUIDANCE_SCALE,
     MAX_IMAGES,
     MAX_SEED,
@@ -46,6 +48,7 @@ from .models import DemoModels
 from .public import scrub_paths
 
 UNCONDITIONAL_LABEL = '"" (unconditional)'
+NO_GUIDE = ("none (the model's unconditional prediction)", "")
 DEFAULT_NUM_IMAGES = 4
 DEFAULT_MAX_QUEUE = 64  # beyond the requests being sampled; a crowd of 32 clients all get their images (tests/test_app.py)
 MAX_UPLOAD = "10mb"
@@ -81,13 +84,20 @@ def example_prompts(pipe: GuidedDiffusionPipeline) -> list[str]:
     return pipe.example_prompts + ([] if "" in pipe.example_prompts else [""])
 
 
-def model_settings(pipe: GuidedDiffusionPipeline, name: str) -> dict[str, dict[str, Any]]:
+def takes_eta(sampler: str | None) -> bool:
+    """Whether ``sampler`` takes the option ``eta`` (the page shows its control only then)."""
+    return sampler in SAMPLERS and "eta" in sampler_options(sampler)
+
+
+def model_settings(pipe: GuidedDiffusionPipeline, name: str, model_names: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """The properties of each control that follows the picked model, keyed by the control's name: the
     page is built with the default model's and updated with another model's when it is picked.
 
     The classifier-guidance controls show ``pipe``'s classifier attributes and classes (hidden without
-    a classifier, with the scale back at 0); the sampler controls its sampling config; the Model tab
-    its card under ``name``, the name the picker shows.
+    a classifier, with the scale back at 0); the sampler controls its sampling config (eta shown for
+    the samplers that take it, empty: the model's default); the autoguidance picker offers the other
+    models of ``model_names`` (the picker's) and none; the Model tab its card under ``name``, the name
+    the picker shows.
     """
     size = pipe.unet.config.image_size
     last = pipe.diffusion.num_timesteps - 1
@@ -103,19 +113,22 @@ def model_settings(pipe: GuidedDiffusionPipeline, name: str) -> dict[str, dict[s
         },
         "prompt": {"placeholder": f"{prompts[0]} (empty: unconditional)" if prompts[0] else "empty: unconditional"},
         "examples": {"samples": [[p] for p in prompts], "sample_labels": [p or UNCONDITIONAL_LABEL for p in prompts]},
-        "sampler": {"value": sampling["sampler"]},
-        "timestep_schedule": {"value": sampling["timestep_schedule"]},
-        "steps": {"maximum": pipe.diffusion.num_timesteps, "value": int(sampling["steps"])},
-        "guidance_scale": {"value": float(sampling["guidance_scale"])},
+        "sampler": {"value": sampling.sampler},
+        "eta": {"visible": takes_eta(sampling.sampler), "value": None},
+        "timestep_schedule": {"value": sampling.timestep_schedule},
+        "steps": {"maximum": pipe.diffusion.num_timesteps, "value": sampling.steps},
+        "guidance_scale": {"value": sampling.guidance_scale},
+        "autoguidance": {"choices": [NO_GUIDE, *((n, n) for n in model_names if n != name)], "value": ""},
+        "thresholding": {"value": None},
         "classifier_guidance": {"visible": pipe.classifier is not None},
         "classifier_attribute": {"choices": list(labels), "value": attribute},
         "classifier_label": {"choices": labels.get(attribute or "", []), "value": labels[attribute][0] if attribute else None},
         "classifier_scale": {"value": 0.0},
         "clip_guidance": {"visible": pipe.clip is not None},
-        "clip_guidance_scale": {"value": float(sampling["clip_guidance_scale"])},
+        "clip_guidance_scale": {"value": sampling.clip_guidance_scale},
         **{
             f"{kind}_t_{end}": {"maximum": last, "value": 0 if end == "min" else last}
-            for kind in ("guidance", "classifier")
+            for kind in ("guidance", "classifier", "clip")
             for end in ("min", "max")
         },
         "summary": {"value": "## Summary\n" + card["summary"]},
@@ -156,12 +169,13 @@ def build_demo(
     first = models.pipeline(models.default)
     batcher = batcher or SamplingBatcher(max_batch_images)
     concurrency_limit = concurrency_limit or batcher.max_batch_images
-    settings = model_settings(first, models.default)
+    settings = model_settings(first, models.default, models.names)
     examples = {caption: enlarge(image, enlargement(image.width)) for caption, image in example_images().items()}
 
-    def accept(pipe: GuidedDiffusionPipeline, *request_args: Any) -> GenerationRequest:
-        """Check a request (:func:`check_request`'s arguments after ``pipe``) and show its notices."""
-        request = check_request(pipe, *request_args)
+    def accept(model: str, pipe: GuidedDiffusionPipeline, *request_args: Any) -> GenerationRequest:
+        """Check a request for ``pipe``, named ``model`` (:func:`check_request`'s arguments after
+        ``pipe``; an autoguidance model is looked up among ``models``) and show its notices."""
+        request = check_request(pipe, *request_args, models=models, model=model)
         for notice in request.notices:
             gr.Warning(html.escape(notice, quote=False))
         return request
@@ -185,6 +199,11 @@ def build_demo(
         cads: bool = False,
         clip_guidance_scale: float | None = None,
         clip_guidance_prompt: str | None = None,
+        eta: float | None = None,
+        thresholding: float | None = None,
+        clip_t_min: float | None = None,
+        clip_t_max: float | None = None,
+        autoguidance: str | None = None,
     ) -> list[Image.Image]:
         """Sample `num_images` images for `prompt` ("" is unconditional) with the model named `model`;
         returns them at the model's resolution as PNG files. `steps`, `sampler`, `guidance_scale` and
@@ -192,14 +211,18 @@ def build_demo(
         Classifier-free and classifier guidance act only at timesteps between their `_t_min` and
         `_t_max` (None: 0 and T-1); `cads` anneals the condition (CADS) for diversity.
         `clip_guidance_scale` > 0 (None: the model's) steers towards `clip_guidance_prompt` (None: the
-        prompt) with the model's noise-aware CLIP."""
+        prompt) with the model's noise-aware CLIP, between `clip_t_min` and `clip_t_max`. `eta` (None:
+        the model's default) is for the samplers that take it (ddim, dpm++2m-sde); `thresholding` (a
+        quantile in (0, 1] such as 0.995; None: off) turns on dynamic thresholding; `autoguidance`
+        names another model of this demo (the same diffusion process and image size) that gives the
+        unconditional branch of classifier-free guidance (None: off)."""
         with _user_errors():
             pipe = models.pipeline(model)
             request = accept(
-                pipe, prompt, num_images, steps, sampler, guidance_scale,
+                model, pipe, prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
                 guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
-                clip_guidance_scale, clip_guidance_prompt,
+                clip_guidance_scale, clip_guidance_prompt, eta, thresholding, clip_t_min, clip_t_max, autoguidance,
             )
             with contextlib.closing(batcher.submit(model, pipe, request, max_previews=0)) as updates:
                 done = next(update for update in updates if isinstance(update, SamplingDone))
@@ -211,7 +234,7 @@ def build_demo(
         the enlarged images and the trajectory strip of the first image."""
         with _user_errors():
             pipe = models.pipeline(model)
-            request = accept(pipe, *request_args)
+            request = accept(model, pipe, *request_args)
             yield {gallery: None, trajectory: None, status: f"Sampling with seed {request.seed}..."}
             frames: list[torch.Tensor] = []
             shown: list[int] = []
@@ -256,6 +279,11 @@ def build_demo(
         names = pipe.classifier.labels.get(attribute or "", []) if pipe.classifier is not None else []
         return gr.Dropdown(choices=names, value=names[0] if names else None)
 
+    def eta_control(sampler: str | None, eta: float | None) -> gr.Number:
+        """Show eta for the samplers that take it; the others get none (they would refuse one)."""
+        shown = takes_eta(sampler)
+        return gr.Number(visible=shown, value=eta if shown else None)
+
     def switch_model(model: str, image: Image.Image | None, t: float) -> dict[gr.blocks.Block, Any]:
         """The picker: show ``model``'s settings, examples, forward process and card, and clear the
         previous model's samples."""
@@ -264,7 +292,7 @@ def build_demo(
         t = min(max(int(t), 0), pipe.diffusion.num_timesteps - 1)
         grid, table, figure = forward_view(pipe, image, t)
         return {
-            **{controls[name]: type(controls[name])(**props) for name, props in model_settings(pipe, model).items()},
+            **{controls[name]: type(controls[name])(**props) for name, props in model_settings(pipe, model, models.names).items()},
             timestep: gr.Slider(maximum=pipe.diffusion.num_timesteps - 1, value=t),
             noised: grid,
             values: table,
@@ -290,6 +318,12 @@ def build_demo(
                     )
                     num_images = gr.Slider(1, MAX_IMAGES, value=DEFAULT_NUM_IMAGES, step=1, label="Number of images")
                     sampler = gr.Radio(list(SAMPLERS), label="Sampler", **settings["sampler"])
+                    eta = gr.Number(
+                        label="Sampler eta",
+                        info=f"noise added at each step, 0 (deterministic) to {MAX_ETA:g}; empty: the model's default",
+                        elem_id="eta",
+                        **settings["eta"],
+                    )
                     timestep_schedule = gr.Radio(list(TIMESTEP_SCHEDULES), label="Timestep schedule", **settings["timestep_schedule"])
                     steps = gr.Slider(1, step=1, label="Steps", **settings["steps"])
                     guidance_scale = gr.Slider(
@@ -298,6 +332,13 @@ def build_demo(
                         step=0.5,
                         label="Classifier-free guidance scale (0 unconditional, 1 plain conditional)",
                         **settings["guidance_scale"],
+                    )
+                    autoguidance = gr.Dropdown(
+                        label="Autoguidance: guide with",
+                        info="a weaker model of the same kind in place of the unconditional one, mixed by the "
+                        "guidance scale (Karras et al. 2024)",
+                        elem_id="autoguidance",
+                        **settings["autoguidance"],
                     )
                     with gr.Group(elem_id="classifier-guidance", **settings["classifier_guidance"]) as classifier_guidance:
                         gr.Markdown("**Classifier guidance**")
@@ -316,11 +357,16 @@ def build_demo(
                         clip_guidance_scale = gr.Slider(
                             0, MAX_CLIP_GUIDANCE_SCALE, step=5, label="CLIP guidance scale (0 off)", **settings["clip_guidance_scale"]
                         )
+                        with gr.Row():
+                            clip_t_min = gr.Slider(0, step=1, label="CLIP guidance from t", **settings["clip_t_min"])
+                            clip_t_max = gr.Slider(0, step=1, label="to t", **settings["clip_t_max"])
                     with gr.Accordion("Guidance schedule", open=False, elem_id="guidance-schedule"):
                         gr.Markdown(
                             "Guidance acts only at timesteps t in [from, to] (0 is clean, T-1 pure noise; "
                             "Kynkäänniemi et al. 2024). CADS anneals noise into the prompt at high noise, "
-                            "for diversity at high guidance scales (Sadat et al. 2024)."
+                            "for diversity at high guidance scales (Sadat et al. 2024). Dynamic thresholding "
+                            "clips each predicted x_0 at a quantile of its values (Saharia et al. 2022), "
+                            "against the saturation of high guidance scales."
                         )
                         with gr.Row():
                             guidance_t_min = gr.Slider(0, step=1, label="Classifier-free guidance from t", **settings["guidance_t_min"])
@@ -329,6 +375,12 @@ def build_demo(
                             classifier_t_min = gr.Slider(0, step=1, label="Classifier guidance from t", **settings["classifier_t_min"])
                             classifier_t_max = gr.Slider(0, step=1, label="to t", **settings["classifier_t_max"])
                         cads = gr.Checkbox(value=False, label="CADS (condition annealing)")
+                        thresholding = gr.Number(
+                            label="Dynamic thresholding quantile",
+                            info="in (0, 1], e.g. 0.995; empty: off",
+                            elem_id="thresholding",
+                            **settings["thresholding"],
+                        )
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=3)
                         random_seed = gr.Button("Random", scale=1)
@@ -379,9 +431,12 @@ def build_demo(
             "prompt": prompt,
             "examples": prompt_examples,
             "sampler": sampler,
+            "eta": eta,
             "timestep_schedule": timestep_schedule,
             "steps": steps,
             "guidance_scale": guidance_scale,
+            "autoguidance": autoguidance,
+            "thresholding": thresholding,
             "classifier_guidance": classifier_guidance,
             "classifier_attribute": classifier_attribute,
             "classifier_label": classifier_label,
@@ -392,6 +447,8 @@ def build_demo(
             "classifier_t_max": classifier_t_max,
             "clip_guidance": clip_guidance,
             "clip_guidance_scale": clip_guidance_scale,
+            "clip_t_min": clip_t_min,
+            "clip_t_max": clip_t_max,
             "summary": summary,
             "config": config,
             "training": training,
@@ -410,7 +467,7 @@ def build_demo(
                 picker, prompt, num_images, steps, sampler, guidance_scale,
                 classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
                 guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
-                clip_guidance_scale, clip_guidance_prompt,
+                clip_guidance_scale, clip_guidance_prompt, eta, thresholding, clip_t_min, clip_t_max, autoguidance,
             ],
             outputs=[x_t_view, x0_view, gallery, trajectory, status],
             show_progress_on=[gallery],
@@ -438,6 +495,11 @@ def build_demo(
                 gr.Checkbox(value=False, label="CADS"),
                 gr.Number(value=None, label="CLIP guidance scale"),
                 gr.Textbox(value=None, label="CLIP guidance prompt"),
+                gr.Number(value=None, label="Sampler eta"),
+                gr.Number(value=None, label="Dynamic thresholding quantile"),
+                gr.Number(value=None, label="CLIP guidance from t"),
+                gr.Number(value=None, label="CLIP guidance to t"),
+                gr.Dropdown(models.names, value=None, label="Autoguidance model"),
             ]
             api_run = gr.Button()
         api_run.click(
@@ -454,6 +516,7 @@ def build_demo(
         classifier_attribute.change(
             label_choices, [picker, classifier_attribute], classifier_label, queue=False, api_visibility="private"
         )
+        sampler.change(eta_control, [sampler, eta], eta, queue=False, api_visibility="private")
         gr.on(
             [x0_input.change, timestep.change],
             show_forward,

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import RequestError
+
 CAS_CLASSIFIER = (
     "CASNet: 2 x (two 3x3 convolutions + ReLU, 2x2 max pool) with 32 then 64 channels, area-pooled to 4x4, "
     "a 128-unit hidden layer; Adam (lr 1e-3), batches of 64, no augmentation, trained from scratch"
@@ -65,7 +67,7 @@ def train_cas_classifier(
     if images.shape[0] != labels.shape[0] or labels.numel() == 0:
         raise ValueError(f"need one label per image and at least one image (got {images.shape[0]} images, {labels.shape[0]} labels)")
     if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
+        raise RequestError(f"epochs must be at least 1, got {epochs}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CASNet(num_classes, images.shape[1])

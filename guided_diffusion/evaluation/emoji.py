@@ -20,6 +20,7 @@ import torch
 
 from ..datasets.emoji import canonical_caption, make_emoji
 from ..datasets.emoji_judge import EmojiJudge, dataset_tensor
+from ..errors import RequestError
 from ..pipeline import GuidedDiffusionPipeline
 from ..serialization import TRAINING_DATA_NAME
 from .diversity import normalized_entropy
@@ -31,14 +32,14 @@ def read_training_pairs(folder: Path) -> dict[str, list[list[str]]]:
     """The ``train_pairs`` and ``held_out_pairs`` of the model in ``folder``."""
     path = folder / TRAINING_DATA_NAME
     if not path.is_file():
-        raise ValueError(
+        raise RequestError(
             f"{folder} has no {TRAINING_DATA_NAME}; an emoji evaluation needs the pairs the model was trained on "
             "(train.diffusion writes it for dataset_name: emoji)"
         )
     pairs = json.loads(path.read_text())
     missing = [key for key in ("train_pairs", "held_out_pairs") if key not in pairs]
     if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}")
+        raise RequestError(f"{path} lacks {', '.join(missing)}")
     return pairs
 
 
@@ -119,7 +120,7 @@ def evaluate_emoji(
     check_counts(1, images_per_prompt=images_per_prompt, images_per_target=images_per_target)
     started = time.perf_counter()
     if pipe.folder is None:
-        raise ValueError("evaluate a saved pipeline: its folder holds training_data.json")
+        raise RequestError("evaluate a saved pipeline: its folder holds training_data.json")
     pairs = read_training_pairs(pipe.folder)
     resolution = pipe.unet.config.image_size
     every = make_emoji("all", root=emoji_root, resolution=resolution)

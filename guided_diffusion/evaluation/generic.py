@@ -46,6 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import DataConfig, DataError, SampleReader, check_columns, label_classes, load_source, sample_rng
+from ..errors import RequestError
 from ..pipeline import GuidedDiffusionPipeline
 from .cas import CAS_CLASSIFIER, CASScore, classification_accuracy_score
 from .likelihood import bits_per_dim
@@ -287,7 +288,7 @@ def has_label_head(pipe: GuidedDiffusionPipeline, column: str | None, classes: S
         return False
     missing = [name for name in classes if name not in pipe.classifier.labels[column]]
     if missing:
-        raise ValueError(
+        raise RequestError(
             f"the classifier's {column!r} head lacks the data's classes {_listing(missing)}; it has "
             f"{_listing(pipe.classifier.labels[column])} (is --label-column the column it was trained on?)"
         )
@@ -323,7 +324,7 @@ def cas_evaluation(
     per class (guided ones too) with its caption."""
     train, test = data.train, data.held_out
     if train.labels is None or test is None or test.labels is None:
-        raise ValueError("the CAS needs a label column and a held-out split")
+        raise RequestError("the CAS needs a label column and a held-out split")
     rng = _rng(sampling.seed, "cas/train")
     chosen = [rng.permutation(np.flatnonzero(train.labels == c))[:images_per_class] for c in range(len(data.classes))]
     rows, real_images, captions = train.read(np.concatenate(chosen), "CAS: reading real training images")
@@ -402,7 +403,7 @@ def guidance_diversity_sweep(
     image per class with its caption."""
     column, train = data.label_column, data.train
     if column is None or train.labels is None or gallery.labels is None:
-        raise ValueError("the classifier-guidance sweep needs a label column")
+        raise RequestError("the classifier-guidance sweep needs a label column")
     rng = _rng(sampling.seed, "sweep/real")
     chosen = np.concatenate([
         rng.permutation(np.flatnonzero(train.labels == c))[:images_per_target] for c in range(len(data.classes))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import RequestError
 from ..pipeline import GuidedDiffusionPipeline
+from ..request import SamplingConfig
+from ..samplers import sampler_options
 
 
 def check_counts(at_least: int, **counts: int) -> None:
@@ -17,31 +20,34 @@ def check_counts(at_least: int, **counts: int) -> None:
     for name, value in counts.items():
         if value < at_least:
             bound = "not be negative" if at_least == 0 else f"be at least {at_least}"
-            raise ValueError(f"{name} must {bound}, got {value}")
+            raise RequestError(f"{name} must {bound}, got {value}")
 
 
 @dataclass
-class EvalSampling:
-    """How an evaluation draws images: the sampler, its steps, the classifier-free guidance scale,
-    prompts per batch, the seed (batch ``b`` uses ``seed + b``) and the timestep schedule."""
+class EvalSampling(SamplingConfig):
+    """How an evaluation draws images: a :class:`~guided_diffusion.request.SamplingConfig` (the sampler,
+    its steps and timestep schedule, the classifier-free guidance scale, ``eta``) plus the prompts per
+    batch and the seed (batch ``b`` uses ``seed + b``). CLIP guidance is left to each evaluation."""
 
-    sampler: str = "ddim"
-    steps: int = 50
-    guidance_scale: float = 3.0
     batch_size: int = 64
     seed: int = 0
-    timestep_schedule: str = "uniform"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @classmethod
+    def of(cls, pipe: GuidedDiffusionPipeline, **changes: Any) -> "EvalSampling":
+        """The pipeline's own sampling settings, with ``changes`` (None values: keep the pipeline's)."""
+        settings = {**pipe.sampling_config.to_dict(), **{k: v for k, v in changes.items() if v is not None}}
+        return cls.from_dict(settings)
 
     def kwargs(self) -> dict[str, Any]:
-        """The pipeline-call arguments: ``sampler``, ``steps``, ``timestep_schedule``, ``guidance_scale``."""
+        """The pipeline-call arguments: ``sampler``, ``num_inference_steps``, ``timestep_schedule``,
+        ``guidance_scale``, and ``eta`` when set and the sampler takes it."""
+        takes_eta = self.eta is not None and "eta" in sampler_options(self.sampler)
         return {
             "sampler": self.sampler,
-            "steps": self.steps,
+            "num_inference_steps": self.steps,
             "timestep_schedule": self.timestep_schedule,
             "guidance_scale": self.guidance_scale,
+            **({"eta": self.eta} if takes_eta else {}),
         }
 
 
@@ -64,6 +70,6 @@ def generate(
             seed=sampling.seed + b,
             output_type="pt",
             **guidance,
-        )
+        ).images
         chunks.append(images * 2 - 1)
     return torch.cat(chunks)

@@ -52,6 +52,8 @@ class ClassifierConfig(NoisyEncoderConfig):
     ``labels`` maps each attribute to its class names, in the order of the head's logits.
     """
 
+    section = "classifier"
+
     labels: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -33,6 +33,8 @@ class CLIPConfig(NoisyEncoderConfig):
     :class:`~guided_diffusion.models.classifier.NoisyEncoderConfig`; ``text_encoder`` is a text encoder
     config (see :mod:`guided_diffusion.text`), built trainable; both towers project to ``embed_dim``."""
 
+    section = "clip"
+
     text_encoder: dict[str, Any] = field(default_factory=dict)
     embed_dim: int = 128
 

@@ -1,41 +1,21 @@
-"""Bases for the models: configuration dataclasses (JSON-able dicts in and out, unknown keys refused)
+"""Bases for the models: configuration dataclasses (checked by :class:`~guided_diffusion.config.Config`)
 and saving/loading a model as a folder of ``config.json`` + ``model.safetensors``."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
+from ..config import Config
 from ..serialization import CONFIG_NAME, CheckpointError, load_component_config, load_component_weights, save_component
 
-Config = TypeVar("Config", bound="ModelConfig")
 Model = TypeVar("Model", bound="PretrainedModel")
 
 
-class ModelConfig:
-    """Mixin for a ``@dataclass`` config: :meth:`to_dict` and a checking :meth:`from_dict`."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (tuples as lists) that :meth:`from_dict` reads back."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls: type[Config], d: dict[str, Any]) -> Config:
-        """Build a config from a dict (e.g. a YAML section); unknown or missing keys raise ValueError."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys are {sorted(fields)}")
-        missing = [
-            name
-            for name, f in fields.items()
-            if name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-        if missing:
-            raise ValueError(f"{cls.__name__} is missing required keys {missing}")
-        return cls(**d)
+class ModelConfig(Config):
+    """Mixin for a model's ``@dataclass`` config: :class:`~guided_diffusion.config.Config`'s checked
+    ``from_dict`` and ``to_dict``, saved as the model folder's ``config.json``."""
 
 
 class PretrainedModel:

@@ -110,12 +110,7 @@ class ConditionedBlock(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def forward(
-        self,
-        x: torch.Tensor,
-        *,
-        emb: torch.Tensor,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, *, emb: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``x [B, C, H, W]``, the embedding ``emb [B, E]``, text tokens ``context [B, L, D]`` (or None)
         and their mask ``context_mask`` bool ``[B, L]`` (True for real tokens; None: all real) ->
@@ -157,12 +152,7 @@ class ResBlock(RenamedKeys, ConditionedBlock):
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        *,
-        emb: torch.Tensor,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, *, emb: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``x [B, C_in, H, W]``, ``emb [B, E]`` -> ``[B, C_out, H, W]`` (``context`` and its mask unused)."""
         h = self.in_conv(group_norm_act(x, self.in_norm))
@@ -243,12 +233,8 @@ class CrossAttention(_SpatialAttention, ConditionedBlock):
         self.kv = nn.Linear(context_dim, 2 * channels)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        *,
-        emb: torch.Tensor | None = None,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, *, emb: torch.Tensor | None = None,
+        context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x [B, C, H, W]``, ``context [B, L, D]``, ``context_mask`` bool ``[B, L]`` -> ``[B, C, H, W]``
         (``emb`` unused)."""
@@ -297,11 +283,7 @@ class ConditionedSequential(nn.Sequential):
     """
 
     def forward(
-        self,
-        x: torch.Tensor,
-        emb: torch.Tensor,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``x [B, C, H, W]``, ``emb [B, E]``, ``context [B, L, D]``, ``context_mask [B, L]`` -> ``[B, C', H', W']``."""
         for block in self:

@@ -48,6 +48,8 @@ class UNetConfig(ModelConfig):
     refusing unknown keys.
     """
 
+    section = "unet"
+
     image_size: int
     in_channels: int = 3
     out_channels: int = 3
@@ -178,11 +180,7 @@ class UNet(PretrainedModel, RenamedKeys):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        text_features: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, t: torch.Tensor, text_features: torch.Tensor | None = None, text_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Predict from ``x [B, C_in, H, W]`` at timesteps ``t [B]`` (original ``0..T-1`` scale).
 
