@@ -33,7 +33,7 @@ from .schedule import BETA_SCHEDULES, get_beta_schedule, space_timesteps
 from .serialization import CONFIG_NAME, CheckpointError, load_component_config, save_json
 
 PREDICTIONS = ("eps", "x0", "v")
-VARIANCES = ("fixed_small", "fixed_large")
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
 @dataclass
@@ -69,12 +69,15 @@ class Denoised(NamedTuple):
     """One model evaluation as the samplers use it (see :meth:`GaussianDiffusion.denoise`).
 
     ``x0`` and ``eps`` [B, ...] satisfy x = x0 + sigma eps for the evaluated x; ``gradient`` [B, ...] is
-    ``cond_fn``'s value at x_t (None without ``cond_fn``).
+    ``cond_fn``'s value at x_t (None without ``cond_fn``); ``variance_fraction`` [B, ...] is a
+    ``learned_range`` model's interpolation between the step's beta~ (0) and beta (1) in log space
+    (None for fixed variances).
     """
 
     x0: torch.Tensor
     eps: torch.Tensor
     gradient: torch.Tensor | None
+    variance_fraction: torch.Tensor | None = None
 
 
 def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
@@ -122,8 +125,11 @@ class GaussianDiffusion:
     Args:
         betas: the schedule beta_t, [T], any float dtype (kept as float64).
         prediction: what the model predicts: ``"eps"``, ``"x0"`` or ``"v"``.
-        variance: the reverse-step variance: ``"fixed_small"`` (beta~_t) or ``"fixed_large"`` (beta_t,
-            with beta~_1 at t=0).
+        variance: the reverse-step variance: ``"fixed_small"`` (beta~_t), ``"fixed_large"`` (beta_t,
+            with beta~_1 at t=0), or ``"learned_range"`` (Nichol & Dhariwal 2021, Eq. 15): the model
+            outputs twice the image's channels, its prediction and then v, and the log variance is
+            frac log beta_t + (1 - frac) log beta~_t with frac = (v + 1) / 2, the two ends being exactly
+            ``fixed_large`` and ``fixed_small``'s.
         clip_denoised: clamp the predicted x_0 to [-1, 1] before forming the posterior mean.
         timestep_map: the original timestep of each step, [T] (set by :meth:`respace`; identity when None).
     """
@@ -306,6 +312,31 @@ class GaussianDiffusion:
             return (x_t - s * output) / a
         return output if self.prediction == "x0" else a * x_t - s * output
 
+    def split_variance(self, output: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A model output for ``like`` = x_t [B, C, ...] -> (its prediction [B, C, ...], the learned
+        variance's interpolation frac = (v + 1) / 2 [B, C, ...], or None for fixed variances).
+
+        A ``learned_range`` model outputs [B, 2C, ...] (the prediction, then v); any other [B, C, ...].
+        A wrong shape raises ValueError naming both.
+        """
+        channels = like.shape[1]
+        learned = self.variance == "learned_range"
+        expected = (like.shape[0], 2 * channels if learned else channels, *like.shape[2:])
+        if tuple(output.shape) != expected:
+            raise ValueError(f"model output has shape {tuple(output.shape)}, expected {expected}")
+        if not learned:
+            return output, None
+        prediction, v = output.split(channels, dim=1)
+        return prediction, (v + 1) / 2
+
+    def learned_log_variance(self, fraction: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """log of the learned variance at steps ``t`` [B]: frac log beta_t + (1 - frac) log beta~_t, with
+        ``fraction`` [B, ...] and the clipped tables of ``fixed_large`` and ``fixed_small`` (so frac = 1
+        and 0 give exactly their variances)."""
+        small = self._extract("posterior_log_variance_clipped", t, fraction)
+        large = self._extract("large_log_variance", t, fraction)
+        return fraction * large + (1 - fraction) * small
+
     # ----------------------------------------------------------------------------- noise levels
 
     def sigma_to_timestep(self, sigma: float) -> float:
@@ -365,9 +396,7 @@ class GaussianDiffusion:
         a, s = math.sqrt(alpha_bar), sigma * math.sqrt(alpha_bar)  # sqrt(alpha_bar), sqrt(1 - alpha_bar)
         x_t = x * a
         t = self.model_timesteps(self.sigma_to_timestep(sigma), x.shape[0], x.device)
-        output = model(x_t, t, **(model_kwargs or {}))
-        if output.shape != x.shape:
-            raise ValueError(f"model output has shape {tuple(output.shape)}, expected {tuple(x.shape)}")
+        output, fraction = self.split_variance(model(x_t, t, **(model_kwargs or {})), x)
         x0 = self._x0_of_output(x_t, output, a, s)
         if thresholding is not None:
             x0 = dynamic_threshold(x0, thresholding)
@@ -376,7 +405,7 @@ class GaussianDiffusion:
         gradient = None if cond_fn is None else cond_fn(x_t, t, **(model_kwargs or {}))
         if gradient is not None and score_form:
             x0 = x0 + (s * s / a) * gradient
-        return Denoised(x0, (x - x0) / sigma, gradient)
+        return Denoised(x0, (x - x0) / sigma, gradient, fraction)
 
     # ----------------------------------------------------------------------------- reverse process
 
@@ -385,18 +414,20 @@ class GaussianDiffusion:
     ) -> dict[str, torch.Tensor]:
         """p_theta(x_{t-1} | x_t): the model's estimate of x_0 plugged into the posterior.
 
-        Returns dict(mean [B, ...], variance [B, 1, ...], log_variance [B, 1, ...], pred_x0 [B, ...],
-        eps [B, ...]); with ``clip_denoised`` pred_x0 is clamped to [-1, 1] and eps made consistent with it.
+        Returns dict(mean [B, ...], variance and log_variance ([B, 1, ...] when fixed, [B, ...] when
+        learned), pred_x0 [B, ...], eps [B, ...]); with ``clip_denoised`` pred_x0 is clamped to [-1, 1]
+        and eps made consistent with it.
         """
-        output = model(x_t, self.original_timesteps(t), **(model_kwargs or {}))
-        if output.shape != x_t.shape:
-            raise ValueError(f"model output has shape {tuple(output.shape)}, expected {tuple(x_t.shape)}")
+        output, fraction = self.split_variance(model(x_t, self.original_timesteps(t), **(model_kwargs or {})), x_t)
         pred_x0, eps = self.split_output(x_t, t, output)
         if self.clip_denoised:
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
             eps = self.eps_from_x0(x_t, t, pred_x0)
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
-        if self.variance == "fixed_small":
+        if fraction is not None:
+            log_variance = self.learned_log_variance(fraction, t)
+            variance = log_variance.exp()
+        elif self.variance == "fixed_small":
             variance = self._extract("posterior_variance", t, x_t)
             log_variance = self._extract("posterior_log_variance_clipped", t, x_t)
         else:
@@ -491,17 +522,24 @@ class GaussianDiffusion:
         noise: torch.Tensor | None = None,
         snr_gamma: float | None = None,
         generator: torch.Generator | None = None,
+        vlb_weight: float = 0.001,
     ) -> dict[str, torch.Tensor]:
-        """L_simple: the mean squared error between the model output and its target at x_t ~ q(x_t | x_0).
+        """L_simple: the mean squared error between the model output and its target at x_t ~ q(x_t | x_0);
+        for a ``learned_range`` model, the hybrid L_simple + lambda L_vlb (Nichol & Dhariwal 2021, Sec. 3.1).
 
         The target follows ``prediction`` (eps, x_0 or v). With ``snr_gamma`` the per-example loss is
         weighted by min-SNR-gamma (Hang et al. 2023), expressed for the chosen target so that every
-        parameterisation weights the x_0 error by min(SNR_t, gamma).
-        Returns dict(loss [B], mse [B], x_t [B, ...], target [B, ...], output [B, ...]).
+        parameterisation weights the x_0 error by min(SNR_t, gamma). With learned variances the VLB term
+        of step t (:meth:`vb_terms_bpd`, bits per dimension) is computed on the prediction with its
+        gradient stopped, so that it trains the variance alone and L_simple the mean; L_vlb = T L_t is
+        weighted by ``vlb_weight`` = lambda (the paper's 0.001: with T = 1000, one L_t).
+        Returns dict(loss [B], mse [B], x_t [B, ...], target [B, ...], output [B, ...] (the prediction),
+        and vb [B] for learned variances).
         """
         noise = self._noise_like(x0, noise, generator)
         x_t = self.q_sample(x0, t, noise=noise)
-        output = model(x_t, self.original_timesteps(t), **(model_kwargs or {}))
+        raw = model(x_t, self.original_timesteps(t), **(model_kwargs or {}))
+        output, fraction = self.split_variance(raw, x_t)
         target = self.prediction_target(x0, t, noise)
         dtype = torch.promote_types(output.dtype, torch.float32)
         mse = mean_flat((output.to(dtype) - target.to(dtype)) ** 2)
@@ -511,7 +549,13 @@ class GaussianDiffusion:
             clipped = snr.clamp(max=snr_gamma)
             weight = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[self.prediction]
             loss = mse * weight.to(mse.dtype)
-        return {"loss": loss, "mse": mse, "x_t": x_t, "target": target, "output": output}
+        terms = {"loss": loss, "mse": mse, "x_t": x_t, "target": target, "output": output}
+        if fraction is not None:
+            frozen = torch.cat([output.detach(), 2 * fraction - 1], dim=1)
+            vb = self.vb_terms_bpd(lambda *_, **__: frozen, x0, x_t, t)["output"]
+            terms["vb"] = vb
+            terms["loss"] = loss + vlb_weight * self.num_timesteps * vb.to(loss.dtype)
+        return terms
 
     # ----------------------------------------------------------------------------- likelihood
 

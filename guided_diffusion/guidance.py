@@ -93,7 +93,8 @@ class ClassifierFreeGuidance:
         self.guide_model = guide_model
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **cond_kwargs: torch.Tensor) -> torch.Tensor:
-        """x_t [B, C, H, W], t [B] -> the guided output [B, C, H, W]."""
+        """x_t [B, C, H, W], t [B] -> the guided output [B, C', H, W] (C' = 2C for a learned variance, whose
+        channels are the conditional model's)."""
         guided = in_interval(t, self.interval)
         if self.guidance_scale == 1.0 or not bool(guided.any()):
             return self.model(x_t, t, **cond_kwargs)
@@ -108,7 +109,9 @@ class ClassifierFreeGuidance:
                 )
             both = {key: torch.cat([cond_kwargs[key], self.uncond_kwargs[key]]) for key in cond_kwargs}
             cond, uncond = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
-        return _where_rows(guided, uncond + self.guidance_scale * (cond - uncond), cond)
+        channels = x_t.shape[1]  # beyond them, a learned variance: the conditional one, unmixed (GLIDE)
+        mixed = uncond[:, :channels] + self.guidance_scale * (cond[:, :channels] - uncond[:, :channels])
+        return _where_rows(guided, torch.cat([mixed, cond[:, channels:]], dim=1), cond)
 
 
 @dataclass(frozen=True)

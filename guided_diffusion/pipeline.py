@@ -148,6 +148,12 @@ class GuidedDiffusionPipeline:
             )
         if not isinstance(diffusion, GaussianDiffusion):
             diffusion = GaussianDiffusion.from_config(diffusion)
+        outputs = unet.config.in_channels * (2 if diffusion.variance == "learned_range" else 1)
+        if unet.config.out_channels != outputs:
+            raise ConfigError(
+                f"unet.out_channels is {unet.config.out_channels}, but a diffusion with variance {diffusion.variance!r} needs "
+                f"{outputs} ({'twice ' if outputs != unet.config.in_channels else ''}unet.in_channels)"
+            )
         elif diffusion.config is None:
             raise ConfigError("the pipeline's GaussianDiffusion must be built by GaussianDiffusion.from_config (it is saved by its config)")
         if not isinstance(sampling_config, SamplingConfig):
@@ -430,7 +436,7 @@ class GuidedDiffusionPipeline:
             return sample(
                 model,
                 self.diffusion,
-                (len(prompts), config.out_channels, config.image_size, config.image_size),
+                (len(prompts), config.in_channels, config.image_size, config.image_size),
                 sampler=request.sampler,
                 steps=request.num_inference_steps,
                 timestep_schedule=request.timestep_schedule,

@@ -255,7 +255,7 @@ def check_autoguidance(pipe: "GuidedDiffusionPipeline", weak: "GuidedDiffusionPi
             raise RequestError(
                 f"autoguidance needs a model with the same diffusion {key}: this one has {getattr(ours, key)!r}, the guide {getattr(theirs, key)!r}"
             )
-    if (weak.unet.config.image_size, weak.unet.config.out_channels) != (pipe.unet.config.image_size, pipe.unet.config.out_channels):
+    if (weak.unet.config.image_size, weak.unet.config.in_channels) != (pipe.unet.config.image_size, pipe.unet.config.in_channels):
         raise RequestError("autoguidance needs a model of the same image size and channels as this one")
     if weak.device != pipe.device:
         raise RequestError(f"autoguidance's model is on {weak.device}, this one on {pipe.device}: move it with .to()")

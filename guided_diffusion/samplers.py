@@ -116,7 +116,10 @@ def ddpm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator
 
     Between the two levels, beta = 1 - alpha_bar_i / alpha_bar_{i+1}; the posterior mean is, in the scaled
     state, D + (s'^2 / s^2)(x - D); the variance is beta~ = beta (1 - alpha_bar_{i+1}) / (1 - alpha_bar_i)
-    (``fixed_small``) or beta (``fixed_large``) on the x_t scale, and no noise is added on the step to 0.
+    (``fixed_small``), beta (``fixed_large``), or, for ``learned_range``, beta^frac beta~^(1 - frac) with
+    the model's frac (Nichol & Dhariwal 2021, Eq. 15, between the two levels as on a respaced process),
+    all on the x_t scale; no noise is added on the step to 0, where a learned variance is beta~ = 0 as
+    ``fixed_small``'s.
     Classifier guidance is Dhariwal & Nichol's Algorithm 1: the mean on the x_t scale moves by
     variance * cond_fn(x_t, t). On the ``"uniform"`` schedule this is :meth:`GaussianDiffusion.p_sample
     <guided_diffusion.diffusion.GaussianDiffusion.p_sample>` on the respaced process (with
@@ -128,11 +131,18 @@ def ddpm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator
         out = denoiser(x, s, score_form=False)
         alpha_bar, alpha_bar_next = 1 / (1 + s * s), 1 / (1 + s_next * s_next)
         beta = 1 - alpha_bar / alpha_bar_next
-        variance = beta if large else beta * (1 - alpha_bar_next) / (1 - alpha_bar)  # on the x_t scale
+        small = beta * (1 - alpha_bar_next) / (1 - alpha_bar)
+        variance = beta if large else small  # on the x_t scale
+        if out.variance_fraction is not None and s_next > 0:
+            variance = torch.exp(out.variance_fraction * math.log(beta) + (1 - out.variance_fraction) * math.log(small))
         mean = out.x0 + (s_next / s) ** 2 * (x - out.x0)
         if out.gradient is not None:
             mean = mean + (variance / math.sqrt(alpha_bar_next)) * out.gradient
-        x = mean + math.sqrt(variance / alpha_bar_next) * _noise(x, generator) if s_next > 0 else mean
+        if s_next > 0:
+            std = (variance / alpha_bar_next).sqrt() if torch.is_tensor(variance) else math.sqrt(variance / alpha_bar_next)
+            x = mean + std * _noise(x, generator)
+        else:
+            x = mean
         on_step(i, x, out.x0)
     return x
 

@@ -343,3 +343,96 @@ def test_schedule_tables_are_cached_by_name_per_device_and_dtype():
     assert sorted((name, str(dtype)) for name, _, dtype in d._tables) == sorted(
         (name, str(dtype)) for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod") for dtype in (torch.float32, torch.float64)
     )
+
+
+# ------------------------------------------------------------------------- learned variances
+
+
+def learned_model(prediction: torch.Tensor, v: float | torch.Tensor):
+    """A model for a ``learned_range`` process: ``prediction`` [B, C, ...] then the interpolation v."""
+    v = torch.as_tensor(v, dtype=prediction.dtype).expand_as(prediction)
+    return lambda x_t, t, **_: torch.cat([prediction, v], dim=1)
+
+
+def test_the_learned_variance_interpolates_beta_and_beta_tilde_in_log_space():
+    d = make(variance="learned_range")
+    x_t, pred = torch.randn(3, 2, 4, 4, dtype=F64), torch.randn(3, 2, 4, 4, dtype=F64)
+    t = torch.tensor([0, 7, 49])
+    for v, expected in ((-1.0, d.posterior_log_variance_clipped), (1.0, torch.log(torch.cat([d.posterior_variance[1:2], d.betas[1:]])))):
+        out = d.p_mean_variance(learned_model(pred, v), x_t, t)
+        torch.testing.assert_close(out["log_variance"], expected[t].view(-1, 1, 1, 1).expand_as(x_t))
+    out = d.p_mean_variance(learned_model(pred, 0.2), x_t, t)  # frac 0.6
+    closed = 0.6 * torch.log(d.betas) + 0.4 * torch.log(d.posterior_variance)
+    torch.testing.assert_close(out["log_variance"][1:], closed[t[1:]].view(-1, 1, 1, 1).expand_as(x_t[1:]))
+    torch.testing.assert_close(out["variance"], out["log_variance"].exp())
+    # the mean is the fixed-variance process's for the same prediction
+    torch.testing.assert_close(out["mean"], make().p_mean_variance(lambda *_: pred, x_t, t)["mean"])
+
+
+@pytest.mark.parametrize("v, fixed", [(-1.0, "fixed_small"), (1.0, "fixed_large")])
+def test_the_hybrid_losss_vlb_term_is_the_fixed_variance_kl_at_the_ends(v, fixed):
+    d = make(variance="learned_range")
+    x0 = torch.rand(4, 2, 4, 4, dtype=F64) * 2 - 1
+    t, noise = torch.tensor([0, 1, 20, 49]), torch.randn(4, 2, 4, 4, dtype=F64)
+    pred = torch.randn(4, 2, 4, 4, dtype=F64)
+    terms = d.training_losses(learned_model(pred, v), x0, t, noise=noise, vlb_weight=0.001)
+    reference = make(variance=fixed)
+    x_t = reference.q_sample(x0, t, noise=noise)
+    kl = reference.vb_terms_bpd(lambda *_: pred, x0, x_t, t)["output"]  # the KL (decoder NLL at t = 0), in bits
+    torch.testing.assert_close(terms["vb"], kl)
+    plain = reference.training_losses(lambda *_: pred, x0, t, noise=noise)
+    torch.testing.assert_close(terms["mse"], plain["mse"])
+    torch.testing.assert_close(terms["loss"], plain["mse"] + 0.001 * 50 * kl)
+
+
+def test_the_vlb_term_trains_only_the_variance():
+    d = make(variance="learned_range")
+    x0, t = torch.rand(3, 2, 4, 4, dtype=F64) * 2 - 1, torch.tensor([3, 10, 40])
+    output = torch.randn(3, 4, 4, 4, dtype=F64, requires_grad=True)
+    terms = d.training_losses(lambda *_: output, x0, t, noise=torch.randn(3, 2, 4, 4, dtype=F64))
+    (grad,) = torch.autograd.grad(terms["loss"].sum(), output, retain_graph=True)
+    (mse_grad,) = torch.autograd.grad(terms["mse"].sum(), output)
+    torch.testing.assert_close(grad[:, :2], mse_grad[:, :2])  # the mean learns from L_simple alone
+    assert mse_grad[:, 2:].abs().max() == 0 and grad[:, 2:].abs().max() > 0  # the variance from L_vlb
+
+
+def test_a_learned_range_model_must_output_twice_the_channels():
+    d = make(variance="learned_range")
+    x_t = torch.randn(2, 3, 4, 4, dtype=F64)
+    with pytest.raises(ValueError, match=r"model output has shape \(2, 3, 4, 4\), expected \(2, 6, 4, 4\)"):
+        d.p_mean_variance(lambda *_: x_t, x_t, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"expected \(2, 3, 4, 4\)"):
+        make().p_mean_variance(lambda *_: torch.cat([x_t, x_t], 1), x_t, torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("v, fixed", [(-1.0, "fixed_small"), (1.0, "fixed_large")])
+def test_the_ancestral_sampler_uses_the_learned_variance(v, fixed):
+    from guided_diffusion.samplers import sample
+
+    def prediction(x_t, t):
+        return torch.tanh(x_t) * 0.5 + t.view(-1, 1, 1, 1).to(x_t.dtype) / 1000
+
+    shape = (2, 2, 4, 4)
+
+    def draw(diffusion, model, sampler="ddpm"):
+        return sample(model, diffusion, shape, sampler=sampler, steps=10, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    learned = lambda x_t, t, **_: torch.cat([prediction(x_t, t), torch.full_like(x_t, v)], dim=1)  # noqa: E731
+    fixed_model = lambda x_t, t, **_: prediction(x_t, t)  # noqa: E731
+    torch.testing.assert_close(draw(make(variance="learned_range"), learned), draw(make(variance=fixed), fixed_model))
+    # the other solvers read the prediction and leave the variance
+    torch.testing.assert_close(draw(make(variance="learned_range"), learned, "dpm++"), draw(make(variance=fixed), fixed_model, "dpm++"))
+
+
+def test_classifier_free_guidance_mixes_the_prediction_and_keeps_the_conditional_variance():
+    from guided_diffusion.guidance import ClassifierFreeGuidance
+
+    def model(x_t, t, text_features):
+        return torch.cat([x_t * text_features.view(-1, 1, 1, 1), text_features.view(-1, 1, 1, 1).expand_as(x_t) * 10], dim=1)
+
+    x, t = torch.randn(2, 3, 4, 4, dtype=F64), torch.tensor([5, 9])
+    cond, uncond = torch.tensor([2.0, 3.0], dtype=F64), torch.tensor([1.0, 1.0], dtype=F64)
+    out = ClassifierFreeGuidance(model, 4.0, {"text_features": uncond})(x, t, text_features=cond)
+    c, u = model(x, t, cond), model(x, t, uncond)
+    torch.testing.assert_close(out[:, :3], u[:, :3] + 4.0 * (c[:, :3] - u[:, :3]))
+    torch.testing.assert_close(out[:, 3:], c[:, 3:])

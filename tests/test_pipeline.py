@@ -315,3 +315,26 @@ def test_the_call_passes_every_option_of_the_one_request_check():
     assert all(parameters[name].default == default for name, default in SamplingRequest.OPTIONS.items())
     with pytest.raises(RequestError, match="unknown sampling option 'step'; valid options: num_images_per_prompt"):
         SamplingRequest.check(GuidedDiffusionPipeline.from_config(TINY_CONFIG), "a circle", step=3)
+
+
+def test_a_learned_range_pipeline_trains_saves_loads_and_samples(tmp_path):
+    config = read_yaml(TINY_CONFIG)
+    config["diffusion"] = {**config["diffusion"], "variance": "learned_range"}
+    with pytest.raises(ValueError, match=r"unet.out_channels is 3, but a diffusion with variance 'learned_range' needs 6 \(twice unet.in_channels\)"):
+        GuidedDiffusionPipeline.from_config(config)
+    config["unet"] = {**config["unet"], "out_channels": 6}
+    torch.manual_seed(0)
+    pipe = GuidedDiffusionPipeline.from_config(config)
+    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
+    features, mask = pipe.text_encoder.encode(["a red circle", ""])
+    terms = pipe.diffusion.training_losses(pipe.unet, x0, torch.tensor([10, 900]), {"text_features": features, "text_mask": mask})
+    terms["loss"].mean().backward()
+    assert terms["vb"].shape == (2,) and torch.isfinite(terms["loss"]).all()
+    assert pipe.unet.out_conv.weight.grad[3:].abs().sum() > 0  # the variance channels learn
+    pipe.save_pretrained(tmp_path / "learned")
+    loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "learned")
+    assert loaded.diffusion.variance == "learned_range" and loaded.unet.config.out_channels == 6
+    for sampler in ("ddpm", "dpm++"):
+        images = loaded("a red circle", num_inference_steps=3, sampler=sampler, seed=0, output_type="pt").images
+        assert images.shape == (1, 3, 16, 16)
+        assert torch.equal(images, pipe("a red circle", num_inference_steps=3, sampler=sampler, seed=0, output_type="pt").images)

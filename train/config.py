@@ -120,13 +120,16 @@ class DiffusionTrainingConfig(TrainingConfig):
     """The ``training`` section of a diffusion run: :class:`TrainingConfig` plus what only a
     text-to-image model uses. Validation samples ``validation_prompts`` (none: no validation), with
     ``validation_sampling_steps`` sampler steps (default: the config's ``sampling.steps``).
-    ``snr_gamma`` turns on min-SNR-gamma loss weighting. ``text_feature_cache`` is the number of
+    ``snr_gamma`` turns on min-SNR-gamma loss weighting. ``vlb_weight`` is lambda of the hybrid loss
+    L_simple + lambda L_vlb of a model with learned variances (``diffusion.variance: learned_range``;
+    Nichol & Dhariwal 2021 use 0.001). ``text_feature_cache`` is the number of
     captions whose frozen text features are kept (0: none). ``gradient_checkpointing`` recomputes the
     UNet's activations in the backward pass."""
 
     validation_prompts: list[str] = field(default_factory=list)
     validation_sampling_steps: int | None = None
     snr_gamma: float | None = None
+    vlb_weight: float = 0.001
     text_feature_cache: int = 4096
     gradient_checkpointing: bool = False
 
@@ -134,6 +137,8 @@ class DiffusionTrainingConfig(TrainingConfig):
         super().__post_init__()
         if self.validation_sampling_steps is not None and self.validation_sampling_steps < 1:
             raise ConfigError(f"training.validation_sampling_steps must be at least 1 (or null), got {self.validation_sampling_steps}")
+        if self.vlb_weight < 0:
+            raise ConfigError(f"training.vlb_weight must not be negative, got {self.vlb_weight}")
         if self.text_feature_cache < 0:
             raise ConfigError(f"training.text_feature_cache must not be negative, got {self.text_feature_cache}")
 
@@ -207,6 +212,7 @@ DIFFUSION_TRAINING_FLAGS: dict[str, dict[str, Any]] = {
         "help": "recompute the UNet's activations in the backward pass: less memory, one more forward",
     },
     "text_feature_cache": {"type": int, "help": "captions whose frozen text features are cached (0: none)"},
+    "vlb_weight": {"type": float, "help": "lambda of the hybrid loss of learned variances (default 0.001)"},
 }
 MODEL_FLAGS: dict[str, dict[str, Any]] = {
     "prediction_type": {"choices": ("eps", "x0", "v"), "help": "what the model predicts (diffusion.prediction)"},

@@ -43,7 +43,7 @@ def model_card(pipe: GuidedDiffusionPipeline, name: str) -> dict[str, str]:
     summary = "\n".join(
         [
             f"- **Model:** `{name}`",
-            f"- **Images:** {unet.image_size}x{unet.image_size}, {unet.out_channels} channels",
+            f"- **Images:** {unet.image_size}x{unet.image_size}, {unet.in_channels} channels",
             f"- **Text encoder:** {pipe.text_encoder.config['backend']}, context {pipe.text_encoder.context_length} tokens",
             f"- **Diffusion:** {pipe.diffusion!r}",
             f"- **Classifier labels:** {classifier}",
