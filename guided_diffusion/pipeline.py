@@ -211,7 +211,6 @@ class GuidedDiffusionPipeline:
     def from_pretrained(
         cls,
         name_or_path: str | os.PathLike,
-        *,
         device: str | torch.device | None = None,
         torch_dtype: torch.dtype | None = None,
     ) -> "GuidedDiffusionPipeline":

@@ -447,3 +447,9 @@ def test_trainable_encoder_trains_inside_one_module() -> None:
     frozen = TextConditioning(unet, _small_encoder(trainable=False), cache_size=16)
     assert frozen.module is unet
     assert set(frozen.model_kwargs(["a"], torch.device("cpu"))) == {"text_features", "text_mask"}
+
+
+def test_a_misspelt_flag_is_refused_not_taken_for_the_flag_it_abbreviates(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_run_config(["--config", "configs/tiny.yaml", "--learning_rat", "3"], "test")
+    assert exit_info.value.code == 2 and "unrecognized arguments: --learning_rat 3" in capsys.readouterr().err
