@@ -513,6 +513,47 @@ class GaussianDiffusion:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t), float64 [B]."""
         return self._table("snr_values", t.device, torch.float64)[t.long()]
 
+    def loss_weight(self, t: torch.Tensor, *, snr_gamma: float | None = None, sigma_data: float | None = None) -> torch.Tensor | None:
+        """The per-example weight [B] (float64) of the squared error of the model's target at steps ``t``
+        that weights the x_0 error by w(SNR_t); None for the unweighted loss.
+
+        An error e_x0 in x_0 is an error SNR e_x0 in eps and (SNR + 1) e_x0 in v (squared), so the
+        target's weight is w / SNR (eps), w (x0) or w / (SNR + 1) (v). ``snr_gamma``: min-SNR-gamma,
+        w = min(SNR, gamma) (Hang et al. 2023). ``sigma_data``: EDM's weighting lambda(sigma) = (sigma^2 +
+        sigma_data^2) / (sigma sigma_data)^2 = SNR + 1 / sigma_data^2 (Karras et al. 2022, Eq. 8 and
+        Table 1), with sigma^2 = 1 / SNR the noise level of the scaled state; with sigma_data = 1 it is the
+        plain v loss. Both at once are refused.
+        """
+        if snr_gamma is not None and sigma_data is not None:
+            raise ValueError("choose one loss weighting: snr_gamma (min-SNR) or sigma_data (EDM), not both")
+        if snr_gamma is None and sigma_data is None:
+            return None
+        snr = self.snr(t)
+        w = snr.clamp(max=snr_gamma) if snr_gamma is not None else snr + 1.0 / sigma_data**2
+        return {"eps": w / snr, "x0": w, "v": w / (snr + 1)}[self.prediction]
+
+    def sample_timesteps(
+        self,
+        batch_size: int,
+        *,
+        scheme: str = "uniform",
+        log_normal: tuple[float, float] = (-1.2, 1.2),
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """Training timesteps [B] (long): ``"uniform"`` on 0..T-1, or ``"log_normal"``: ln sigma ~
+        N(mean, std^2) with ``log_normal`` = (mean, std) (EDM's P_mean, P_std; Karras et al. 2022,
+        Table 1), each sigma taken to the step whose log sigma is nearest (sigmas beyond the schedule's
+        ends to its ends)."""
+        if scheme == "uniform":
+            return torch.randint(0, self.num_timesteps, (batch_size,), generator=generator, device=device)
+        if scheme != "log_normal":
+            raise ValueError(f"unknown timestep sampling {scheme!r}; choose uniform or log_normal")
+        mean, std = log_normal
+        log_sigma = mean + std * torch.randn(batch_size, generator=generator, dtype=torch.float64)
+        nearest = (log_sigma[:, None] - self.log_sigmas[None, :]).abs().argmin(dim=1)
+        return nearest.to(device)
+
     def training_losses(
         self,
         model: Model,
@@ -523,13 +564,14 @@ class GaussianDiffusion:
         snr_gamma: float | None = None,
         generator: torch.Generator | None = None,
         vlb_weight: float = 0.001,
+        sigma_data: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """L_simple: the mean squared error between the model output and its target at x_t ~ q(x_t | x_0);
         for a ``learned_range`` model, the hybrid L_simple + lambda L_vlb (Nichol & Dhariwal 2021, Sec. 3.1).
 
-        The target follows ``prediction`` (eps, x_0 or v). With ``snr_gamma`` the per-example loss is
-        weighted by min-SNR-gamma (Hang et al. 2023), expressed for the chosen target so that every
-        parameterisation weights the x_0 error by min(SNR_t, gamma). With learned variances the VLB term
+        The target follows ``prediction`` (eps, x_0 or v). With ``snr_gamma`` (min-SNR-gamma) or
+        ``sigma_data`` (EDM's weighting) the per-example loss is weighted by :meth:`loss_weight`, the same
+        weight of the x_0 error for every parameterisation. With learned variances the VLB term
         of step t (:meth:`vb_terms_bpd`, bits per dimension) is computed on the prediction with its
         gradient stopped, so that it trains the variance alone and L_simple the mean; L_vlb = T L_t is
         weighted by ``vlb_weight`` = lambda (the paper's 0.001: with T = 1000, one L_t).
@@ -543,12 +585,8 @@ class GaussianDiffusion:
         target = self.prediction_target(x0, t, noise)
         dtype = torch.promote_types(output.dtype, torch.float32)
         mse = mean_flat((output.to(dtype) - target.to(dtype)) ** 2)
-        loss = mse
-        if snr_gamma is not None:
-            snr = self.snr(t)
-            clipped = snr.clamp(max=snr_gamma)
-            weight = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[self.prediction]
-            loss = mse * weight.to(mse.dtype)
+        weight = self.loss_weight(t, snr_gamma=snr_gamma, sigma_data=sigma_data)
+        loss = mse if weight is None else mse * weight.to(mse.dtype)
         terms = {"loss": loss, "mse": mse, "x_t": x_t, "target": target, "output": output}
         if fraction is not None:
             frozen = torch.cat([output.detach(), 2 * fraction - 1], dim=1)

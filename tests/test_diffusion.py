@@ -436,3 +436,49 @@ def test_classifier_free_guidance_mixes_the_prediction_and_keeps_the_conditional
     c, u = model(x, t, cond), model(x, t, uncond)
     torch.testing.assert_close(out[:, :3], u[:, :3] + 4.0 * (c[:, :3] - u[:, :3]))
     torch.testing.assert_close(out[:, 3:], c[:, 3:])
+
+
+# ------------------------------------------------------------------------- loss weightings and timesteps
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("weighting, w_of_snr", [
+    ({"snr_gamma": 5.0}, lambda snr: snr.clamp(max=5.0)),
+    ({"sigma_data": 0.5}, lambda snr: snr + 4.0),  # lambda(sigma) = 1 / sigma^2 + 1 / sigma_data^2
+    ({"sigma_data": 1.0}, lambda snr: snr + 1.0),
+])
+def test_every_weighting_weights_the_x0_error_by_its_closed_form(prediction, weighting, w_of_snr):
+    d = make(T=1000, prediction=prediction)
+    x0, t = torch.rand(4, 2, 4, 4, dtype=F64) * 2 - 1, torch.tensor([0, 100, 500, 999])
+    noise, output = torch.randn(4, 2, 4, 4, dtype=F64), torch.randn(4, 2, 4, 4, dtype=F64)
+    terms = d.training_losses(lambda *_: output, x0, t, noise=noise, **weighting)
+    x_t = d.q_sample(x0, t, noise=noise)
+    x0_error = ((d.split_output(x_t, t, output)[0] - x0) ** 2).flatten(1).mean(1)
+    snr = d.alphas_cumprod[t] / (1 - d.alphas_cumprod[t])
+    torch.testing.assert_close(terms["loss"], w_of_snr(snr) * x0_error)
+
+
+def test_the_weights_at_known_snrs():
+    d = make(T=1000, prediction="v")
+    t = torch.tensor([int((d.snr_values - 1).abs().argmin())])  # SNR ~ 1
+    snr = float(d.snr(t))
+    assert abs(snr - 1) < 0.01
+    assert float(d.loss_weight(t, sigma_data=0.5)) == pytest.approx((snr + 4) / (snr + 1))  # ~ 2.5
+    assert float(d.loss_weight(t, snr_gamma=5.0)) == pytest.approx(snr / (snr + 1))  # ~ 0.5
+    assert float(make(T=1000, prediction="eps").loss_weight(t, snr_gamma=0.5)) == pytest.approx(0.5 / snr)
+    assert d.loss_weight(t) is None
+    with pytest.raises(ValueError, match="choose one loss weighting"):
+        d.loss_weight(t, snr_gamma=5.0, sigma_data=0.5)
+
+
+def test_log_normal_timesteps_follow_the_lognormal_sigma_and_uniform_ones_are_unchanged():
+    d = make(T=1000)
+    t = d.sample_timesteps(40_000, scheme="log_normal", log_normal=(-1.2, 1.2), generator=torch.Generator().manual_seed(0))
+    log_sigma = d.log_sigmas[t]
+    assert abs(float(log_sigma.mean()) + 1.2) < 0.03 and abs(float(log_sigma.std()) - 1.2) < 0.03
+    draws = -1.2 + 1.2 * torch.randn(40_000, generator=torch.Generator().manual_seed(0), dtype=F64)
+    assert torch.equal(t, (draws[:, None] - d.log_sigmas[None]).abs().argmin(1))  # each the nearest step
+    uniform = d.sample_timesteps(8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(uniform, torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="unknown timestep sampling 'beta'"):
+        d.sample_timesteps(2, scheme="beta")

@@ -21,7 +21,7 @@ from guided_diffusion.errors import ConfigError
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
 from guided_diffusion.text import build_text_encoder
 from train.conditioning import CachedTextFeatures, TextConditionedUNet, TextConditioning
-from train.config import TrainingConfig, parse_run_config
+from train.config import DiffusionTrainingConfig, TrainingConfig, parse_run_config
 from train.ema import EMA
 from train.loop import choose_mixed_precision, make_accelerator
 
@@ -453,3 +453,15 @@ def test_a_misspelt_flag_is_refused_not_taken_for_the_flag_it_abbreviates(capsys
     with pytest.raises(SystemExit) as exit_info:
         parse_run_config(["--config", "configs/tiny.yaml", "--learning_rat", "3"], "test")
     assert exit_info.value.code == 2 and "unrecognized arguments: --learning_rat 3" in capsys.readouterr().err
+
+
+def test_the_loss_weighting_and_timestep_sampling_keys_are_checked() -> None:
+    run = parse_run_config(["--config", "configs/tiny.yaml", "--edm_sigma_data", "0.5", "--timestep_sampling", "log_normal",
+                            "--log_normal_mean", "-1.0"], "test")
+    assert (run.training.edm_sigma_data, run.training.timestep_sampling, run.training.log_normal_mean) == (0.5, "log_normal", -1.0)
+    with pytest.raises(ConfigError, match="two loss weightings: set one of them"):
+        DiffusionTrainingConfig(snr_gamma=5.0, edm_sigma_data=0.5)
+    with pytest.raises(ConfigError, match="unknown timestep_sampling 'cosine'; choose one of uniform, log_normal"):
+        DiffusionTrainingConfig(timestep_sampling="cosine")
+    with pytest.raises(ConfigError, match="training.edm_sigma_data must be positive"):
+        DiffusionTrainingConfig(edm_sigma_data=0.0)

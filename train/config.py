@@ -28,6 +28,7 @@ from guided_diffusion.errors import ConfigError
 MODEL_SECTIONS = ("unet", "text_encoder", "diffusion", "sampling", "classifier", "clip")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TIMESTEP_SAMPLING = ("uniform", "log_normal")
 
 
 @dataclass
@@ -120,7 +121,10 @@ class DiffusionTrainingConfig(TrainingConfig):
     """The ``training`` section of a diffusion run: :class:`TrainingConfig` plus what only a
     text-to-image model uses. Validation samples ``validation_prompts`` (none: no validation), with
     ``validation_sampling_steps`` sampler steps (default: the config's ``sampling.steps``).
-    ``snr_gamma`` turns on min-SNR-gamma loss weighting. ``vlb_weight`` is lambda of the hybrid loss
+    ``snr_gamma`` turns on min-SNR-gamma loss weighting, ``edm_sigma_data`` EDM's weighting with that
+    sigma_data (one of the two; see :meth:`~guided_diffusion.diffusion.GaussianDiffusion.loss_weight`).
+    ``timestep_sampling`` draws the training timesteps ``uniform`` ly or ``log_normal`` ly in sigma with
+    ``log_normal_mean`` and ``log_normal_std`` (EDM's P_mean and P_std). ``vlb_weight`` is lambda of the hybrid loss
     L_simple + lambda L_vlb of a model with learned variances (``diffusion.variance: learned_range``;
     Nichol & Dhariwal 2021 use 0.001). ``text_feature_cache`` is the number of
     captions whose frozen text features are kept (0: none). ``gradient_checkpointing`` recomputes the
@@ -129,6 +133,10 @@ class DiffusionTrainingConfig(TrainingConfig):
     validation_prompts: list[str] = field(default_factory=list)
     validation_sampling_steps: int | None = None
     snr_gamma: float | None = None
+    edm_sigma_data: float | None = None
+    timestep_sampling: str = "uniform"
+    log_normal_mean: float = -1.2
+    log_normal_std: float = 1.2
     vlb_weight: float = 0.001
     text_feature_cache: int = 4096
     gradient_checkpointing: bool = False
@@ -137,6 +145,13 @@ class DiffusionTrainingConfig(TrainingConfig):
         super().__post_init__()
         if self.validation_sampling_steps is not None and self.validation_sampling_steps < 1:
             raise ConfigError(f"training.validation_sampling_steps must be at least 1 (or null), got {self.validation_sampling_steps}")
+        if self.snr_gamma is not None and self.edm_sigma_data is not None:
+            raise ConfigError("training.snr_gamma and training.edm_sigma_data are two loss weightings: set one of them")
+        for name in ("snr_gamma", "edm_sigma_data", "log_normal_std"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"training.{name} must be positive, got {getattr(self, name)}")
+        if self.timestep_sampling not in TIMESTEP_SAMPLING:
+            raise ConfigError(f"unknown timestep_sampling {self.timestep_sampling!r}; choose one of {', '.join(TIMESTEP_SAMPLING)}")
         if self.vlb_weight < 0:
             raise ConfigError(f"training.vlb_weight must not be negative, got {self.vlb_weight}")
         if self.text_feature_cache < 0:
@@ -213,6 +228,10 @@ DIFFUSION_TRAINING_FLAGS: dict[str, dict[str, Any]] = {
     },
     "text_feature_cache": {"type": int, "help": "captions whose frozen text features are cached (0: none)"},
     "vlb_weight": {"type": float, "help": "lambda of the hybrid loss of learned variances (default 0.001)"},
+    "edm_sigma_data": {"type": float, "help": "EDM's loss weighting with this sigma_data (instead of --snr_gamma)"},
+    "timestep_sampling": {"choices": TIMESTEP_SAMPLING, "help": "how training timesteps are drawn (default uniform)"},
+    "log_normal_mean": {"type": float, "help": "mean of ln sigma for log_normal timestep sampling (default -1.2)"},
+    "log_normal_std": {"type": float, "help": "std of ln sigma for log_normal timestep sampling (default 1.2)"},
 }
 MODEL_FLAGS: dict[str, dict[str, Any]] = {
     "prediction_type": {"choices": ("eps", "x0", "v"), "help": "what the model predicts (diffusion.prediction)"},

@@ -64,16 +64,19 @@ def make_loss_fn(
     accelerator: Accelerator, pipe: GuidedDiffusionPipeline, conditioning: TextConditioning, run: RunConfig
 ) -> LossFn:
     """``loss_fn(model, batch)``: the mean diffusion loss of ``batch["images"] [B, 3, H, W]`` under
-    their captions, at timesteps drawn uniformly from 0..T-1 (min-SNR-gamma weighted when set; the hybrid
-    loss with ``vlb_weight`` for learned variances)."""
-    diffusion, snr_gamma, vlb_weight = pipe.diffusion, run.training.snr_gamma, run.training.vlb_weight
+    their captions, at timesteps drawn by ``training.timestep_sampling`` (uniformly from 0..T-1 by
+    default), weighted by min-SNR-gamma or EDM's weighting when set (the hybrid loss with ``vlb_weight``
+    for learned variances)."""
+    diffusion, training = pipe.diffusion, run.training
+    weighting = {"snr_gamma": training.snr_gamma, "sigma_data": training.edm_sigma_data, "vlb_weight": training.vlb_weight}
+    sampling = {"scheme": training.timestep_sampling, "log_normal": (training.log_normal_mean, training.log_normal_std)}
 
     def loss_fn(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         x0 = batch["images"].to(accelerator.device, non_blocking=True)
         with accelerator.autocast():
             model_kwargs = conditioning.model_kwargs(batch["captions"], accelerator.device)
-        t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
-        return diffusion.training_losses(model, x0, t, model_kwargs, snr_gamma=snr_gamma, vlb_weight=vlb_weight)["loss"].mean()
+        t = diffusion.sample_timesteps(x0.shape[0], device=x0.device, **sampling)
+        return diffusion.training_losses(model, x0, t, model_kwargs, **weighting)["loss"].mean()
 
     return loss_fn
 
