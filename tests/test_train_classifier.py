@@ -24,7 +24,7 @@ from guided_diffusion.diffusion import GaussianDiffusion
 from guided_diffusion.guidance import classifier_cond_fn, resolve_labels
 from guided_diffusion.models.classifier import NoiseAwareClassifier
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
-from train.classifier import ClassifierTrainingConfig, split_evaluation, t_ranges
+from train.classifier import HeldOutTrainingConfig, split_evaluation, t_ranges
 from train.config import RunConfig
 
 from .conftest import training_error_line
@@ -217,7 +217,7 @@ def test_evaluation_rows_are_held_out_of_training() -> None:
         path=Path("x.yaml"),
         model={},
         data=DataConfig(dataset_name="unused", label_columns=["index"]),
-        training=ClassifierTrainingConfig(eval_samples=5),
+        training=HeldOutTrainingConfig(eval_samples=5),
     )
     train_rows, eval_rows, _ = split_evaluation(dataset, run)
     assert eval_rows.num_rows == 5 and train_rows.num_rows == 15
@@ -230,7 +230,7 @@ def test_evaluation_rows_are_held_out_of_training() -> None:
 @pytest.mark.parametrize("key", ["gradient_checkpointing", "snr_gamma", "validation_prompts"])
 def test_diffusion_only_keys_are_refused(key: str) -> None:
     with pytest.raises(ConfigError, match=f"unknown key '{key}' in the training section of run.yaml; valid keys: output_dir, seed"):
-        ClassifierTrainingConfig.from_dict({key: True}, source="run.yaml")
+        HeldOutTrainingConfig.from_dict({key: True}, source="run.yaml")
 
 
 def test_t_ranges_are_the_quarters_and_match_the_diffusion() -> None:

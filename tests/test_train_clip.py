@@ -4,6 +4,7 @@ user errors; and a diffusion config that loads the CLIP's text tower, frozen."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,12 +56,31 @@ def write_config(path: Path, **changes: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(data: Path, tmp_path_factory) -> Path:
+def trained(data: Path, tmp_path_factory, tiny_pipeline_dir: Path) -> Path:
+    """The run's folder; the run also attached its CLIP to a copy of the tiny pipeline, ``../pipeline``."""
     out = tmp_path_factory.mktemp("clip") / "run"
+    shutil.copytree(tiny_pipeline_dir, out.parent / "pipeline")
     config = write_config(out.parent / "clip.yaml")
-    result = run_clip(config, "--train_data_dir", str(data), "--output_dir", str(out))
+    result = run_clip(config, "--train_data_dir", str(data), "--output_dir", str(out), "--attach_to_pipeline", str(out.parent / "pipeline"))
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "attached the clip to the pipeline" in result.stdout
     return out
+
+
+def test_the_clip_is_attached_to_a_pipeline_that_guides_with_it(trained: Path) -> None:
+    pipe = GuidedDiffusionPipeline.from_pretrained(trained.parent / "pipeline")
+    ours, theirs = pipe.clip.state_dict(), NoiseAwareCLIP.from_pretrained(trained / "clip").state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    plain = pipe("", num_inference_steps=3, seed=0, output_type="pt").images
+    steered = pipe("", num_inference_steps=3, seed=0, clip_guidance_scale=50.0, clip_guidance_prompt="a red square", output_type="pt").images
+    assert not torch.equal(plain, steered)
+
+
+def test_a_pipeline_of_another_size_is_refused_before_training(data: Path, tmp_path: Path, tiny_pipeline_dir: Path) -> None:
+    config = write_config(tmp_path / "big.yaml", clip={"image_size": 32}, data={"resolution": 32})
+    result = run_clip(config, "--train_data_dir", str(data), "--output_dir", str(tmp_path / "run"), "--attach_to_pipeline", str(tiny_pipeline_dir))
+    assert result.returncode == 2 and "makes 16x16 images but the clip reads 32x32" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_writes_the_clip_its_text_tower_and_the_retrieval_report(trained: Path) -> None:

@@ -6,7 +6,7 @@
 The YAML config holds ``classifier`` (the :class:`~guided_diffusion.models.classifier.ClassifierConfig`
 fields but ``labels``), ``diffusion`` (that of the model the classifier will guide: the same
 ``num_timesteps`` and ``beta_schedule``), ``data`` (with ``label_columns``) and ``training`` (a
-:class:`ClassifierTrainingConfig`); flags override single keys (``--help`` lists them). Each label column
+:class:`HeldOutTrainingConfig`); flags override single keys (``--help`` lists them). Each label column
 gets one head: a ``ClassLabel`` column keeps its class names, a column of strings gets its distinct
 values, sorted.
 
@@ -56,6 +56,7 @@ from guided_diffusion.data import (
 from guided_diffusion.diffusion import GaussianDiffusion
 from guided_diffusion.errors import ConfigError, exits_on_user_errors
 from guided_diffusion.models.classifier import ClassifierConfig, NoiseAwareClassifier
+from guided_diffusion.models.clip import NoiseAwareCLIP
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
 from guided_diffusion.serialization import save_json
 
@@ -74,12 +75,14 @@ class HeldOutTrainingConfig(TrainingConfig):
 
     ``eval_samples`` images are held out for evaluation: rows of the training data, left out of training,
     or, with ``eval_split`` (a split other than ``data.split``), the first rows of that split (for
-    ``shapes32``, a freshly generated split of that size).
+    ``shapes32``, a freshly generated split of that size). ``attach_to_pipeline`` is a pipeline folder
+    that receives the final model (the classifier, or the CLIP) for guidance.
     """
 
     eval_samples: int = 512
     eval_split: str | None = None
     eval_batch_size: int = 256
+    attach_to_pipeline: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,27 +91,17 @@ class HeldOutTrainingConfig(TrainingConfig):
                 raise ConfigError(f"training.{name} must be at least 1, got {getattr(self, name)}")
 
 
-@dataclass
-class ClassifierTrainingConfig(HeldOutTrainingConfig):
-    """The ``training`` section of a classifier run: :class:`HeldOutTrainingConfig` plus
-    ``attach_to_pipeline``, a pipeline folder that receives the final classifier."""
-
-    attach_to_pipeline: str | None = None
-
-
 HELD_OUT_FLAGS: dict[str, dict[str, Any]] = {
     "eval_samples": {"type": int, "help": "held-out images the accuracy by timestep is measured on"},
     "eval_split": {"help": "take the held-out images from this split (default: out of the training data)"},
     "eval_batch_size": {"type": int, "help": "images per forward pass of the evaluation"},
+    "attach_to_pipeline": {"help": "pipeline folder to save the final model into, for guidance"},
 }
 CLASSIFIER_FLAGS: dict[str, dict[str, dict[str, Any]]] = {
     "data": {
         "label_columns": {"nargs": "+", "help": "the columns holding the classes to predict (one head each)"},
     },
-    "training": {
-        **HELD_OUT_FLAGS,
-        "attach_to_pipeline": {"help": "pipeline folder to save the final classifier into"},
-    },
+    "training": HELD_OUT_FLAGS,
 }
 
 
@@ -147,26 +140,34 @@ def build_classifier(run: RunConfig, class_names: Mapping[str, Sequence[str]]) -
     return NoiseAwareClassifier(config)
 
 
-def compatible_pipeline(
-    folder: str | Path, config: ClassifierConfig, diffusion: GaussianDiffusion
-) -> GuidedDiffusionPipeline:
-    """The pipeline in ``folder``, refused unless it samples at the classifier's image size under the
-    same diffusion schedule."""
+def compatible_pipeline(folder: str | Path, image_size: int, diffusion: GaussianDiffusion, what: str) -> GuidedDiffusionPipeline:
+    """The pipeline in ``folder``, refused unless it samples at the image size the ``what`` (the
+    classifier, the CLIP) reads, under the same diffusion schedule."""
     pipe = GuidedDiffusionPipeline.from_pretrained(folder)
     size = pipe.unet.config.image_size
-    if size != config.image_size:
+    if size != image_size:
         raise ConfigError(
-            f"the pipeline in {folder} makes {size}x{size} images but the classifier reads "
-            f"{config.image_size}x{config.image_size}; set classifier.image_size and data.resolution to {size}"
+            f"the pipeline in {folder} makes {size}x{size} images but the {what} reads "
+            f"{image_size}x{image_size}; set {what}.image_size and data.resolution to {size}"
         )
     theirs = pipe.diffusion
     if theirs.num_timesteps != diffusion.num_timesteps or not torch.allclose(theirs.betas, diffusion.betas):
         raise ConfigError(
             f"the pipeline in {folder} diffuses over {theirs.num_timesteps} steps "
-            f"({pipe.diffusion_config.get('beta_schedule', 'linear')} schedule) but the classifier's diffusion section "
+            f"({pipe.diffusion.config.beta_schedule} schedule) but the {what}'s diffusion section "
             f"over {diffusion.num_timesteps}; copy the pipeline's num_timesteps and beta_schedule into it"
         )
     return pipe
+
+
+def attach_to_pipeline(folder: str | Path, model: NoiseAwareClassifier | NoiseAwareCLIP, diffusion: GaussianDiffusion, saved: Path) -> None:
+    """Put the model saved in ``saved`` (a classifier or a CLIP, as ``model`` is) into the pipeline in
+    ``folder`` (checked by :func:`compatible_pipeline`) and save the pipeline there."""
+    what = "classifier" if isinstance(model, NoiseAwareClassifier) else "clip"
+    pipe = compatible_pipeline(folder, model.config.image_size, diffusion, what)
+    setattr(pipe, what, type(model).from_pretrained(saved).eval())
+    pipe.save_pretrained(pipe.folder)
+    print(f"attached the {what} to the pipeline in {pipe.folder}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -384,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         argv,
         description="Train a noise-aware classifier for classifier guidance.",
         extra_flags=CLASSIFIER_FLAGS,
-        training_config=ClassifierTrainingConfig,
+        training_config=HeldOutTrainingConfig,
     )
     training = run.training
     if not run.data.label_columns:
@@ -397,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     set_seed(training.seed)
     classifier = build_classifier(run, class_names).to(accelerator.device)
     if training.attach_to_pipeline is not None:
-        compatible_pipeline(training.attach_to_pipeline, classifier.config, diffusion)
+        compatible_pipeline(training.attach_to_pipeline, classifier.config.image_size, diffusion, "classifier")
     resolution = classifier.config.image_size
     train_rows, eval_rows, description = split_evaluation(dataset, run)
     data = TrainData(
@@ -431,10 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         if report.is_file():
             print(report.read_text(), flush=True)
         if training.attach_to_pipeline is not None:
-            pipe = compatible_pipeline(training.attach_to_pipeline, classifier.config, diffusion)
-            pipe.classifier = NoiseAwareClassifier.from_pretrained(output_dir / CLASSIFIER_DIR).eval()
-            pipe.save_pretrained(pipe.folder)
-            print(f"attached the classifier to the pipeline in {pipe.folder}")
+            attach_to_pipeline(training.attach_to_pipeline, classifier, diffusion, output_dir / CLASSIFIER_DIR)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,17 @@ from guided_diffusion.errors import ConfigError, exits_on_user_errors
 from guided_diffusion.models.clip import CLIPConfig, NoiseAwareCLIP
 from guided_diffusion.serialization import save_json
 
-from .classifier import HELD_OUT_FLAGS, EvalSet, HeldOutTrainingConfig, build_diffusion, load_eval_set, split_evaluation, t_ranges
+from .classifier import (
+    HELD_OUT_FLAGS,
+    EvalSet,
+    HeldOutTrainingConfig,
+    attach_to_pipeline,
+    build_diffusion,
+    compatible_pipeline,
+    load_eval_set,
+    split_evaluation,
+    t_ranges,
+)
 from .config import RunConfig, parse_run_config
 from .loop import EvaluateFn, LossFn, Trainer, make_accelerator
 
@@ -192,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     check_columns(dataset, run.data)
     set_seed(training.seed)
     clip = build_clip(run).to(accelerator.device)
+    if training.attach_to_pipeline is not None:
+        compatible_pipeline(training.attach_to_pipeline, clip.config.image_size, diffusion, "clip")
     resolution = clip.config.image_size
     train_rows, eval_rows, description = split_evaluation(dataset, run)
     data = TrainData(
@@ -214,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         report = output_dir / f"{REPORT_NAME}.md"
         if report.is_file():
             print(report.read_text(), flush=True)
+        if training.attach_to_pipeline is not None:
+            attach_to_pipeline(training.attach_to_pipeline, clip, diffusion, output_dir / CLIP_DIR)
 
 
 if __name__ == "__main__":
