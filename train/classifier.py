@@ -160,6 +160,17 @@ def compatible_pipeline(folder: str | Path, image_size: int, diffusion: Gaussian
     return pipe
 
 
+def report_and_attach(
+    report: Path, training: HeldOutTrainingConfig, model: NoiseAwareClassifier | NoiseAwareCLIP, diffusion: GaussianDiffusion, saved: Path
+) -> None:
+    """The end of a held-out run, on the main process: print its ``report`` (markdown) and, with
+    ``attach_to_pipeline``, attach the saved model to that pipeline."""
+    if report.is_file():
+        print(report.read_text(), flush=True)
+    if training.attach_to_pipeline is not None:
+        attach_to_pipeline(training.attach_to_pipeline, model, diffusion, saved)
+
+
 def attach_to_pipeline(folder: str | Path, model: NoiseAwareClassifier | NoiseAwareCLIP, diffusion: GaussianDiffusion, saved: Path) -> None:
     """Put the model saved in ``saved`` (a classifier or a CLIP, as ``model`` is) into the pipeline in
     ``folder`` (checked by :func:`compatible_pipeline`) and save the pipeline there."""
@@ -428,11 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     )
     trainer.run()
     if accelerator.is_main_process:
-        report = output_dir / f"{REPORT_NAME}.md"
-        if report.is_file():
-            print(report.read_text(), flush=True)
-        if training.attach_to_pipeline is not None:
-            attach_to_pipeline(training.attach_to_pipeline, classifier, diffusion, output_dir / CLASSIFIER_DIR)
+        report_and_attach(output_dir / f"{REPORT_NAME}.md", training, classifier, diffusion, output_dir / CLASSIFIER_DIR)
 
 
 if __name__ == "__main__":

@@ -39,10 +39,10 @@ from .classifier import (
     HELD_OUT_FLAGS,
     EvalSet,
     HeldOutTrainingConfig,
-    attach_to_pipeline,
     build_diffusion,
     compatible_pipeline,
     load_eval_set,
+    report_and_attach,
     split_evaluation,
     t_ranges,
 )
@@ -223,11 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     )
     trainer.run()
     if accelerator.is_main_process:
-        report = output_dir / f"{REPORT_NAME}.md"
-        if report.is_file():
-            print(report.read_text(), flush=True)
-        if training.attach_to_pipeline is not None:
-            attach_to_pipeline(training.attach_to_pipeline, clip, diffusion, output_dir / CLIP_DIR)
+        report_and_attach(output_dir / f"{REPORT_NAME}.md", training, clip, diffusion, output_dir / CLIP_DIR)
 
 
 if __name__ == "__main__":
