@@ -589,7 +589,7 @@ class GaussianDiffusion:
         loss = mse if weight is None else mse * weight.to(mse.dtype)
         terms = {"loss": loss, "mse": mse, "x_t": x_t, "target": target, "output": output}
         if fraction is not None:
-            frozen = torch.cat([output.detach(), 2 * fraction - 1], dim=1)
+            frozen = torch.cat([output.detach(), raw[:, output.shape[1]:]], dim=1)  # the mean's gradient stopped
             vb = self.vb_terms_bpd(lambda *_, **__: frozen, x0, x_t, t)["output"]
             terms["vb"] = vb
             terms["loss"] = loss + vlb_weight * self.num_timesteps * vb.to(loss.dtype)

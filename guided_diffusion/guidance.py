@@ -111,7 +111,9 @@ class ClassifierFreeGuidance:
             cond, uncond = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
         channels = x_t.shape[1]  # beyond them, a learned variance: the conditional one, unmixed (GLIDE)
         mixed = uncond[:, :channels] + self.guidance_scale * (cond[:, :channels] - uncond[:, :channels])
-        return _where_rows(guided, torch.cat([mixed, cond[:, channels:]], dim=1), cond)
+        if cond.shape[1] > channels:
+            mixed = torch.cat([mixed, cond[:, channels:]], dim=1)
+        return _where_rows(guided, mixed, cond)
 
 
 @dataclass(frozen=True)

@@ -148,14 +148,14 @@ class GuidedDiffusionPipeline:
             )
         if not isinstance(diffusion, GaussianDiffusion):
             diffusion = GaussianDiffusion.from_config(diffusion)
+        elif diffusion.config is None:
+            raise ConfigError("the pipeline's GaussianDiffusion must be built by GaussianDiffusion.from_config (it is saved by its config)")
         outputs = unet.config.in_channels * (2 if diffusion.variance == "learned_range" else 1)
         if unet.config.out_channels != outputs:
             raise ConfigError(
                 f"unet.out_channels is {unet.config.out_channels}, but a diffusion with variance {diffusion.variance!r} needs "
                 f"{outputs} ({'twice ' if outputs != unet.config.in_channels else ''}unet.in_channels)"
             )
-        elif diffusion.config is None:
-            raise ConfigError("the pipeline's GaussianDiffusion must be built by GaussianDiffusion.from_config (it is saved by its config)")
         if not isinstance(sampling_config, SamplingConfig):
             sampling_config = SamplingConfig.from_dict(sampling_config)
         self.unet = unet
@@ -392,11 +392,7 @@ class GuidedDiffusionPipeline:
         if generator is None and seed is not None:
             generator = torch.Generator(device=device).manual_seed(int(seed))
         x = self._sample(request, autoguidance, generator, callback, progress)
-        images: Images = to_unit(x).cpu()
-        if request.output_type == "np":
-            images = to_numpy(x)
-        elif request.output_type == "pil":
-            images = to_pil(x)
+        images: Images = {"pt": to_unit, "np": to_numpy, "pil": to_pil}[request.output_type](x)
         return GuidedDiffusionPipelineOutput(images) if return_dict else (images,)
 
     def _sample(

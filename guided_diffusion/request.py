@@ -186,9 +186,17 @@ class SamplingRequest:
             clip_guidance_scale=clip_scale,
             clip_guidance_prompts=_clip_targets(pipe, clip_scale, o.clip_guidance_prompt, prompts, per_prompt),
             clip_guidance_interval=check_interval("clip_guidance_interval", o.clip_guidance_interval, num_timesteps),
-            thresholding=None if o.thresholding is None else number("thresholding", o.thresholding, 0.0, 1.0),
+            thresholding=None if o.thresholding is None else _quantile(o.thresholding),
             output_type=o.output_type,
         )
+
+
+def _quantile(value: Any) -> float:
+    """A dynamic-thresholding quantile: a number in (0, 1]."""
+    quantile = number("thresholding", value, 0.0, 1.0)
+    if quantile == 0:
+        raise RequestError("thresholding must be a quantile above 0 and at most 1, such as 0.995 (None: off), got 0")
+    return quantile
 
 
 def _classifier_labels(

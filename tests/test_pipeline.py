@@ -157,6 +157,8 @@ def test_bad_arguments_are_refused(pipe):
         pipe("a circle", classifier_scale=2.0, classifier_labels={"shape": "circle"})
     with pytest.raises(ValueError, match="between 1 and 1000"):
         pipe("a circle", num_inference_steps=0)
+    with pytest.raises(ValueError, match="thresholding must be a quantile above 0 and at most 1"):
+        pipe("a circle", thresholding=0)
     with pytest.raises(ValueError, match="unknown key 'steps' in the diffusion section; valid keys: num_timesteps, beta_schedule"):
         GuidedDiffusionPipeline.from_config({**GuidedDiffusionPipeline.from_config(TINY_CONFIG).config, "diffusion": {"steps": 3}})
 

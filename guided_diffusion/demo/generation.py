@@ -179,10 +179,6 @@ def check_request(
         raise RequestError(f"the CLIP guidance prompt is {len(clip_guidance_prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
     if eta is not None:
         eta = number("eta", eta, 0.0, MAX_ETA)
-    if thresholding is not None:
-        thresholding = number("thresholding", thresholding, 0.0, 1.0)
-        if thresholding == 0:
-            raise RequestError("thresholding must be a quantile above 0 and at most 1, such as 0.995 (none: off), got 0")
     if autoguidance is not None and not isinstance(autoguidance, str):
         raise RequestError(f"autoguidance must be a model's name, got {type(autoguidance).__name__}")
     labels = None
