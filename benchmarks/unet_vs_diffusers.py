@@ -1,6 +1,7 @@
 """Our UNet against a matched diffusers ``UNet2DConditionModel`` on this machine's CPU, side by side.
 
     python benchmarks/unet_vs_diffusers.py [--quick] [--config configs/shapes32.yaml] [--threads N] [--profile]
+    python benchmarks/unet_vs_diffusers.py --best [--compile] [--quick]
 
 Both models are built from the ``unet`` section of the config (text width and token count from its
 ``text_encoder`` section) and timed in one process, interleaved round by round (the order alternating),
@@ -16,17 +17,27 @@ Unless ``OMP_WAIT_POLICY`` is already set, it is set to ``PASSIVE`` before torch
 machine shared with other jobs, OpenMP's default spin-waiting makes each parallel region wait for a
 descheduled thread, and timings swing by 10x (see benchmarks/README.md). The last line printed is one
 JSON object. ``diffusers`` comes from the ``bench`` extra: ``pip install -e .[bench]``.
+
+``--best`` compares each model in its best supported setting instead of both in fp32 as built: every
+model is timed in every setting of ``SETTINGS`` (memory layout x autocast precision; bf16 only where
+the CPU has bf16 matrix instructions; with ``--compile`` each also under ``torch.compile``), all in
+the same interleaved rounds, and the
+speed-ups are the best setting's figure of ours against the best of diffusers', for training and for
+sampling separately. Each setting's median is printed, so that the choice can be read.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +47,25 @@ SAMPLE_IMAGES = (4, 16)  # the model sees twice as many: classifier-free guidanc
 UNCOND_TOKENS = 2  # the empty prompt: start and end tokens
 
 
+@dataclass(frozen=True)
+class Setting:
+    """How a model runs: its weights' and inputs' memory layout, the autocast precision (None: fp32),
+    and whether it runs under ``torch.compile``."""
+
+    channels_last: bool = False
+    autocast: str | None = None
+    compiled: bool = False
+
+    @property
+    def name(self) -> str:
+        parts = ["channels_last" if self.channels_last else "contiguous", self.autocast or "fp32"]
+        return "+".join(parts + (["compiled"] if self.compiled else []))
+
+
+AS_BUILT = Setting()
+SETTINGS = tuple(Setting(layout, precision) for layout in (False, True) for precision in (None, "bf16"))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line: ``--config``, ``--quick``, ``--threads``, ``--profile``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,7 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (under 5 minutes on a 2-core CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="print the top ops of our training step")
-    return parser.parse_args(argv)
+    parser.add_argument("--best", action="store_true", help="each model in its best setting (layout, precision)")
+    parser.add_argument("--compile", action="store_true", help="with --best: also try torch.compile (minutes each)")
+    args = parser.parse_args(argv)
+    if args.compile and not args.best:
+        parser.error("--compile needs --best")
+    return args
 
 
 def diffusers_config(unet: Any) -> dict[str, Any]:
@@ -104,14 +139,34 @@ def text_inputs(batch: int, length: int, dim: int, generator: Any, uncond: int =
     return features, torch.arange(length)[None] < real[:, None]
 
 
-def forward_fn(model: Any, is_ours: bool) -> Callable[..., Any]:
-    """``f(x, t, text_features, text_mask) -> eps`` for either model."""
+def forward_fn(model: Any, is_ours: bool, setting: Setting = AS_BUILT) -> Callable[..., Any]:
+    """``f(x, t, text_features, text_mask) -> eps`` for either model, run in ``setting`` (the model's
+    weights are moved to its memory layout in place)."""
+    import torch
+
+    if setting.channels_last:
+        model.to(memory_format=torch.channels_last)
     if is_ours:
-        return model
-    return lambda x, t, features, mask: model(x, t, encoder_hidden_states=features, encoder_attention_mask=mask).sample
+        call = model
+    else:
+        def call(x: Any, t: Any, features: Any, mask: Any) -> Any:
+            return model(x, t, encoder_hidden_states=features, encoder_attention_mask=mask).sample
+    if setting.compiled:
+        call = torch.compile(call)
+    precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setting.autocast or "")
+
+    def forward(x: Any, t: Any, features: Any, mask: Any) -> Any:
+        if setting.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=precision) if precision else nullcontext():
+            return call(x, t, features, mask).float()
+
+    return forward
 
 
-def train_step(model: Any, is_ours: bool, size: int, in_channels: int, length: int, dim: int) -> Callable[[], None]:
+def train_step(
+    model: Any, is_ours: bool, size: int, in_channels: int, length: int, dim: int, setting: Setting = AS_BUILT
+) -> Callable[[], None]:
     """One closure per model: forward + MSE to a fixed target + backward + AdamW step, batch 32."""
     import torch
 
@@ -120,7 +175,7 @@ def train_step(model: Any, is_ours: bool, size: int, in_channels: int, length: i
     t = torch.randint(0, 1000, (TRAIN_BATCH,), generator=g)
     features, mask = text_inputs(TRAIN_BATCH, length, dim, g)
     target = torch.randn(x.shape, generator=g)
-    forward = forward_fn(model, is_ours)
+    forward = forward_fn(model, is_ours, setting)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
@@ -134,7 +189,14 @@ def train_step(model: Any, is_ours: bool, size: int, in_channels: int, length: i
 
 
 def sample_step(
-    model: Any, is_ours: bool, images: int, size: int, in_channels: int, length: int, dim: int
+    model: Any,
+    is_ours: bool,
+    images: int,
+    size: int,
+    in_channels: int,
+    length: int,
+    dim: int,
+    setting: Setting = AS_BUILT,
 ) -> Callable[[], None]:
     """One denoising forward for ``images`` images with classifier-free guidance batching (batch 2x)."""
     import torch
@@ -143,7 +205,7 @@ def sample_step(
     x = torch.randn(images, in_channels, size, size, generator=g).repeat(2, 1, 1, 1)
     t = torch.full((images,), 500).repeat(2)
     features, mask = text_inputs(2 * images, length, dim, g, uncond=images)
-    forward = forward_fn(model, is_ours)
+    forward = forward_fn(model, is_ours, setting)
 
     def step() -> None:
         with torch.no_grad():
@@ -207,6 +269,64 @@ def profile_table(step: Callable[[], None], rows: int = 20) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+def supported_settings(compile_too: bool) -> tuple[Setting, ...]:
+    """``SETTINGS`` less bf16 autocast where the CPU has no bf16 matrix instructions (oneDNN then
+    emulates it, 7-9x slower than fp32 on a Zen 3; see benchmarks/README.md), each also compiled when
+    ``compile_too``. Prints what it leaves out."""
+    import torch
+
+    settings = SETTINGS
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        settings = tuple(s for s in settings if s.autocast != "bf16")
+        print(f"bf16 left out: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 matrix instructions")
+    return settings + tuple(Setting(s.channels_last, s.autocast, True) for s in settings if compile_too)
+
+
+def best_comparison(
+    models: dict[str, Any], is_ours: dict[str, bool], shape: tuple[int, int, int, int], rounds: dict[str, int],
+    settings: tuple[Setting, ...],
+) -> dict[str, Any]:
+    """Each model in each setting (a copy per setting), all interleaved in the same rounds; returns the
+    best setting per model and task, its figure, the speed-ups of ours' best against diffusers' best,
+    and every setting's median (``ms``)."""
+    train_tasks = {
+        f"{name}/{setting.name}": train_step(copy.deepcopy(m), is_ours[name], *shape, setting=setting)
+        for name, m in models.items()
+        for setting in settings
+    }
+    train = interleaved(train_tasks, rounds["train"])
+    sample_tasks = {}
+    for images in SAMPLE_IMAGES:
+        for name, m in models.items():
+            for setting in settings:
+                model = copy.deepcopy(m).eval()
+                sample_tasks[f"{name}/{setting.name}@{images}"] = sample_step(
+                    model, is_ours[name], images, *shape, setting=setting
+                )
+    sample = interleaved(sample_tasks, rounds["sample"])
+    ms = {key: round(1000 * statistics.median(times), 1) for key, times in (train | sample).items()}
+
+    def best(name: str, suffix: str = "") -> tuple[str, float]:
+        key = min((f"{name}/{s.name}{suffix}" for s in settings), key=ms.__getitem__)
+        return key.split("/")[1].removesuffix(suffix), ms[key]
+
+    result: dict[str, Any] = {}
+    for name in models:
+        setting, step_ms = best(name)
+        result[f"train_setting_{name}"] = setting
+        result[f"train_img_s_{name}"] = round(TRAIN_BATCH / step_ms * 1000, 2)
+        for images in SAMPLE_IMAGES:
+            setting, forward_ms = best(name, f"@{images}")
+            result[f"sample_setting_{name}_b{images}"] = setting
+            result[f"sample_ms_{name}_b{images}"] = forward_ms
+    result["train_speedup"] = round(result["train_img_s_ours"] / result["train_img_s_diffusers"], 3)
+    for images in SAMPLE_IMAGES:
+        ratio = result[f"sample_ms_diffusers_b{images}"] / result[f"sample_ms_ours_b{images}"]
+        result[f"sample_speedup_b{images}"] = round(ratio, 3)
+    result["ms"] = ms
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; prints the configurations, then the result as the last line (JSON)."""
     args = parse_args(argv)
@@ -229,6 +349,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rounds = {"train": 5, "sample": 7} if args.quick else {"train": 12, "sample": 21}
     is_ours = {"ours": True, "diffusers": False}
     models = {"ours": ours, "diffusers": theirs}
+    if args.best:
+        settings = supported_settings(args.compile)
+        result = best_comparison(models, is_ours, shape, rounds, settings)
+        for key, value in result.pop("ms").items():
+            print(f"{key:45s} {value:9.1f} ms")
+        load_after = os.getloadavg()[0]
+        print(f"load average after: {load_after:.2f}")
+        result |= {"threads": torch.get_num_threads(), "load_avg_before_after": [round(load_before, 2), round(load_after, 2)]}
+        print(json.dumps(result))
+        return result
     matmul, matmul_flops = matmul_step()
 
     train = interleaved(
