@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from guided_diffusion.errors import ConfigError
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
+from guided_diffusion.request import SamplingConfig
 from guided_diffusion.text import build_text_encoder
 from train.conditioning import CachedTextFeatures, TextConditionedUNet, TextConditioning
 from train.config import DiffusionTrainingConfig, TrainingConfig, parse_run_config
@@ -344,6 +345,22 @@ def test_config_flags_override_yaml_and_bad_keys_are_refused(tmp_path: Path) -> 
 def test_gpu_example_configs_parse(name: str) -> None:
     run = parse_run_config(["--config", f"configs/{name}.yaml"], "test")
     assert {"unet", "text_encoder", "diffusion", "sampling"} <= set(run.model)
+
+
+def test_shapes32_long_config_is_the_shipped_models_recipe() -> None:
+    """configs/shapes32_long.yaml rebuilds the shipped shapes32 UNet, diffusion and sampling exactly;
+    configs/shapes32.yaml (the 40-minute recipe) differs in the residual blocks per level and the length."""
+    shipped = GuidedDiffusionPipeline.from_pretrained("shapes32")
+    long = parse_run_config(["--config", "configs/shapes32_long.yaml"], "test")
+    fast = parse_run_config(["--config", "configs/shapes32.yaml"], "test")
+    derived = {"text_dim": shipped.unet.config.text_dim, "out_channels": 3}  # from the text encoder, the variance
+    assert {**long.model["unet"], **derived} == shipped.unet.config.to_dict()
+    assert long.model["diffusion"] == shipped.diffusion_config
+    assert SamplingConfig.from_dict(long.model["sampling"]) == shipped.sampling_config
+    assert (long.training.max_train_steps, long.training.train_batch_size) == (7000, 32)
+    assert {k: v for k, v in fast.model["unet"].items() if fast.model["unet"][k] != long.model["unet"][k]} == {"num_res_blocks": 1}
+    assert fast.model["diffusion"] == long.model["diffusion"] and fast.model["sampling"] == long.model["sampling"]
+    assert fast.training.max_train_steps == 3600
 
 
 @pytest.mark.parametrize(
