@@ -21,9 +21,8 @@ JSON object. ``diffusers`` comes from the ``bench`` extra: ``pip install -e .[be
 ``--best`` compares each model in its best supported setting instead of both in fp32 as built: every
 model is timed in every setting of ``SETTINGS`` (memory layout x autocast precision; bf16 only where
 the CPU has bf16 matrix instructions; with ``--compile`` each also under ``torch.compile``), all in
-the same interleaved rounds, and the
-speed-ups are the best setting's figure of ours against the best of diffusers', for training and for
-sampling separately. Each setting's median is printed, so that the choice can be read.
+the same interleaved rounds, and the speed-ups are the best setting's figure of ours against the best
+of diffusers', for training and for sampling separately. Each setting's median is printed.
 """
 
 from __future__ import annotations
@@ -53,17 +52,17 @@ class Setting:
     and whether it runs under ``torch.compile``."""
 
     channels_last: bool = False
-    autocast: str | None = None
+    autocast: str | None = None  # a torch dtype name: "bfloat16"
     compiled: bool = False
 
     @property
     def name(self) -> str:
-        parts = ["channels_last" if self.channels_last else "contiguous", self.autocast or "fp32"]
+        parts = ["channels_last" if self.channels_last else "contiguous", self.autocast or "float32"]
         return "+".join(parts + (["compiled"] if self.compiled else []))
 
 
 AS_BUILT = Setting()
-SETTINGS = tuple(Setting(layout, precision) for layout in (False, True) for precision in (None, "bf16"))
+SETTINGS = tuple(Setting(layout, precision) for layout in (False, True) for precision in (None, "bfloat16"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,12 +152,10 @@ def forward_fn(model: Any, is_ours: bool, setting: Setting = AS_BUILT) -> Callab
             return model(x, t, encoder_hidden_states=features, encoder_attention_mask=mask).sample
     if setting.compiled:
         call = torch.compile(call)
-    precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setting.autocast or "")
-
     def forward(x: Any, t: Any, features: Any, mask: Any) -> Any:
         if setting.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=precision) if precision else nullcontext():
+        with torch.autocast("cpu", dtype=getattr(torch, setting.autocast)) if setting.autocast else nullcontext():
             return call(x, t, features, mask).float()
 
     return forward
@@ -271,13 +268,13 @@ def profile_table(step: Callable[[], None], rows: int = 20) -> str:
 
 def supported_settings(compile_too: bool) -> tuple[Setting, ...]:
     """``SETTINGS`` less bf16 autocast where the CPU has no bf16 matrix instructions (oneDNN then
-    emulates it, 7-9x slower than fp32 on a Zen 3; see benchmarks/README.md), each also compiled when
+    emulates it, 4.6-20x slower than fp32 on a Zen 3; see benchmarks/README.md), each also compiled when
     ``compile_too``. Prints what it leaves out."""
     import torch
 
     settings = SETTINGS
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        settings = tuple(s for s in settings if s.autocast != "bf16")
+        settings = tuple(s for s in settings if s.autocast != "bfloat16")
         print(f"bf16 left out: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 matrix instructions")
     return settings + tuple(Setting(s.channels_last, s.autocast, True) for s in settings if compile_too)
 
@@ -296,13 +293,12 @@ def best_comparison(
     }
     train = interleaved(train_tasks, rounds["train"])
     sample_tasks = {}
-    for images in SAMPLE_IMAGES:
-        for name, m in models.items():
-            for setting in settings:
-                model = copy.deepcopy(m).eval()
-                sample_tasks[f"{name}/{setting.name}@{images}"] = sample_step(
-                    model, is_ours[name], images, *shape, setting=setting
-                )
+    for name, m in models.items():
+        for setting in settings:
+            model = copy.deepcopy(m).eval()  # one copy for both image counts
+            for images in SAMPLE_IMAGES:
+                step = sample_step(model, is_ours[name], images, *shape, setting=setting)
+                sample_tasks[f"{name}/{setting.name}@{images}"] = step
     sample = interleaved(sample_tasks, rounds["sample"])
     ms = {key: round(1000 * statistics.median(times), 1) for key, times in (train | sample).items()}
 
@@ -325,6 +321,16 @@ def best_comparison(
         result[f"sample_speedup_b{images}"] = round(ratio, 3)
     result["ms"] = ms
     return result
+
+
+def run_conditions(load_before: float) -> dict[str, Any]:
+    """The thread count and the load average before and after the timings, for the result; prints
+    the load after."""
+    import torch
+
+    load_after = os.getloadavg()[0]
+    print(f"load average after: {load_after:.2f}")
+    return {"threads": torch.get_num_threads(), "load_avg_before_after": [round(load_before, 2), round(load_after, 2)]}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -354,9 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = best_comparison(models, is_ours, shape, rounds, settings)
         for key, value in result.pop("ms").items():
             print(f"{key:45s} {value:9.1f} ms")
-        load_after = os.getloadavg()[0]
-        print(f"load average after: {load_after:.2f}")
-        result |= {"threads": torch.get_num_threads(), "load_avg_before_after": [round(load_before, 2), round(load_after, 2)]}
+        result |= run_conditions(load_before)
         print(json.dumps(result))
         return result
     matmul, matmul_flops = matmul_step()
@@ -376,8 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flops, forward_flops = {}, {}
     for name, m in models.items():
         flops[name], forward_flops[name] = count_flops(m, is_ours[name], *shape)
-    load_after = os.getloadavg()[0]
-    print(f"load average after: {load_after:.2f}")
+    conditions = run_conditions(load_before)
 
     med = {name: statistics.median(times) for name, times in (train | sample).items()}
     peak = matmul_flops / min(train["matmul"] + sample["matmul"])
@@ -403,9 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sample_gflop_ours": round(forward_flops["ours"] / 1e9, 2),
         "sample_gflop_diffusers": round(forward_flops["diffusers"] / 1e9, 2),
         "matmul_peak_gflops": round(peak / 1e9, 1),
-        "threads": torch.get_num_threads(),
-        "load_avg_before_after": [round(load_before, 2), round(load_after, 2)],
-    }
+    } | conditions
     if args.profile:
         print(profile_table(train_step(ours, True, *shape)))
     print(json.dumps(result))
