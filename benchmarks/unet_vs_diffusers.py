@@ -109,12 +109,12 @@ def diffusers_config(unet: Any) -> dict[str, Any]:
 def build_models(config_path: Path) -> tuple[Any, Any, dict[str, Any], int]:
     """``(ours, theirs, theirs_kwargs, context_length)`` built with seed 0 from the config file."""
     import torch
-    import yaml
     from diffusers import UNet2DConditionModel
 
+    from guided_diffusion.config import read_yaml
     from guided_diffusion.models import UNet, UNetConfig
 
-    config = yaml.safe_load(config_path.read_text())
+    config = read_yaml(config_path)
     text = config["text_encoder"]
     context_length = int(text["context_length"])
     unet_config = UNetConfig.from_dict({**config["unet"], "text_dim": int(text["width"])})

@@ -76,9 +76,12 @@ def _json_able(value: Any) -> Any:
     return value
 
 
-def read_yaml(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+def read_yaml(path_or_dict: str | os.PathLike | Mapping[str, Any], _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config file as its mapping of sections (a mapping is returned as a dict copy); a missing,
-    malformed or non-mapping file is a :class:`~guided_diffusion.errors.ConfigError` naming it."""
+    malformed or non-mapping file is a :class:`~guided_diffusion.errors.ConfigError` naming it.
+
+    A top-level ``base: other.yaml`` (relative to the file) starts from that config: each section of
+    this file updates the base's section key by key, so a variant holds only what it changes."""
     if isinstance(path_or_dict, Mapping):
         return dict(path_or_dict)
     path = Path(path_or_dict)
@@ -90,10 +93,22 @@ def read_yaml(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
         raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
+    base = config.pop("base", None)
     for section, values in config.items():
         if values is not None and not isinstance(values, dict):
             raise ConfigError(f"section {section!r} of {path} must be a mapping of keys")
-    return config
+    if base is None:
+        return config
+    if not isinstance(base, str):
+        raise ConfigError(f"base in {path} must be a config file name, got {base!r}")
+    chain = (*_chain, path.resolve())
+    base_path = path.parent / base
+    if base_path.resolve() in chain:
+        raise ConfigError(f"config file {path} is its own base, through {' -> '.join(str(p) for p in (*chain, base_path))}")
+    merged = {section: dict(values or {}) for section, values in read_yaml(base_path, chain).items()}
+    for section, values in config.items():
+        merged.setdefault(section, {}).update(values or {})
+    return merged
 
 
 # ------------------------------------------------------------------------------------- type checks

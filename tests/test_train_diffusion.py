@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from guided_diffusion.config import read_yaml
 from guided_diffusion.errors import ConfigError
 from guided_diffusion.pipeline import GuidedDiffusionPipeline
 from guided_diffusion.request import SamplingConfig
@@ -345,6 +346,27 @@ def test_config_flags_override_yaml_and_bad_keys_are_refused(tmp_path: Path) -> 
 def test_gpu_example_configs_parse(name: str) -> None:
     run = parse_run_config(["--config", f"configs/{name}.yaml"], "test")
     assert {"unet", "text_encoder", "diffusion", "sampling"} <= set(run.model)
+
+
+def test_a_config_with_a_base_changes_only_what_it_names(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("unet: {base_channels: 8, num_res_blocks: 2}\ntraining: {seed: 1, learning_rate: 0.1}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nunet: {num_res_blocks: 1}\nsampling: {steps: 4}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("base: ../b.yaml\ntraining: {seed: 3}\n")
+    assert read_yaml(tmp_path / "sub" / "c.yaml") == {
+        "unet": {"base_channels": 8, "num_res_blocks": 1},
+        "training": {"seed": 3, "learning_rate": 0.1},
+        "sampling": {"steps": 4},
+    }
+    (tmp_path / "a.yaml").write_text("base: sub/c.yaml\n")
+    with pytest.raises(ConfigError, match=r"is its own base, through .*c\.yaml -> .*b\.yaml -> .*a\.yaml -> .*c\.yaml"):
+        read_yaml(tmp_path / "sub" / "c.yaml")
+    (tmp_path / "a.yaml").write_text("base: [x.yaml]\n")
+    with pytest.raises(ConfigError, match=r"base in .*a\.yaml must be a config file name, got \['x\.yaml'\]"):
+        read_yaml(tmp_path / "b.yaml")
+    (tmp_path / "a.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"config file not found: .*gone\.yaml"):
+        read_yaml(tmp_path / "b.yaml")
 
 
 def test_shapes32_long_config_is_the_shipped_models_recipe() -> None:

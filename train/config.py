@@ -271,7 +271,7 @@ def parse_run_config(
     for section, flags in (extra_flags or {}).items():
         sections_of_flags[section] = {**sections_of_flags.get(section, {}), **flags}
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False)  # a misspelt flag is refused, not guessed
-    parser.add_argument("--config", required=True, help="YAML config with every section (see configs/)")
+    parser.add_argument("--config", required=True, help="YAML config with every section (see configs/), or a base: config and what changes")
     for section, flags in sections_of_flags.items():
         group = parser.add_argument_group(f"{section} overrides")
         for name, spec in flags.items():
