@@ -415,6 +415,38 @@ def dataset_of(pipe: GuidedDiffusionPipeline) -> str:
     return "shapes32"
 
 
+SHARED_FLAGS = (
+    "model", "dataset", "out", "sampler", "timestep_schedule", "steps", "guidance_scale", "images_per_prompt",
+    "classifier_scales", "images_per_target", "bpd_images", "batch_size", "seed", "device",
+)
+EVALUATION_FLAGS = {  # the flags each evaluation reads beyond SHARED_FLAGS
+    "shapes32": (
+        "num_prompts", "guidance_scales", "classifier_attribute", "classifier_max_t", "samplers", "sampler_steps", "sampler_nfe",
+    ),
+    "emoji": ("num_seen", "num_held_out", "emoji_root", "guidance_scales", "classifier_max_t"),
+    "generic": (
+        "dataset_name", "dataset_config_name", "train_data_dir", "split", "eval_split", "image_column", "caption_column",
+        "label_column", "num_prompts", "gallery_size", "cas_images_per_class", "cas_epochs", "cas_test_images",
+        "cas_classifier_scale", "classifier_max_t",
+    ),
+}
+
+
+def refuse_unused_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, dataset: str) -> None:
+    """Refuse, in one line, a flag set away from its default that the ``dataset`` evaluation does not read
+    (rather than ignore it silently), naming the flags it does read."""
+    used = set(SHARED_FLAGS) | set(EVALUATION_FLAGS[dataset])
+    unused = [name for name, value in vars(args).items() if name not in used and value != parser.get_default(name)]
+    if unused:
+        own = ", ".join(flag_name(name) for name in EVALUATION_FLAGS[dataset])
+        raise RequestError(f"{flag_name(unused[0])} is not used by the {dataset} evaluation; its own flags: {own}")
+
+
+def flag_name(dest: str) -> str:
+    """The command-line spelling of the option stored as ``dest`` (``num_seen`` -> ``--num-seen``)."""
+    return "--" + dest.replace("_", "-")
+
+
 def eval_sampling(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> EvalSampling:
     """The sampling of the emoji and generic evaluations: the flags, else the pipeline's defaults."""
     flags = ("sampler", "steps", "guidance_scale", "timestep_schedule", "batch_size", "seed")
@@ -439,7 +471,7 @@ def emoji_main(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> int:
 
     report = evaluate_emoji(
         pipe, args.out, **common_options(pipe, args), num_seen=args.num_seen, num_held_out=args.num_held_out,
-        classifier_max_t=args.classifier_max_t, emoji_root=args.emoji_root,
+        classifier_max_t=args.classifier_max_t, guidance_scales=args.guidance_scales, emoji_root=args.emoji_root,
     )
     print(render_emoji_report(report))
     return 0
@@ -511,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise RequestError(f"--dataset-name and --train-data-dir select the generic evaluation; drop --dataset {args.dataset}")
     pipe = GuidedDiffusionPipeline.from_pretrained(args.model, device=args.device)
     dataset = "generic" if generic else args.dataset or dataset_of(pipe)
+    refuse_unused_flags(parser, args, dataset)
     if dataset == "generic":
         return generic_main(pipe, args)
     if dataset == "emoji":

@@ -115,3 +115,13 @@ def test_training_data_reference_matches_the_held_out_pairs():
 def test_gd_eval_refuses_models_of_the_wrong_size(tiny_pipeline_dir, tmp_path, capsys):
     assert main(["--model", str(tiny_pipeline_dir), "--out", str(tmp_path), "--device", "cpu"]) == 2
     assert "judges 32x32" in capsys.readouterr().err
+
+
+def test_gd_eval_refuses_a_flag_its_evaluation_does_not_read(tiny_pipeline_dir, tmp_path, capsys):
+    """Each evaluation names its own flags when given one it would otherwise silently ignore."""
+    base = ["--model", str(tiny_pipeline_dir), "--out", str(tmp_path), "--device", "cpu"]
+    assert main([*base, "--num-seen", "3"]) == 2
+    assert "--num-seen is not used by the shapes32 evaluation; its own flags: --num-prompts, --guidance-scales" in capsys.readouterr().err
+    assert main([*base, "--dataset-name", "fashion_mnist", "--samplers", "ddim"]) == 2
+    assert "--samplers is not used by the generic evaluation; its own flags: --dataset-name" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any work

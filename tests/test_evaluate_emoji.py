@@ -66,6 +66,7 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
         "--model", str(tiny_emoji_model), "--out", str(tmp_path), "--emoji-root", str(fake_root), "--device", "cpu",
         "--sampler", "ddim", "--steps", "2", "--num-seen", "5", "--images-per-prompt", "2",
         "--classifier-scales", "0", "5", "--images-per-target", "3", "--classifier-max-t", "20", "--bpd-images", "2",
+        "--guidance-scales", "3", "0",
     ])
     assert status == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "report.json").read_text())
@@ -76,7 +77,14 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     assert [row["scale"] for row in sweep["rows"]] == [0, 5] and sweep["max_t"] == 20
     assert all(0.0 <= row["hit_rate"] <= 1.0 for row in sweep["rows"])
     assert report["bits_per_dim"]["n"] == 2 and report["bits_per_dim"]["mean"] > 0
+    rows = report["guidance_scales"]
+    assert [row["guidance_scale"] for row in rows] == [3.0, 0.0]
+    assert {"seen", "held_out"} <= set(rows[0]) and rows[0]["held_out"]["images"] == 8
+    # the same pairs and seeds at the evaluation's own scale (3, as --guidance-scale defaults to the
+    # tiny pipeline's 3) give the same images, so the same verdicts
+    assert [rows[0]["seen"][k] for k in ("images", "top1", "top5")] == [report["seen"][k] for k in ("images", "top1", "top5")]
     text = (tmp_path / "report.md").read_text()
+    assert "| 0 | " in text and "seen (trained on): top-1 / top-5" in text
     assert "| held out | 4 | 8 |" in text and "guided at t <= 20 only" in text and "Bits/dim on 2 held-out pairs" in text
     assert (tmp_path / "samples.png").is_file()
     assert "# Emoji evaluation" in capsys.readouterr().out
@@ -96,6 +104,10 @@ def test_gd_eval_on_an_emoji_model_leaves_out_what_is_counted_zero(tiny_emoji_mo
     assert "num_seen must not be negative, got -1" in capsys.readouterr().err
     assert main([*flags, "--images-per-prompt", "0"]) == 2
     assert "images_per_prompt must be at least 1, got 0" in capsys.readouterr().err
+    assert main([*flags, "--samplers", "ddim"]) == 2  # a shapes32 flag: refused, not silently ignored
+    error = capsys.readouterr().err
+    assert "gd-eval: error: --samplers is not used by the emoji evaluation; its own flags: --num-seen" in error
+    assert len(error.strip().splitlines()) == 1
 
 
 def test_gd_eval_needs_the_training_pairs_and_the_data(tiny_emoji_model: Path, tiny_pipeline_dir: Path, tmp_path: Path, capsys) -> None:

@@ -1,5 +1,6 @@
 """Evaluation of an emoji model (``gd-eval --dataset emoji``): retrieval of the asked emoji on seen and
-held-out (emoji, style) pairs, the style of held-out pairs, a classifier-guidance sweep, bits/dim.
+held-out (emoji, style) pairs (optionally at several classifier-free guidance scales), the style of
+held-out pairs, a classifier-guidance sweep, bits/dim.
 
 Which pairs the model saw comes from its folder's ``training_data.json`` (``train_pairs`` and
 ``held_out_pairs``, each ``[name, style, image_file]``); the real images come from the emoji packages
@@ -9,6 +10,7 @@ Which pairs the model saw comes from its folder's ``training_data.json`` (``trai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -89,6 +91,39 @@ def style_guidance_sweep(
     return rows
 
 
+def score_pairs(
+    pipe: GuidedDiffusionPipeline,
+    judge: EmojiJudge,
+    pairs: Sequence[Sequence[str]],
+    images_per_prompt: int,
+    sampling: EvalSampling,
+    *,
+    description: str,
+) -> tuple[dict[str, Any], torch.Tensor, list[str]]:
+    """Sample ``images_per_prompt`` images for the canonical prompt of each of ``pairs`` and judge them:
+    ``(retrieval rates, images [N, 3, H, W] in [-1, 1], prompts [N])``."""
+    prompts = [canonical_caption(name, style) for name, style, _ in pairs for _ in range(images_per_prompt)]
+    images = generate(pipe, prompts, sampling, description=description)
+    return retrieval_rates(judge, images, pairs, images_per_prompt), images, prompts
+
+
+def guidance_scale_row(
+    pipe: GuidedDiffusionPipeline,
+    judge: EmojiJudge,
+    groups: dict[str, Sequence[Sequence[str]]],
+    images_per_prompt: int,
+    sampling: EvalSampling,
+) -> dict[str, Any]:
+    """Retrieval rates of each non-empty group of pairs (``seen``, ``held_out``) sampled with
+    ``sampling`` (its ``guidance_scale`` is the row's scale)."""
+    row: dict[str, Any] = {"guidance_scale": sampling.guidance_scale}
+    for group, group_pairs in groups.items():
+        if group_pairs:
+            description = f"{group} pairs, guidance {sampling.guidance_scale:g}"
+            row[group] = score_pairs(pipe, judge, group_pairs, images_per_prompt, sampling, description=description)[0]
+    return row
+
+
 def data_category_entropy(judge: EmojiJudge, attribute_values: Sequence[str]) -> float:
     """The category entropy of the real images of each style, averaged over the styles."""
     categories = sorted(set(judge.categories))
@@ -111,11 +146,13 @@ def evaluate_emoji(
     images_per_target: int,
     classifier_max_t: int | None,
     bpd_images: int,
+    guidance_scales: Sequence[float] = (),
     emoji_root: str | None = None,
 ) -> dict[str, Any]:
     """Run the emoji evaluation of ``pipe`` and write ``report.md``, ``report.json`` and
-    ``samples.png`` into ``out``; returns the report. A count of 0 (``num_seen``, ``num_held_out``,
-    ``bpd_images``) or no ``classifier_scales`` leaves that part out."""
+    ``samples.png`` into ``out``; returns the report. Each of ``guidance_scales`` scores the same
+    seen and held-out pairs, with the same seeds, at that classifier-free guidance scale. A count of 0
+    (``num_seen``, ``num_held_out``, ``bpd_images``) or no ``classifier_scales`` leaves that part out."""
     check_counts(0, num_seen=num_seen, num_held_out=num_held_out or 0, bpd_images=bpd_images)
     check_counts(1, images_per_prompt=images_per_prompt, images_per_target=images_per_target)
     started = time.perf_counter()
@@ -133,10 +170,14 @@ def evaluate_emoji(
     for group, group_pairs in (("seen", seen), ("held_out", held)):
         if not group_pairs:  # --num-seen 0 / --num-held-out 0: that group is left out
             continue
-        prompts = [canonical_caption(name, style) for name, style, _ in group_pairs for _ in range(images_per_prompt)]
-        images = generate(pipe, prompts, sampling, description=f"{group} pairs")
-        report[group] = {"prompts": len(group_pairs), **retrieval_rates(judge, images, group_pairs, images_per_prompt)}
+        rates, images, prompts = score_pairs(pipe, judge, group_pairs, images_per_prompt, sampling, description=f"{group} pairs")
+        report[group] = {"prompts": len(group_pairs), **rates}
         grids.append((images[: 8 * images_per_prompt : images_per_prompt], prompts[: 8 * images_per_prompt : images_per_prompt]))
+    if guidance_scales and (seen or held):
+        report["guidance_scales"] = [
+            guidance_scale_row(pipe, judge, {"seen": seen, "held_out": held}, images_per_prompt, dataclasses.replace(sampling, guidance_scale=float(scale)))
+            for scale in guidance_scales
+        ]
     if pipe.classifier is not None and "style" in pipe.classifier.labels and classifier_scales:
         report["style_guidance"] = {
             "max_t": classifier_max_t,
@@ -182,6 +223,17 @@ def render_emoji_report(report: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {r['prompts']} | {r['images']} | {percent(r['top1'])} | {percent(r['top5'])} | {percent(r['style_right_of_top1'])} |"
         )
+    if report.get("guidance_scales"):
+        lines += [
+            "",
+            "## Classifier-free guidance scales (the same pairs and seeds)",
+            "",
+            "| guidance scale | " + " | ".join(f"{label}: top-1 / top-5" for group, label in groups) + " |",
+            "|---:|" + "---:|" * len(groups),
+        ]
+        for row in report["guidance_scales"]:
+            cells = [f"{percent(row[group]['top1'])} / {percent(row[group]['top5'])}" for group, _ in groups]
+            lines.append(f"| {row['guidance_scale']:g} | " + " | ".join(cells) + " |")
     if "style_guidance" in report:
         g = report["style_guidance"]
         limit = "every step" if g["max_t"] is None else f"t <= {g['max_t']} only"
