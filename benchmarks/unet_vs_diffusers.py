@@ -34,7 +34,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,13 +220,13 @@ def matmul_step(n: int = 2048) -> tuple[Callable[[], None], float]:
     return (lambda: torch.mm(a, b)), 2.0 * n**3
 
 
-def interleaved(tasks: dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+def interleaved(tasks: dict[Hashable, Callable[[], None]], rounds: int, warmup: int = 2) -> dict[Hashable, list[float]]:
     """Wall seconds of each task, ``rounds`` times, the tasks alternating within each round (order
     reversed every other round); ``warmup`` untimed calls first."""
     for fn in tasks.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in tasks}
+    times: dict[Hashable, list[float]] = {name: [] for name in tasks}
     names = list(tasks)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
@@ -285,41 +285,39 @@ def best_comparison(
 ) -> dict[str, Any]:
     """Each model in each setting (a copy per setting), all interleaved in the same rounds; returns the
     best setting per model and task, its figure, the speed-ups of ours' best against diffusers' best,
-    and every setting's median (``ms``)."""
+    and every setting's median (``ms``, keyed ``model/setting`` or ``model/setting@images``)."""
     train_tasks = {
-        f"{name}/{setting.name}": train_step(copy.deepcopy(m), is_ours[name], *shape, setting=setting)
+        (name, setting, None): train_step(copy.deepcopy(m), is_ours[name], *shape, setting=setting)
         for name, m in models.items()
         for setting in settings
     }
-    train = interleaved(train_tasks, rounds["train"])
     sample_tasks = {}
     for name, m in models.items():
         for setting in settings:
             model = copy.deepcopy(m).eval()  # one copy for both image counts
             for images in SAMPLE_IMAGES:
-                step = sample_step(model, is_ours[name], images, *shape, setting=setting)
-                sample_tasks[f"{name}/{setting.name}@{images}"] = step
-    sample = interleaved(sample_tasks, rounds["sample"])
-    ms = {key: round(1000 * statistics.median(times), 1) for key, times in (train | sample).items()}
+                sample_tasks[(name, setting, images)] = sample_step(model, is_ours[name], images, *shape, setting=setting)
+    times = interleaved(train_tasks, rounds["train"]) | interleaved(sample_tasks, rounds["sample"])
+    ms = {task: 1000 * statistics.median(seconds) for task, seconds in times.items()}
 
-    def best(name: str, suffix: str = "") -> tuple[str, float]:
-        key = min((f"{name}/{s.name}{suffix}" for s in settings), key=ms.__getitem__)
-        return key.split("/")[1].removesuffix(suffix), ms[key]
+    def best(name: str, images: int | None) -> tuple[str, float]:
+        setting = min(settings, key=lambda s: ms[(name, s, images)])
+        return setting.name, round(ms[(name, setting, images)], 1)
 
     result: dict[str, Any] = {}
     for name in models:
-        setting, step_ms = best(name)
-        result[f"train_setting_{name}"] = setting
+        result[f"train_setting_{name}"], step_ms = best(name, None)
         result[f"train_img_s_{name}"] = round(TRAIN_BATCH / step_ms * 1000, 2)
         for images in SAMPLE_IMAGES:
-            setting, forward_ms = best(name, f"@{images}")
-            result[f"sample_setting_{name}_b{images}"] = setting
-            result[f"sample_ms_{name}_b{images}"] = forward_ms
+            result[f"sample_setting_{name}_b{images}"], result[f"sample_ms_{name}_b{images}"] = best(name, images)
     result["train_speedup"] = round(result["train_img_s_ours"] / result["train_img_s_diffusers"], 3)
     for images in SAMPLE_IMAGES:
         ratio = result[f"sample_ms_diffusers_b{images}"] / result[f"sample_ms_ours_b{images}"]
         result[f"sample_speedup_b{images}"] = round(ratio, 3)
-    result["ms"] = ms
+    result["ms"] = {
+        f"{name}/{setting.name}" + (f"@{images}" if images else ""): round(value, 1)
+        for (name, setting, images), value in ms.items()
+    }
     return result
 
 
