@@ -76,7 +76,7 @@ def _json_able(value: Any) -> Any:
     return value
 
 
-def read_yaml(path_or_dict: str | os.PathLike | Mapping[str, Any], _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_yaml(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     """A YAML config file as its mapping of sections (a mapping is returned as a dict copy); a missing,
     malformed or non-mapping file is a :class:`~guided_diffusion.errors.ConfigError` naming it.
 
@@ -84,7 +84,12 @@ def read_yaml(path_or_dict: str | os.PathLike | Mapping[str, Any], _chain: tuple
     this file updates the base's section key by key, so a variant holds only what it changes."""
     if isinstance(path_or_dict, Mapping):
         return dict(path_or_dict)
-    path = Path(path_or_dict)
+    return _read_config_file(Path(path_or_dict), chain=())
+
+
+def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """:func:`read_yaml` of the file ``path``, reached from the files of ``chain`` (resolved) through
+    their ``base:`` keys; a file that is its own base is refused with the chain."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -101,11 +106,11 @@ def read_yaml(path_or_dict: str | os.PathLike | Mapping[str, Any], _chain: tuple
         return config
     if not isinstance(base, str):
         raise ConfigError(f"base in {path} must be a config file name, got {base!r}")
-    chain = (*_chain, path.resolve())
+    chain = (*chain, path.resolve())
     base_path = path.parent / base
     if base_path.resolve() in chain:
         raise ConfigError(f"config file {path} is its own base, through {' -> '.join(str(p) for p in (*chain, base_path))}")
-    merged = {section: dict(values or {}) for section, values in read_yaml(base_path, chain).items()}
+    merged = {section: dict(values or {}) for section, values in _read_config_file(base_path, chain).items()}
     for section, values in config.items():
         merged.setdefault(section, {}).update(values or {})
     return merged

@@ -491,9 +491,9 @@ def generic_main(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> int
     return 0
 
 
-@exits_on_user_errors("gd-eval")
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``gd-eval``; returns the exit status."""
+def build_parser() -> argparse.ArgumentParser:
+    """``gd-eval``'s command line; each flag is read by every evaluation (``SHARED_FLAGS``) or listed
+    under the evaluations that read it (``EVALUATION_FLAGS``)."""
     parser = argparse.ArgumentParser(prog="gd-eval", description="Evaluate a pipeline on its dataset and write a markdown report.")
     parser.add_argument("--model", default="shapes32", help="a pipeline folder or a shipped model name")
     parser.add_argument("--dataset", choices=("shapes32", "emoji", "generic"), default=None, help="the data the model was trained on (default: generic with --dataset-name or --train-data-dir, else emoji when the model folder holds emoji training pairs, else shapes32)")
@@ -537,6 +537,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+@exits_on_user_errors("gd-eval")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gd-eval``; returns the exit status."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     generic = args.dataset_name is not None or args.train_data_dir is not None
     if generic and args.dataset not in (None, "generic"):

@@ -11,7 +11,10 @@ from guided_diffusion import GuidedDiffusionPipeline
 from guided_diffusion.datasets.shapes import FEATURES, HELDOUT_PAIRS, describe_batch, make_shapes32
 from guided_diffusion.evaluation.sampling import EvalSampling
 from guided_diffusion.evaluate import (
+    EVALUATION_FLAGS,
+    SHARED_FLAGS,
     attribute_accuracy,
+    build_parser,
     canonical_targets,
     evaluate,
     main,
@@ -125,3 +128,10 @@ def test_gd_eval_refuses_a_flag_its_evaluation_does_not_read(tiny_pipeline_dir, 
     assert main([*base, "--dataset-name", "fashion_mnist", "--samplers", "ddim"]) == 2
     assert "--samplers is not used by the generic evaluation; its own flags: --dataset-name" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_every_gd_eval_flag_is_read_by_some_evaluation():
+    """The table behind the refusal names exactly the parser's flags: a new flag left out of it would be
+    refused everywhere, a stale name would hide a flag that is read."""
+    listed = set(SHARED_FLAGS).union(*EVALUATION_FLAGS.values())
+    assert listed == set(vars(build_parser().parse_args([])))

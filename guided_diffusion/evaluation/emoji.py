@@ -114,13 +114,12 @@ def guidance_scale_row(
     images_per_prompt: int,
     sampling: EvalSampling,
 ) -> dict[str, Any]:
-    """Retrieval rates of each non-empty group of pairs (``seen``, ``held_out``) sampled with
-    ``sampling`` (its ``guidance_scale`` is the row's scale)."""
+    """Retrieval rates of each group of pairs (``seen``, ``held_out``) sampled with ``sampling`` (its
+    ``guidance_scale`` is the row's scale)."""
     row: dict[str, Any] = {"guidance_scale": sampling.guidance_scale}
     for group, group_pairs in groups.items():
-        if group_pairs:
-            description = f"{group} pairs, guidance {sampling.guidance_scale:g}"
-            row[group] = score_pairs(pipe, judge, group_pairs, images_per_prompt, sampling, description=description)[0]
+        description = f"{group} pairs, guidance {sampling.guidance_scale:g}"
+        row[group] = score_pairs(pipe, judge, group_pairs, images_per_prompt, sampling, description=description)[0]
     return row
 
 
@@ -165,17 +164,16 @@ def evaluate_emoji(
     rng = np.random.default_rng(sampling.seed)
     seen = [pairs["train_pairs"][i] for i in sorted(rng.permutation(len(pairs["train_pairs"]))[:num_seen])]
     held = pairs["held_out_pairs"][:num_held_out] if num_held_out is not None else pairs["held_out_pairs"]
+    groups = {name: group for name, group in (("seen", seen), ("held_out", held)) if group}  # a count of 0 leaves it out
     report: dict[str, Any] = {"model": model_name, "sampling": sampling.to_dict(), "images_per_prompt": images_per_prompt}
     grids = []
-    for group, group_pairs in (("seen", seen), ("held_out", held)):
-        if not group_pairs:  # --num-seen 0 / --num-held-out 0: that group is left out
-            continue
+    for group, group_pairs in groups.items():
         rates, images, prompts = score_pairs(pipe, judge, group_pairs, images_per_prompt, sampling, description=f"{group} pairs")
         report[group] = {"prompts": len(group_pairs), **rates}
         grids.append((images[: 8 * images_per_prompt : images_per_prompt], prompts[: 8 * images_per_prompt : images_per_prompt]))
-    if guidance_scales and (seen or held):
+    if guidance_scales and groups:
         report["guidance_scales"] = [
-            guidance_scale_row(pipe, judge, {"seen": seen, "held_out": held}, images_per_prompt, dataclasses.replace(sampling, guidance_scale=float(scale)))
+            guidance_scale_row(pipe, judge, groups, images_per_prompt, dataclasses.replace(sampling, guidance_scale=float(scale)))
             for scale in guidance_scales
         ]
     if pipe.classifier is not None and "style" in pipe.classifier.labels and classifier_scales:
