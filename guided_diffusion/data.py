@@ -65,7 +65,9 @@ class DataConfig(Config):
 
     ``caption_template`` (e.g. ``"a photo of a {label}"``) builds captions from columns instead of
     reading ``caption_column``: ``{label}`` is the name of ``label_column``'s class, and any other
-    ``{column}`` is that column's value (class name for ``ClassLabel`` columns).
+    ``{column}`` is that column's value (class name for ``ClassLabel`` columns). A list of templates
+    draws one per example, with probabilities proportional to ``caption_template_weights`` (equal
+    without them): e.g. ``["{name}, {style} style", "{name}"]`` also teaches the name on its own.
     ``label_columns`` are the attributes a classifier learns (``ClassLabel``, string or integer
     columns); with them, captions may be left out (``caption_column`` and ``caption_template`` None:
     every caption is "").
@@ -89,7 +91,8 @@ class DataConfig(Config):
     caption_column: str | None = "text"
     label_column: str | None = None
     label_columns: list[str] = dataclasses.field(default_factory=list)
-    caption_template: str | None = None
+    caption_template: str | list[str] | None = None
+    caption_template_weights: list[float] | None = None
     num_images: int = 4096
     resolution: int | None = None
     center_crop: bool = True
@@ -114,19 +117,43 @@ class DataConfig(Config):
                 "set caption_column, or caption_template to build captions from other columns "
                 "(or label_columns, the classes of a classifier, which reads no captions)"
             )
+        self._check_caption_templates()
         if len(set(self.label_columns)) != len(self.label_columns):
             raise DataError(f"label_columns names a column twice: {', '.join(self.label_columns)}")
         if self.num_images < 1 or self.shuffle_buffer_size < 1 or self.num_workers < 0:
             raise DataError("num_images and shuffle_buffer_size must be positive, num_workers non-negative")
 
-    def template_fields(self) -> list[str]:
-        """The ``{name}`` placeholders of ``caption_template`` (empty without a template)."""
+    def _check_caption_templates(self) -> None:
+        templates, weights = self.caption_templates(), self.caption_template_weights
+        if self.caption_template is not None and not templates:
+            raise DataError("caption_template is an empty list: give at least one template, or leave it unset")
+        if weights is None:
+            return
+        if self.caption_template is None:
+            raise DataError("caption_template_weights is set without caption_template: they weight its templates")
+        if len(weights) != len(templates):
+            raise DataError(
+                f"caption_template_weights has {len(weights)} weights for {len(templates)} caption templates: "
+                "give one per template"
+            )
+        if any(not w >= 0 for w in weights) or not sum(weights) > 0:
+            raise DataError(f"caption_template_weights must be non-negative with a positive sum, got {weights}")
+
+    def caption_templates(self) -> list[str]:
+        """``caption_template`` as a list (empty without one)."""
         if self.caption_template is None:
             return []
-        try:
-            return [name for _, name, _, _ in string.Formatter().parse(self.caption_template) if name is not None]
-        except ValueError as err:
-            raise DataError(f"caption_template {self.caption_template!r} is not a valid format string: {err}") from None
+        return [self.caption_template] if isinstance(self.caption_template, str) else list(self.caption_template)
+
+    def template_fields(self) -> list[str]:
+        """The ``{name}`` placeholders of the caption templates, each once (empty without a template)."""
+        fields: dict[str, None] = {}
+        for template in self.caption_templates():
+            try:
+                fields.update((name, None) for _, name, _, _ in string.Formatter().parse(template) if name is not None)
+            except ValueError as err:
+                raise DataError(f"caption_template {template!r} is not a valid format string: {err}") from None
+        return list(fields)
 
 
 @dataclass(frozen=True)
@@ -390,7 +417,9 @@ class SampleReader:
             fields = {name: self._field(row, name) for name in config.template_fields() if name != "label"}
             if config.label_column is not None:
                 fields["label"] = self._field(row, config.label_column)
-            return config.caption_template.format(**fields)
+            templates = config.caption_templates()
+            template = templates[0] if len(templates) == 1 else rng.choices(templates, config.caption_template_weights)[0]
+            return template.format(**fields)
         caption = row[config.caption_column]
         if isinstance(caption, (list, tuple)):
             caption = rng.choice(caption) if caption else ""

@@ -142,6 +142,38 @@ def test_caption_template_uses_class_names() -> None:
     assert sample["caption"] == "a photo of a bird" and sample["label"] == 2
 
 
+def test_caption_templates_are_drawn_by_weight_and_seed() -> None:
+    config = DataConfig(
+        dataset_name="unused",
+        caption_column=None,
+        caption_template=["{text}, {label}", "{text}", "never {label}"],
+        caption_template_weights=[3, 1, 0],
+        label_column="label",
+        caption_dropout=0.0,
+    )
+    assert config.template_fields() == ["text", "label"]
+    reader = SampleReader(config, _features(), resolution=4)
+    row = {"image": _png(0), "text": "x", "label": 1}
+    captions = [reader(row, random.Random(i))["caption"] for i in range(4000)]
+    assert set(captions) == {"x, dog", "x"}  # the zero-weight template is never drawn
+    assert abs(captions.count("x") / len(captions) - 0.25) < 0.025
+    assert captions == [reader(row, random.Random(i))["caption"] for i in range(4000)]
+
+
+def test_bad_caption_templates_are_refused(imagefolder: Path) -> None:
+    with pytest.raises(DataError, match="2 weights for 1 caption templates"):
+        DataConfig(dataset_name="x", caption_template="{text}", caption_template_weights=[1, 2])
+    with pytest.raises(DataError, match="weights is set without caption_template"):
+        DataConfig(dataset_name="x", caption_template_weights=[1])
+    with pytest.raises(DataError, match="non-negative with a positive sum"):
+        DataConfig(dataset_name="x", caption_template=["{text}", "a"], caption_template_weights=[0, 0])
+    with pytest.raises(DataError, match="empty list"):
+        DataConfig(dataset_name="x", caption_template=[])
+    dataset = load_source(DataConfig(train_data_dir=str(imagefolder)))
+    with pytest.raises(DataError, match=r"caption_template field \{style\} 'style' .* columns are: image, text"):
+        check_columns(dataset, DataConfig(train_data_dir=str(imagefolder), caption_template=["{text}", "{style}"]))
+
+
 # ------------------------------------------------------------------------------------ sources
 
 
