@@ -393,6 +393,8 @@ class SampleReader:
         self.class_index = {
             column: {name: i for i, name in enumerate(class_names[column])} for column in config.label_columns
         }
+        self.templates = config.caption_templates()
+        self.template_fields = [name for name in config.template_fields() if name != "label"]
 
     def _field(self, row: dict[str, Any], column: str) -> Any:
         value = row[column]
@@ -414,10 +416,11 @@ class SampleReader:
         if config.caption_column is None and config.caption_template is None:
             return ""
         if config.caption_template is not None:
-            fields = {name: self._field(row, name) for name in config.template_fields() if name != "label"}
+            fields = {name: self._field(row, name) for name in self.template_fields}
             if config.label_column is not None:
                 fields["label"] = self._field(row, config.label_column)
-            templates = config.caption_templates()
+            # one template draws nothing, so a single-template run reads the same rng stream as before
+            templates = self.templates
             template = templates[0] if len(templates) == 1 else rng.choices(templates, config.caption_template_weights)[0]
             return template.format(**fields)
         caption = row[config.caption_column]
