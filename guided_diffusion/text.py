@@ -19,9 +19,20 @@ Two backends sit behind :class:`TextEncoder`, chosen by the ``backend`` key of t
     Loads ``CLIPTextModel`` and the tokenizer with ``from_pretrained``; features are
     ``last_hidden_state``.
 
+Every backend also takes ``segment_separator`` (default null). With it, a prompt is cut at each
+separator and every non-empty part (a *segment*, stripped of surrounding spaces) is encoded on its own,
+with its own start and end tokens and positions counted from 0, as if it were a prompt by itself; the
+segments' tokens are then laid end to end in one row of ``context_length`` tokens. No segment sees
+another, so with ``segment_separator: ","`` the tokens of ``"tiger face"`` in ``"tiger face, twitter
+style"`` are the same as in ``"tiger face, google style"`` or ``"tiger face"``, and the style's tokens are
+the same for every name: a model conditioned on them reads the parts apart, which is what combining a
+content with a style it was never seen in needs (the model card of emoji32 measures it). It is how a
+prompt's chunks are encoded separately in other tools (AUTOMATIC1111's ``BREAK``). A row longer than
+``context_length`` is truncated, its last kept token made an end token.
+
 Features are the hidden states of every token after the final layer norm. The mask is True on real
 tokens, start and end tokens included, and False on padding: a row is real up to and including its
-first end-of-text token. The empty prompt ``""`` (start and end tokens only) is the unconditional
+first end-of-text token (with segments: its last segment's). The empty prompt ``""`` (start and end tokens only) is the unconditional
 input. Encoders are frozen (no gradients, always in eval mode) unless ``trainable: true``.
 
 A saved encoder is a folder holding ``config.json`` and ``model.safetensors``:
@@ -73,6 +84,23 @@ class TextEncoderConfig(Config):
     backend: str
     context_length: int | None = None
     trainable: bool = False
+    segment_separator: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_segment_separator(self.segment_separator)
+
+
+def _check_segment_separator(separator: Any) -> None:
+    if separator is not None and (not isinstance(separator, str) or not separator.strip()):
+        raise ConfigError(f"text_encoder.segment_separator must be null or a non-blank string, got {separator!r}")
+
+
+def split_segments(prompt: str, separator: str | None) -> list[str]:
+    """The segments of ``prompt`` cut at ``separator``, stripped, empty ones dropped; ``[prompt]`` with
+    no separator, and ``[""]`` when nothing is left (the empty prompt stays the unconditional input)."""
+    if separator is None:
+        return [prompt]
+    return [part for part in (piece.strip() for piece in prompt.split(separator)) if part] or [""]
 
 
 @dataclass
@@ -135,6 +163,9 @@ class TextEncoder(nn.Module):
     context_length: int
     trainable: bool
     config: dict[str, Any]
+    start_id: int
+    end_id: int
+    pad_id: int
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -159,20 +190,76 @@ class TextEncoder(nn.Module):
         return super().train(mode and self.trainable)
 
     @property
+    def segment_separator(self) -> str | None:
+        return self.config.get("segment_separator")
+
+    def set_segment_separator(self, separator: str | None) -> "TextEncoder":
+        """Encode prompts segment by segment at ``separator`` from now on (None: whole), recorded in
+        ``config``; the weights are unchanged."""
+        _check_segment_separator(separator)
+        self.config["segment_separator"] = separator
+        return self
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        """Token ids ``[B, L]`` (long, CPU); over-long prompts are truncated keeping the end token."""
-        raise NotImplementedError
-
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``tokens [B, L]`` -> ``(features float [B, L, D], mask bool [B, L])``."""
-        raise NotImplementedError
+        """Token ids ``[B, L]`` (long, CPU), padded with ``pad_id``; over-long prompts are truncated
+        keeping an end token. With a ``segment_separator`` each row holds the segments end to end."""
+        prompts = _as_prompt_list(prompts)
+        if self.segment_separator is None:
+            return self._tokenize_whole(prompts)
+        rows = torch.full((len(prompts), self.context_length), self.pad_id, dtype=torch.long)
+        for row, prompt in zip(rows, prompts):
+            ids = [i for part in split_segments(prompt, self.segment_separator) for i in self._segment_ids(part)]
+            ids = ids[: self.context_length]
+            ids[-1] = self.end_id
+            row[: len(ids)] = torch.tensor(ids)
+        return rows
 
     def token_count(self, prompt: str) -> int:
-        """Tokens ``prompt`` takes before truncation, start and end tokens included; more than
-        ``context_length`` means :meth:`tokenize` truncates it."""
+        """Tokens ``prompt`` takes before truncation, start and end tokens (of every segment) included;
+        more than ``context_length`` means :meth:`tokenize` truncates it."""
+        return sum(len(self._segment_ids(part)) for part in split_segments(prompt, self.segment_separator))
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokens [B, L]`` -> ``(features float [B, L, D], mask bool [B, L])``; a row with several
+        segments (each opened by ``start_id``) has each encoded on its own."""
+        if self.segment_separator is None:
+            return self._encode_rows(tokens)
+        return self._encode_segments(tokens)
+
+    def _encode_segments(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cut each row of ``tokens [B, L]`` at its start tokens into rows of their own ``[N, S]``,
+        encode those, and put their features and masks back where their tokens were."""
+        batch, length = tokens.shape
+        row, start = (tokens == self.start_id).nonzero(as_tuple=True)  # row-major: segments in order
+        same_row_next = torch.cat([row[1:] == row[:-1], row.new_zeros(1, dtype=torch.bool)])
+        end = torch.where(same_row_next, torch.cat([start[1:], start[-1:]]), torch.full_like(start, length))
+        span = int((end - start).max())
+        offset = torch.arange(span, device=tokens.device)
+        position = start[:, None] + offset  # [N, S]
+        inside = position < end[:, None]
+        segments = torch.where(inside, tokens[row[:, None], position.clamp(max=length - 1)], self.pad_id)
+        segment_features, segment_mask = self._encode_rows(segments)
+        features = segment_features.new_zeros(batch, length, segment_features.shape[-1])
+        mask = torch.zeros(batch, length, dtype=torch.bool, device=tokens.device)
+        rows = row[:, None].expand_as(position)[inside]
+        features[rows, position[inside]] = segment_features[inside]
+        mask[rows, position[inside]] = segment_mask[inside]
+        return features, mask
+
+    def _tokenize_whole(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids ``[B, L]`` of whole prompts (the backend's own tokenizer call)."""
+        raise NotImplementedError
+
+    def _segment_ids(self, text: str) -> list[int]:
+        """The untruncated token ids of ``text`` alone, start and end tokens included."""
+        raise NotImplementedError
+
+    def _encode_rows(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokens [B, L]``, one prompt per row -> ``(features [B, L, D], mask [B, L])``."""
         raise NotImplementedError
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,6 +326,7 @@ class OpenCLIPTextEncoder(TextEncoder):
             )
         self.width = config["width"]
         self.context_length = config["context_length"]
+        self.start_id, self.end_id, self.pad_id = self._tokenizer.sot_token_id, self._tokenizer.eot_token_id, 0
         self._finish_init()
 
     @staticmethod
@@ -279,16 +367,15 @@ class OpenCLIPTextEncoder(TextEncoder):
         config["vocab_size"] = tower.token_embedding.num_embeddings
         return tower, tokenizer
 
-    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+    def _tokenize_whole(self, prompts: list[str]) -> torch.Tensor:
         """Token ids ``[B, L]``: start token, BPE tokens, end token, zero padding."""
-        return self._tokenizer(_as_prompt_list(prompts), context_length=self.context_length)
+        return self._tokenizer(prompts, context_length=self.context_length)
 
-    def token_count(self, prompt: str) -> int:
-        return len(self._tokenizer.encode(prompt)) + 2
+    def _segment_ids(self, text: str) -> list[int]:
+        return [self.start_id, *self._tokenizer.encode(text), self.end_id]
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``tokens [B, L]`` -> ``(features [B, L, D], mask [B, L])``."""
-        mask = _real_token_mask(tokens, self._tokenizer.eot_token_id, pad_id=0)
+    def _encode_rows(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = _real_token_mask(tokens, self.end_id, pad_id=self.pad_id)
         return self.tower(tokens), mask
 
 
@@ -317,12 +404,14 @@ class TransformersTextEncoder(TextEncoder):
             raise ConfigError(f"text_encoder.context_length must be at most {max_positions} for this model")
         self.width = self.model.config.hidden_size
         self.context_length = config["context_length"]
+        self.start_id, self.end_id = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        self.pad_id = self.end_id if self.tokenizer.pad_token_id is None else self.tokenizer.pad_token_id
         self._finish_init()
 
-    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+    def _tokenize_whole(self, prompts: list[str]) -> torch.Tensor:
         """Token ids ``[B, L]``, padded to ``context_length`` and truncated keeping the end token."""
         encoded = self.tokenizer(
-            _as_prompt_list(prompts),
+            prompts,
             padding="max_length",
             truncation=True,
             max_length=self.context_length,
@@ -330,12 +419,12 @@ class TransformersTextEncoder(TextEncoder):
         )
         return encoded["input_ids"]
 
-    def token_count(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt, truncation=False)["input_ids"])
+    def _segment_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, truncation=False)["input_ids"]
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_rows(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``tokens [B, L]`` -> ``(last_hidden_state [B, L, D], mask [B, L])``."""
-        mask = _real_token_mask(tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        mask = _real_token_mask(tokens, self.end_id, self.tokenizer.pad_token_id)
         features = self.model(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
         return features, mask
 
@@ -380,16 +469,20 @@ def build_text_encoder(config: dict[str, Any]) -> TextEncoder:
 
     ``{"from_pretrained": FOLDER, "trainable": bool}`` instead loads an encoder saved by
     :meth:`TextEncoder.save_pretrained` (for example the text tower of a CLIP trained by
-    ``train.clip``), frozen unless ``trainable``.
+    ``train.clip``), frozen unless ``trainable``; a ``segment_separator`` key there replaces the saved
+    encoder's (the same weights, reading prompts segment by segment).
     """
     if "from_pretrained" in config:
-        unknown = sorted(set(config) - {"from_pretrained", "trainable"})
+        unknown = sorted(set(config) - {"from_pretrained", "trainable", "segment_separator"})
         if unknown:
             raise ConfigError(
-                f"a text_encoder section with from_pretrained takes only trainable besides it, not {unknown}; "
-                "the architecture comes from the saved encoder"
+                "a text_encoder section with from_pretrained takes only trainable and segment_separator "
+                f"besides it, not {unknown}; the architecture comes from the saved encoder"
             )
-        return load_text_encoder(config["from_pretrained"]).set_trainable(config.get("trainable", False))
+        encoder = load_text_encoder(config["from_pretrained"]).set_trainable(config.get("trainable", False))
+        if "segment_separator" in config:
+            encoder.set_segment_separator(config["segment_separator"])
+        return encoder
     return _BACKENDS[_backend(config)](dict(config))
 
 

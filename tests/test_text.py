@@ -222,3 +222,68 @@ def test_transformers_missing_or_corrupt_files_are_refused_by_name(tmp_path, hf_
     (folder / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json"):
         load_text_encoder(folder)
+
+
+def _segmented(config: dict) -> TextEncoder:
+    torch.manual_seed(0)
+    return build_text_encoder({**config, "segment_separator": ","})
+
+
+def _assert_segments_encoded_apart(encoder: TextEncoder, whole: TextEncoder) -> None:
+    """``encoder`` (separator ",") lays each segment's own features end to end: they equal ``whole``'s
+    features of the segment as a prompt by itself, whatever the other segments are."""
+    features, mask = encoder.encode(["red, blue", "red, red red", "", " , red ,, "])
+    red, red_mask = whole.encode(["red"])
+    blue, blue_mask = whole.encode(["blue"])
+    n, k = int(red_mask.sum()), int(blue_mask.sum())
+    torch.testing.assert_close(features[0, :n], red[0, :n], rtol=0, atol=1e-5)
+    torch.testing.assert_close(features[0, n : n + k], blue[0, :k], rtol=0, atol=1e-5)
+    torch.testing.assert_close(features[1, :n], red[0, :n], rtol=0, atol=1e-5)  # the same, whatever follows
+    assert mask[0].tolist() == [True] * (n + k) + [False] * (encoder.context_length - n - k)
+    empty, empty_mask = whole.encode([""])
+    torch.testing.assert_close(features[2], empty[0])  # the unconditional input is unchanged
+    assert torch.equal(mask[2], empty_mask[0])
+    torch.testing.assert_close(features[3, :n], red[0, :n], rtol=0, atol=1e-5)  # blank parts dropped
+    assert int(mask[3].sum()) == n == encoder.token_count(" , red ,, ")
+    assert encoder.token_count("red, blue") == n + k == whole.token_count("red") + whole.token_count("blue")
+
+
+def test_open_clip_segments_are_encoded_apart(frozen):
+    segmented = _segmented(OPEN_CLIP_TINY)
+    _assert_segments_encoded_apart(segmented, frozen)
+    sot, eot = 49406, 49407
+    tokens = segmented.tokenize(["red, blue"])[0].tolist()
+    assert tokens[:6] == [sot, segmented._tokenizer.encode("red")[0], eot, sot, segmented._tokenizer.encode("blue")[0], eot]
+    # too long for the context: truncated, the last kept token an end token, every kept token real
+    long = ", ".join(["red"] * 8)
+    assert segmented.token_count(long) == 24 > segmented.context_length
+    tokens = segmented.tokenize([long])
+    assert tokens[0, -1] == eot and segmented(tokens)[1].all()
+
+
+def test_transformers_segments_are_encoded_apart(hf_folder, hf_encoder):
+    _assert_segments_encoded_apart(_segmented({"backend": "transformers", "name_or_path": str(hf_folder)}), hf_encoder)
+
+
+def test_trainable_segments_get_gradients():
+    encoder = _segmented({**OPEN_CLIP_TINY, "trainable": True})
+    features, mask = encoder.encode(["red, blue", "blue"])
+    (features * mask[..., None] * torch.randn(features.shape[-1])).sum().backward()  # a plain sum of a layer norm's output is 0
+    assert encoder.tower.token_embedding.weight.grad.abs().sum() > 0
+
+
+def test_segment_separator_is_saved_and_may_be_set_on_a_saved_encoder(tmp_path):
+    _segmented(OPEN_CLIP_TINY).save_pretrained(tmp_path / "segmented")
+    assert load_text_encoder(tmp_path / "segmented").segment_separator == ","
+    torch.manual_seed(0)
+    build_text_encoder(OPEN_CLIP_TINY).save_pretrained(tmp_path / "whole")  # the same weights as _segmented's
+    loaded = build_text_encoder({"from_pretrained": str(tmp_path / "whole"), "segment_separator": ","})
+    assert loaded.segment_separator == "," and loaded.config["segment_separator"] == ","
+    torch.testing.assert_close(loaded.encode(["red, blue"])[0], _segmented(OPEN_CLIP_TINY).encode(["red, blue"])[0])
+    for bad in ["", "  "]:
+        with pytest.raises(ValueError, match="segment_separator must be null or a non-blank string, got"):
+            build_text_encoder({**OPEN_CLIP_TINY, "segment_separator": bad})
+    with pytest.raises(ValueError, match="segment_separator must be a string"):
+        build_text_encoder({**OPEN_CLIP_TINY, "segment_separator": 3})
+    with pytest.raises(ValueError, match="takes only trainable and segment_separator"):
+        build_text_encoder({"from_pretrained": str(tmp_path / "whole"), "width": 8})

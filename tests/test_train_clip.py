@@ -141,5 +141,5 @@ def test_a_diffusion_config_loads_the_text_tower_frozen(trained: Path) -> None:
     tokens = pipe.text_encoder.tokenize(["a red square"])
     reference = load_text_encoder(trained / "text_encoder")
     assert torch.equal(pipe.text_encoder(tokens)[0], reference(tokens)[0])
-    with pytest.raises(ValueError, match="takes only trainable besides it, not \\['width'\\]"):
+    with pytest.raises(ValueError, match="takes only trainable and segment_separator besides it, not \\['width'\\]"):
         build_text_encoder({"from_pretrained": str(trained / "text_encoder"), "width": 8})
