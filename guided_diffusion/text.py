@@ -32,8 +32,8 @@ prompt's chunks are encoded separately in other tools (AUTOMATIC1111's ``BREAK``
 
 Features are the hidden states of every token after the final layer norm. The mask is True on real
 tokens, start and end tokens included, and False on padding: a row is real up to and including its
-first end-of-text token (with segments: its last segment's). The empty prompt ``""`` (start and end tokens only) is the unconditional
-input. Encoders are frozen (no gradients, always in eval mode) unless ``trainable: true``.
+first end-of-text token (with segments: its last segment's). The empty prompt ``""`` (start and end
+tokens only) is the unconditional input. Encoders are frozen (no gradients, always in eval mode) unless ``trainable: true``.
 
 A saved encoder is a folder holding ``config.json`` and ``model.safetensors``:
 
@@ -235,6 +235,8 @@ class TextEncoder(nn.Module):
         encode those, and put their features and masks back where their tokens were."""
         batch, length = tokens.shape
         row, start = (tokens == self.start_id).nonzero(as_tuple=True)  # row-major: segments in order
+        if row.numel() == 0:  # an empty batch: nothing to cut
+            return self._encode_rows(tokens)
         same_row_next = torch.cat([row[1:] == row[:-1], row.new_zeros(1, dtype=torch.bool)])
         end = torch.where(same_row_next, torch.cat([start[1:], start[-1:]]), torch.full_like(start, length))
         span = int((end - start).max())
@@ -424,7 +426,7 @@ class TransformersTextEncoder(TextEncoder):
 
     def _encode_rows(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``tokens [B, L]`` -> ``(last_hidden_state [B, L, D], mask [B, L])``."""
-        mask = _real_token_mask(tokens, self.end_id, self.tokenizer.pad_token_id)
+        mask = _real_token_mask(tokens, self.end_id, self.pad_id)
         features = self.model(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
         return features, mask
 

@@ -251,6 +251,8 @@ def _assert_segments_encoded_apart(encoder: TextEncoder, whole: TextEncoder) -> 
 def test_open_clip_segments_are_encoded_apart(frozen):
     segmented = _segmented(OPEN_CLIP_TINY)
     _assert_segments_encoded_apart(segmented, frozen)
+    none, none_mask = segmented.encode([])  # an empty batch, as the whole-prompt path allows
+    assert none.shape == (0, 12, 32) and none_mask.shape == (0, 12)
     sot, eot = 49406, 49407
     tokens = segmented.tokenize(["red, blue"])[0].tolist()
     assert tokens[:6] == [sot, segmented._tokenizer.encode("red")[0], eot, sot, segmented._tokenizer.encode("blue")[0], eot]
