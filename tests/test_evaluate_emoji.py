@@ -42,6 +42,21 @@ def test_the_judge_recognises_real_images_and_their_styles(fake_root: Path) -> N
         judge.judge(images[:1], ["unicorn face"], ["google"])
 
 
+def test_the_nearest_image_style_of_unseen_emoji_matches_a_search_by_hand(fake_root: Path) -> None:
+    every = make_emoji("all", root=fake_root, resolution=16)
+    judge = EmojiJudge(every)
+    right = 0
+    for i, (name, style) in enumerate(zip(judge.names, judge.styles)):
+        others = [j for j, other in enumerate(judge.names) if other != name]
+        nearest_other = min(others, key=lambda j: float(torch.dist(judge.features[i], judge.features[j])))
+        right += judge.styles[nearest_other] == style
+    assert judge.style_accuracy_of_unseen_emoji() == right / len(judge.names)
+    # three emoji on a line: only the last google picture's nearest other emoji is in its own style
+    judge.names, judge.styles = ["a", "a", "b", "b", "c", "c"], ["google", "twitter"] * 3
+    judge.features = torch.tensor([[0.0], [10.0], [11.0], [1.0], [20.0], [30.0]], dtype=torch.float64)
+    assert judge.style_accuracy_of_unseen_emoji() == 1 / 6
+
+
 @pytest.fixture(scope="module")
 def tiny_emoji_model(fake_root: Path, tmp_path_factory) -> Path:
     """A tiny untrained 16x16 pipeline over 40 timesteps with a style/category classifier and the fake
@@ -75,7 +90,10 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     assert 0.0 <= report["seen"]["top1"] <= report["seen"]["top5"] <= 1.0
     sweep = report["style_guidance"]
     assert [row["scale"] for row in sweep["rows"]] == [0, 5] and sweep["max_t"] == 20
-    assert all(0.0 <= row["hit_rate"] <= 1.0 for row in sweep["rows"])
+    assert all(0.0 <= row[key] <= 1.0 for row in sweep["rows"] for key in ("hit_rate", "nearest_image_hit_rate"))
+    judge = sweep["judge"]
+    assert judge["held_out_groups"] == 1 and judge["held_out_images"] == 2 and judge["epochs"] == 20  # 1 of 9 emoji, both styles
+    assert judge["held_out_accuracy"] in (0.0, 0.5, 1.0) and 0.0 <= judge["nearest_image_accuracy"] <= 1.0
     assert report["bits_per_dim"]["n"] == 2 and report["bits_per_dim"]["mean"] > 0
     rows = report["guidance_scales"]
     assert [row["guidance_scale"] for row in rows] == [3.0, 0.0]
@@ -86,6 +104,7 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     text = (tmp_path / "report.md").read_text()
     assert "| 0 | " in text and "seen (trained on): top-1 / top-5" in text
     assert "| held out | 4 | 8 |" in text and "guided at t <= 20 only" in text and "Bits/dim on 2 held-out pairs" in text
+    assert "| style hit rate, nearest real image |" in text and "trained on the real images of all but 1 emoji (20 epochs)" in text
     assert (tmp_path / "samples.png").is_file()
     assert "# Emoji evaluation" in capsys.readouterr().out
 

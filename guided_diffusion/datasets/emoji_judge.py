@@ -61,6 +61,17 @@ class EmojiJudge:
         _, first = nearest(pixel_features(images, self.size), self.features, 1)
         return [(self.names[j], self.styles[j], self.categories[j]) for j in first[:, 0].tolist()]
 
+    def style_accuracy_of_unseen_emoji(self) -> float:
+        """How often the nearest real image has the right style when the image's own emoji (in every
+        style) is left out of the gallery: the nearest-image style reading of a picture that is not a
+        copy of a real one, which is what a generated emoji is."""
+        distances = torch.cdist(self.features, self.features)
+        number = {name: i for i, name in enumerate(dict.fromkeys(self.names))}
+        emoji = torch.tensor([number[name] for name in self.names])
+        distances[emoji[:, None] == emoji[None, :]] = float("inf")
+        first = distances.argmin(dim=1).tolist()
+        return sum(self.styles[j] == s for j, s in zip(first, self.styles)) / len(first)
+
     def judge(self, images: torch.Tensor, names: Sequence[str], styles: Sequence[str]) -> EmojiVerdicts:
         """Verdicts on ``images [N, 3, H, W]`` in [-1, 1], image ``i`` asked for ``names[i]`` in ``styles[i]``."""
         if not (len(names) == len(styles) == images.shape[0]):
