@@ -118,6 +118,7 @@ def test_gd_eval_on_an_emoji_model_leaves_out_what_is_counted_zero(tiny_emoji_mo
     assert [row["scale"] for row in report["style_guidance"]["rows"]] == [3]
     text = (tmp_path / "report.md").read_text()
     assert "| pairs |" not in text and "![samples]" not in text and "| style hit rate |" in text
+    assert "per canonical prompt" not in text
     assert not (tmp_path / "samples.png").exists()
     assert main([*flags, "--num-seen", "-1"]) == 2
     assert "num_seen must not be negative, got -1" in capsys.readouterr().err

@@ -215,14 +215,16 @@ def evaluate_emoji(
 def render_emoji_report(report: dict[str, Any]) -> str:
     """The markdown of an :func:`evaluate_emoji` report."""
     s = report["sampling"]
+    groups = [(group, label) for group, label in (("seen", "seen (trained on)"), ("held_out", "held out")) if group in report]
     lines = [
         f"# Emoji evaluation of `{report['model']}`",
         "",
-        f"Sampler {s['sampler']}, {s['steps']} steps ({s.get('timestep_schedule', 'uniform')} schedule), classifier-free guidance {s['guidance_scale']}, seed {s['seed']}; "
-        f"{report['images_per_prompt']} images per canonical prompt (\"<name>, <style> style\"). Judge: the nearest real "
-        "emoji image (both styles, held-out pairs included) in 16x16 area-averaged pixels.",
+        f"Sampler {s['sampler']}, {s['steps']} steps ({s.get('timestep_schedule', 'uniform')} schedule), classifier-free guidance {s['guidance_scale']}, seed {s['seed']}"
+        + (
+            f"; {report['images_per_prompt']} images per canonical prompt (\"<name>, <style> style\"). Judge: the nearest real "
+            "emoji image (both styles, held-out pairs included) in 16x16 area-averaged pixels." if groups else "."
+        ),
     ]
-    groups = [(group, label) for group, label in (("seen", "seen (trained on)"), ("held_out", "held out")) if group in report]
     if groups:
         lines += [
             "",
