@@ -30,6 +30,7 @@ def test_the_judge_recognises_real_images_and_their_styles(fake_root: Path) -> N
     judge = EmojiJudge(every)
     images = dataset_tensor(every)
     styles = [every.features["style"].int2str(s) for s in every["style"]]
+    assert torch.equal(judge.images, images)
     verdicts = judge.judge(images, every["name"], styles)
     assert verdicts.top1.all() and verdicts.top5.all() and verdicts.style_right.all()
     assert verdicts.nearest_style == styles and verdicts.nearest_name == every["name"]

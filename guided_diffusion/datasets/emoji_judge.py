@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasets
+import numpy as np
 import torch
 
 from ..evaluation.retrieval import nearest, pixel_features
@@ -41,14 +42,16 @@ class EmojiVerdicts:
 
 class EmojiJudge:
     """Judges generated emoji against ``dataset`` (an emoji dataset, typically split ``all``, at the
-    model's resolution)."""
+    model's resolution). ``images [N, 3, H, W]`` (in [-1, 1]) keeps the dataset's pictures, decoded once,
+    for whatever else an evaluation needs of them."""
 
     def __init__(self, dataset: datasets.Dataset, size: int = 16) -> None:
         self.size = size
         self.names = list(dataset["name"])
         self.styles = [dataset.features["style"].int2str(s) for s in dataset["style"]]
         self.categories = [dataset.features["category"].int2str(c) for c in dataset["category"]]
-        self.features = pixel_features(dataset_tensor(dataset), size)
+        self.images = dataset_tensor(dataset)
+        self.features = pixel_features(self.images, size)
         self.index = {(n, s): i for i, (n, s) in enumerate(zip(self.names, self.styles))}
 
     def category_of(self, name: str) -> str:
@@ -66,8 +69,7 @@ class EmojiJudge:
         style) is left out of the gallery: the nearest-image style reading of a picture that is not a
         copy of a real one, which is what a generated emoji is."""
         distances = torch.cdist(self.features, self.features)
-        number = {name: i for i, name in enumerate(dict.fromkeys(self.names))}
-        emoji = torch.tensor([number[name] for name in self.names])
+        emoji = torch.from_numpy(np.unique(self.names, return_inverse=True)[1])
         distances[emoji[:, None] == emoji[None, :]] = float("inf")
         first = distances.argmin(dim=1).tolist()
         return sum(self.styles[j] == s for j, s in zip(first, self.styles)) / len(first)

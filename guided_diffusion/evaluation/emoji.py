@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..datasets.emoji import canonical_caption, make_emoji
-from ..datasets.emoji_judge import EmojiJudge, dataset_tensor
+from ..datasets.emoji_judge import EmojiJudge
 from ..errors import RequestError
 from ..pipeline import GuidedDiffusionPipeline
 from ..serialization import TRAINING_DATA_NAME
@@ -186,7 +186,7 @@ def evaluate_emoji(
         ]
     if pipe.classifier is not None and "style" in pipe.classifier.labels and classifier_scales:
         style_judge = train_attribute_judge(
-            dataset_tensor(every), torch.tensor(every["style"]), judge.names, every.features["style"].names,
+            judge.images, torch.tensor(every["style"]), judge.names, every.features["style"].names,
             seed=sampling.seed, device=pipe.device,
         )
         report["style_guidance"] = {
@@ -201,9 +201,9 @@ def evaluate_emoji(
         }
     if bpd_images and pairs["held_out_pairs"]:
         chosen = pairs["held_out_pairs"][:bpd_images]
-        rows = every.select([judge.index[(name, style)] for name, style, _ in chosen])
+        rows = [judge.index[(name, style)] for name, style, _ in chosen]
         captions = [canonical_caption(name, style) for name, style, _ in chosen]
-        report["bits_per_dim"] = bits_per_dim(pipe, dataset_tensor(rows), captions, batch_size=sampling.batch_size, seed=sampling.seed)
+        report["bits_per_dim"] = bits_per_dim(pipe, judge.images[rows], captions, batch_size=sampling.batch_size, seed=sampling.seed)
     out.mkdir(parents=True, exist_ok=True)
     if grids:
         save_samples(torch.cat([g[0] for g in grids]), [c for g in grids for c in g[1]], out / "samples.png")
