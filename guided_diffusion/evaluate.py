@@ -371,13 +371,16 @@ def evaluate(
         grid_images.append(images[: 4 * images_per_prompt])
         grid_prompts += prompts[: 4 * images_per_prompt]
     for scale in guidance_scales:
-        scores, _, _ = prompt_adherence(
-            pipe,
-            heldout=False,
-            num_prompts=num_prompts,
-            images_per_prompt=images_per_prompt,
-            sampling=dataclasses.replace(sampling, guidance_scale=float(scale)),
-        )
+        if float(scale) == sampling.guidance_scale:  # the seen prompts, already sampled at this scale
+            scores = {k: v for k, v in report.adherence["seen"].items() if k != "n"}
+        else:
+            scores, _, _ = prompt_adherence(
+                pipe,
+                heldout=False,
+                num_prompts=num_prompts,
+                images_per_prompt=images_per_prompt,
+                sampling=dataclasses.replace(sampling, guidance_scale=float(scale)),
+            )
         report.guidance_scales.append({"guidance_scale": float(scale), **scores})
     if pipe.classifier is not None and classifier_scales:
         report.classifier = classifier_guidance_sweep(

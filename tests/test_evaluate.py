@@ -10,6 +10,7 @@ import torch
 from guided_diffusion import GuidedDiffusionPipeline
 from guided_diffusion.datasets.shapes import FEATURES, HELDOUT_PAIRS, describe_batch, make_shapes32
 from guided_diffusion.evaluation.sampling import EvalSampling
+from guided_diffusion import evaluate as evaluate_module
 from guided_diffusion.evaluate import (
     EVALUATION_FLAGS,
     SHARED_FLAGS,
@@ -77,14 +78,22 @@ def tiny32(tmp_path_factory):
     return directory
 
 
-def test_evaluate_writes_a_complete_report(tiny32, tmp_path):
+def test_evaluate_writes_a_complete_report(tiny32, tmp_path, monkeypatch):
     pipe = GuidedDiffusionPipeline.from_pretrained(tiny32)
+    sampled = []
+    adherence = evaluate_module.prompt_adherence
+    monkeypatch.setattr(evaluate_module, "prompt_adherence", lambda *a, **kw: sampled.append((kw["sampling"].steps, kw["sampling"].guidance_scale)) or adherence(*a, **kw))
     report = evaluate(
         pipe, tmp_path, model_name="tiny32", sampling=EvalSampling(sampler="ddim", steps=2, guidance_scale=3.0, batch_size=16, seed=0), num_prompts=3, images_per_prompt=2,
-        guidance_scales=(1.0,), classifier_scales=(0, 10), images_per_target=2, bpd_images=2,
+        guidance_scales=(1.0, 3.0), classifier_scales=(0, 10), images_per_target=2, bpd_images=2,
         samplers=("ddim", "heun:karras"), sampler_nfe=(1, 3),
     )
     assert set(report.adherence) == {"seen", "held out"} and report.adherence["seen"]["n"] == 6
+    # seen and held out, then scale 1, then the sampler sweep's four cells; the evaluation's own
+    # scale reuses the seen prompts' scores
+    assert sampled[:3] == [(2, 3.0), (2, 3.0), (2, 1.0)] and len(sampled) == 3 + 4
+    assert [r["guidance_scale"] for r in report.guidance_scales] == [1.0, 3.0]
+    assert report.guidance_scales[1] == {"guidance_scale": 3.0, **{k: v for k, v in report.adherence["seen"].items() if k != "n"}}
     assert len(report.classifier) == 2 * 3 and {r["target"] for r in report.classifier} == {"circle", "square", "triangle"}
     assert report.bpd["n"] == 2 and np.isfinite(report.bpd["mean"]) and report.bpd["mean"] > 0
     assert [(r["sampler"], r["timestep_schedule"], r["steps"], r["nfe"]) for r in report.samplers] == [

@@ -174,14 +174,16 @@ def evaluate_emoji(
     held = pairs["held_out_pairs"][:num_held_out] if num_held_out is not None else pairs["held_out_pairs"]
     groups = {name: group for name, group in (("seen", seen), ("held_out", held)) if group}  # a count of 0 leaves it out
     report: dict[str, Any] = {"model": model_name, "sampling": sampling.to_dict(), "images_per_prompt": images_per_prompt}
-    grids = []
+    grids, own_row = [], {"guidance_scale": float(sampling.guidance_scale)}
     for group, group_pairs in groups.items():
         rates, images, prompts = score_pairs(pipe, judge, group_pairs, images_per_prompt, sampling, description=f"{group} pairs")
         report[group] = {"prompts": len(group_pairs), **rates}
+        own_row[group] = rates
         grids.append((images[: 8 * images_per_prompt : images_per_prompt], prompts[: 8 * images_per_prompt : images_per_prompt]))
     if guidance_scales and groups:
-        report["guidance_scales"] = [
-            guidance_scale_row(pipe, judge, groups, images_per_prompt, dataclasses.replace(sampling, guidance_scale=float(scale)))
+        report["guidance_scales"] = [  # the evaluation's own scale is not sampled twice
+            own_row if float(scale) == sampling.guidance_scale
+            else guidance_scale_row(pipe, judge, groups, images_per_prompt, dataclasses.replace(sampling, guidance_scale=float(scale)))
             for scale in guidance_scales
         ]
     if pipe.classifier is not None and "style" in pipe.classifier.labels and classifier_scales:
