@@ -18,7 +18,10 @@ uniform). Methods, each across ``--scales``:
 
 and each of them again with a guidance interval (``+interval``): by default the timesteps whose noise
 level sigma = sqrt((1 - alpha_bar) / alpha_bar) lies in (0.28, 5.42], the interval Kynkaenniemi et al.
-(2024) found best for EDM2. Every image of a prompt is drawn with the same seeds in every row. Writes
+(2024) found best for EDM2. Every image of a prompt is drawn with the same seeds in every row.
+``--methods`` and ``--intervals`` pick the rows; ``--sampler``, ``--steps`` and ``--timestep-schedule``
+replace the model's sampling settings (classifier and CLIP guidance want ancestral sampling:
+``--sampler ddpm --steps 50 --timestep-schedule uniform``). Writes
 ``guidance_methods.md``, ``.json`` and ``.png`` into ``--out``; the last line printed is one JSON object.
 """
 
@@ -45,6 +48,7 @@ from guided_diffusion.evaluation.diversity import normalized_entropy  # noqa: E4
 from guided_diffusion.models.clip import NoiseAwareCLIP  # noqa: E402
 
 PAPER_SIGMAS = (0.28, 5.42)
+METHODS = ("cfg", "cads", "autoguidance", "classifier", "clip")
 
 
 def sigma_interval(pipe: GuidedDiffusionPipeline, low: float, high: float) -> tuple[int, int]:
@@ -63,7 +67,7 @@ def pairs(held_out: bool) -> list[tuple[str, str]]:
 def measure(pipe: GuidedDiffusionPipeline, targets: Sequence[tuple[str, str]], per_pair: int, seed: int, **call: Any) -> dict[str, float]:
     """Fidelity and diversity of ``per_pair`` images for each (colour, shape) of ``targets``: prompted
     with "a <colour> <shape>", or, for classifier and CLIP guidance, with the empty prompt and guided there."""
-    hits, entropies = [], {"size": [], "position": []}
+    hits, colours, shapes, entropies = [], [], [], {"size": [], "position": []}
     for i, (color, shape) in enumerate(targets):
         text = f"a {color} {shape}"
         if call.get("classifier_scale"):
@@ -74,11 +78,16 @@ def measure(pipe: GuidedDiffusionPipeline, targets: Sequence[tuple[str, str]], p
             prompt, extra = text, {}
         images = pipe(prompt, num_images_per_prompt=per_pair, seed=seed + i, **extra, **call).images
         found = describe_batch(images)
-        hits += [f["color"] == color and f["shape"] == shape for f in found]
+        right_colour, right_shape = [f["color"] == color for f in found], [f["shape"] == shape for f in found]
+        colours += right_colour
+        shapes += right_shape
+        hits += [c and s for c, s in zip(right_colour, right_shape)]
         entropies["size"].append(normalized_entropy([f["size"] for f in found], SIZES))
         entropies["position"].append(normalized_entropy([f["position"] for f in found], POSITIONS))
     return {
         "fidelity": float(np.mean(hits)),
+        "colour": float(np.mean(colours)),
+        "shape": float(np.mean(shapes)),
         "entropy_size": float(np.mean(entropies["size"])),
         "entropy_position": float(np.mean(entropies["position"])),
         "diversity": float(np.mean(entropies["size"] + entropies["position"])),
@@ -109,12 +118,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['sampling']}; interval t in [{report['interval'][0]}, {report['interval'][1]}]; "
         f"{report['seconds']:.0f} s on {report['machine']}.",
         "",
-        "| method | scale | fidelity (colour and shape) | diversity | size entropy | position entropy |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | scale | fidelity (colour and shape) | colour | shape | diversity | size entropy | position entropy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         lines.append(
-            f"| {r['method']} | {r['scale']:g} | {100 * r['fidelity']:.1f}% | {r['diversity']:.3f} | {r['entropy_size']:.3f} | {r['entropy_position']:.3f} |"
+            f"| {r['method']} | {r['scale']:g} | {100 * r['fidelity']:.1f}% | {100 * r['colour']:.1f}% | {100 * r['shape']:.1f}% | {r['diversity']:.3f} | {r['entropy_size']:.3f} | {r['entropy_position']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -131,6 +140,13 @@ def main() -> None:
                         help="the guidance interval (default: sigma in (0.28, 5.42])")
     parser.add_argument("--per-pair", type=int, default=8, help="images per colour-shape pair")
     parser.add_argument("--held-out", action="store_true", help="the held-out colour-shape pairs instead of the seen ones")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="the methods to measure (those the model has the parts for)")
+    parser.add_argument("--intervals", choices=("both", "off", "on"), default="both",
+                        help="each method without its interval, with it, or both")
+    parser.add_argument("--sampler", default=None, help="the sampler (default: the model's)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    parser.add_argument("--timestep-schedule", default=None, help="the timestep schedule (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs/guidance"))
     args = parser.parse_args()
@@ -142,6 +158,8 @@ def main() -> None:
         pipe.clip = NoiseAwareCLIP.from_pretrained(args.clip).eval()
     interval = tuple(args.interval) if args.interval else sigma_interval(pipe, *PAPER_SIGMAS)
     targets = pairs(args.held_out)
+    chosen = {"sampler": args.sampler, "num_inference_steps": args.steps, "timestep_schedule": args.timestep_schedule}
+    sampling = {k: v for k, v in chosen.items() if v is not None}
     methods: dict[str, tuple[list[float], dict[str, Any]]] = {
         "cfg": (args.scales, {}),
         "cads": (args.scales, {"cads": True}),
@@ -152,9 +170,11 @@ def main() -> None:
         methods["classifier"] = (args.classifier_scales, {})
     if pipe.clip is not None:
         methods["clip"] = (args.clip_scales, {})
+    methods = {name: settings for name, settings in methods.items() if name in args.methods}
+    intervals = {"both": (False, True), "off": (False,), "on": (True,)}[args.intervals]
     rows = []
     for name, (scales, extra) in methods.items():
-        for with_interval in (False, True):
+        for with_interval in intervals:
             for scale in scales:
                 if name == "classifier":
                     call = {"classifier_scale": scale, **({"classifier_interval": interval} if with_interval else {})}
@@ -163,10 +183,10 @@ def main() -> None:
                 else:
                     call = {"guidance_scale": scale, **extra, **({"guidance_interval": interval} if with_interval else {})}
                 row = {"method": name + ("+interval" if with_interval else ""), "scale": scale}
-                row.update(measure(pipe, targets, args.per_pair, args.seed, **call))
+                row.update(measure(pipe, targets, args.per_pair, args.seed, **sampling, **call))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    sampling = pipe.sampling_config
+    defaults = pipe.sampling_config
     report = {
         "model": args.model,
         "weak": Path(args.weak).name if args.weak else None,
@@ -175,7 +195,10 @@ def main() -> None:
         "per_pair": args.per_pair,
         "images": len(targets) * args.per_pair,
         "interval": list(interval),
-        "sampling": f"{sampling.sampler}, {sampling.steps} steps, {sampling.timestep_schedule} schedule",
+        "sampling": (
+            f"{sampling.get('sampler', defaults.sampler)}, {sampling.get('num_inference_steps', defaults.steps)} steps, "
+            f"{sampling.get('timestep_schedule', defaults.timestep_schedule)} schedule"
+        ),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "seconds": time.perf_counter() - started,
         "rows": rows,
