@@ -81,7 +81,9 @@ def read_yaml(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
     malformed or non-mapping file is a :class:`~guided_diffusion.errors.ConfigError` naming it.
 
     A top-level ``base: other.yaml`` (relative to the file) starts from that config: each section of
-    this file updates the base's section key by key, so a variant holds only what it changes."""
+    this file updates the base's section key by key, so a variant holds only what it changes. A section
+    with ``from_pretrained`` (a saved component, which brings its own architecture) replaces the base's
+    section instead."""
     if isinstance(path_or_dict, Mapping):
         return dict(path_or_dict)
     return _read_config_file(Path(path_or_dict), chain=())
@@ -112,7 +114,10 @@ def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is its own base, through {' -> '.join(str(p) for p in (*chain, base_path))}")
     merged = {section: dict(values or {}) for section, values in _read_config_file(base_path, chain).items()}
     for section, values in config.items():
-        merged.setdefault(section, {}).update(values or {})
+        if values and "from_pretrained" in values:
+            merged[section] = dict(values)
+        else:
+            merged.setdefault(section, {}).update(values or {})
     return merged
 
 
