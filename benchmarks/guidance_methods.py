@@ -158,8 +158,12 @@ def main() -> None:
         pipe.clip = NoiseAwareCLIP.from_pretrained(args.clip).eval()
     interval = tuple(args.interval) if args.interval else sigma_interval(pipe, *PAPER_SIGMAS)
     targets = pairs(args.held_out)
-    chosen = {"sampler": args.sampler, "num_inference_steps": args.steps, "timestep_schedule": args.timestep_schedule}
-    sampling = {k: v for k, v in chosen.items() if v is not None}
+    defaults = pipe.sampling_config
+    sampling = {  # every row's sampler settings: the flags, else the model's
+        "sampler": defaults.sampler if args.sampler is None else args.sampler,
+        "num_inference_steps": defaults.steps if args.steps is None else args.steps,
+        "timestep_schedule": defaults.timestep_schedule if args.timestep_schedule is None else args.timestep_schedule,
+    }
     methods: dict[str, tuple[list[float], dict[str, Any]]] = {
         "cfg": (args.scales, {}),
         "cads": (args.scales, {"cads": True}),
@@ -186,7 +190,6 @@ def main() -> None:
                 row.update(measure(pipe, targets, args.per_pair, args.seed, **sampling, **call))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    defaults = pipe.sampling_config
     report = {
         "model": args.model,
         "weak": Path(args.weak).name if args.weak else None,
@@ -195,10 +198,7 @@ def main() -> None:
         "per_pair": args.per_pair,
         "images": len(targets) * args.per_pair,
         "interval": list(interval),
-        "sampling": (
-            f"{sampling.get('sampler', defaults.sampler)}, {sampling.get('num_inference_steps', defaults.steps)} steps, "
-            f"{sampling.get('timestep_schedule', defaults.timestep_schedule)} schedule"
-        ),
+        "sampling": f"{sampling['sampler']}, {sampling['num_inference_steps']} steps, {sampling['timestep_schedule']} schedule",
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "seconds": time.perf_counter() - started,
         "rows": rows,

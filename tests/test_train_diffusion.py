@@ -358,8 +358,9 @@ def test_a_config_with_a_base_changes_only_what_it_names(tmp_path: Path) -> None
         "training": {"seed": 3, "learning_rate": 0.1},
         "sampling": {"steps": 4},
     }
-    (tmp_path / "d.yaml").write_text("base: b.yaml\nunet: {from_pretrained: saved/unet, trainable: false}\n")
-    assert read_yaml(tmp_path / "d.yaml")["unet"] == {"from_pretrained": "saved/unet", "trainable": False}  # replaced
+    (tmp_path / "a.yaml").write_text("text_encoder: {backend: open_clip, width: 8}\n")
+    (tmp_path / "d.yaml").write_text("base: a.yaml\ntext_encoder: {from_pretrained: saved/text_encoder, trainable: false}\n")
+    assert read_yaml(tmp_path / "d.yaml")["text_encoder"] == {"from_pretrained": "saved/text_encoder", "trainable": False}  # replaced
     (tmp_path / "a.yaml").write_text("base: sub/c.yaml\n")
     with pytest.raises(ConfigError, match=r"is its own base, through .*c\.yaml -> .*b\.yaml -> .*a\.yaml -> .*c\.yaml"):
         read_yaml(tmp_path / "sub" / "c.yaml")
