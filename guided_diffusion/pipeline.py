@@ -42,7 +42,7 @@ from .models.unet import UNet, UNetConfig
 from .request import SamplingConfig, SamplingRequest, check_autoguidance
 from .samplers import sample
 from .serialization import CheckpointError, load_json, save_json
-from .text import TextEncoder, build_text_encoder, load_text_encoder
+from .text import OpenCLIPTextEncoder, TextEncoder, build_text_encoder, load_text_encoder
 
 PIPELINE_FORMAT = "guided-diffusion-pipeline"
 PIPELINE_FORMAT_VERSION = 2
@@ -315,6 +315,23 @@ class GuidedDiffusionPipeline:
         check_compile_backend(backend)
         self.unet.compile(backend=backend, mode=mode)
         return self
+
+    def restrict_vocabulary(self, prompts: Sequence[str]) -> dict[str, int]:
+        """Keep the token embeddings of the text encoder (and of the CLIP's text tower) that ``prompts``
+        use, typically every caption of the training data: the rest were never trained. Prompts made
+        of kept tokens give exactly the features they gave before; other tokens all read one shared
+        unknown embedding. Needs open_clip text towers. Returns the token ids kept, by component."""
+        towers = {"text_encoder": self.text_encoder}
+        if self.clip is not None:
+            towers["clip"] = self.clip.text
+        other = [name for name, tower in towers.items() if not isinstance(tower, OpenCLIPTextEncoder)]
+        if other:
+            raise ConfigError(f"restricting the vocabulary needs open_clip text towers; {other} use another backend")
+        prompts = list(prompts)
+        kept = {"text_encoder": self.text_encoder.restrict_vocabulary(prompts)}
+        if self.clip is not None:
+            kept["clip"] = self.clip.restrict_vocabulary(prompts)
+        return kept
 
     def parameter_counts(self) -> dict[str, int]:
         """Number of parameters of each component."""

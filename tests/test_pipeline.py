@@ -265,6 +265,27 @@ def test_from_config_of_a_pipeline_config_rebuilds_every_component(tmp_path):
     assert GuidedDiffusionPipeline.from_pretrained(tmp_path / "full").config == pipe.config
 
 
+def test_restricting_the_vocabulary_keeps_the_samples_and_shrinks_the_saved_towers(tiny_pipeline_dir, tmp_path):
+    from guided_diffusion.models.clip import CLIPConfig, NoiseAwareCLIP
+
+    pipe = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    torch.manual_seed(0)
+    pipe.clip = NoiseAwareCLIP(CLIPConfig.from_dict(TINY_CLIP)).eval()
+    prompts, call = ["a red circle", "a blue square"], {"num_inference_steps": 3, "seed": 0, "output_type": "pt", "clip_guidance_scale": 20.0}
+    expected = pipe(prompts, **call).images
+    pipe.save_pretrained(tmp_path / "full")
+    kept = pipe.restrict_vocabulary(["a red circle", "a blue square", "a green triangle"])
+    assert kept == {"text_encoder": 10, "clip": 10}  # 7 words, start, end and pad
+    assert torch.equal(pipe(prompts, **call).images, expected)
+    pipe.save_pretrained(tmp_path / "small")
+    loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "small")
+    assert loaded.clip.config.text_encoder["vocabulary"] == loaded.text_encoder.vocabulary == pipe.text_encoder.vocabulary
+    assert torch.equal(loaded(prompts, **call).images, expected)
+    for tower, width in (("text_encoder", 64), ("clip", 32)):
+        full, small = ((tmp_path / size / tower / "model.safetensors").stat().st_size for size in ("full", "small"))
+        assert abs(full - small - (49408 - 11) * width * 4) < 1024  # the rows dropped, give or take the header
+
+
 def test_the_diffusion_process_is_a_saved_component_and_version_1_folders_still_load(tiny_pipeline_dir, tmp_path):
     pipe = GuidedDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
     pipe.save_pretrained(tmp_path / "v2")

@@ -16,7 +16,9 @@ from guided_diffusion.datasets import (
     POSITIONS,
     SHAPES,
     SIZES,
+    SPLITS,
     canonical_caption,
+    caption_vocabulary,
     describe,
     describe_batch,
     make_shapes32,
@@ -160,6 +162,14 @@ def _mentioned_position(words: set[str]) -> str | None:
         assert not vertical and not horizontal
         return "center"
     return f"{vertical} {horizontal}".strip() or None
+
+
+def test_caption_vocabulary_holds_exactly_the_words_of_generated_captions() -> None:
+    generated = {word for split in SPLITS for caption in make_shapes32(3000, seed=3, split=split)["text"] for word in caption.split()}
+    vocabulary = caption_vocabulary()
+    assert {word for caption in vocabulary for word in caption.split()} == generated
+    assert len(generated) == 39 and vocabulary == sorted(set(vocabulary))
+    assert "a small red circle in the top left" in vocabulary and "a violet disc" in vocabulary
 
 
 def test_captions_mention_only_true_attributes(train: datasets.Dataset) -> None:

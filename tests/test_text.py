@@ -289,3 +289,65 @@ def test_segment_separator_is_saved_and_may_be_set_on_a_saved_encoder(tmp_path):
         build_text_encoder({**OPEN_CLIP_TINY, "segment_separator": 3})
     with pytest.raises(ValueError, match="takes only trainable and segment_separator"):
         build_text_encoder({"from_pretrained": str(tmp_path / "whole"), "width": 8})
+
+
+# ------------------------------------------------------------------------------------- vocabulary
+
+
+def test_a_restricted_vocabulary_keeps_the_features_of_its_prompts_and_reads_other_tokens_as_one():
+    torch.manual_seed(0)
+    encoder = build_text_encoder(OPEN_CLIP_TINY)
+    kept_prompts = ["a red circle", "a blue square in the top left", ""]
+    before, before_mask = encoder.encode(kept_prompts)
+    table = encoder.tower.token_embedding.weight.detach().clone()
+    kept = encoder.restrict_vocabulary(["a red circle", "a blue square in the top left"])
+    ids = sorted(set(encoder.tokenize(kept_prompts).unique().tolist()))
+    assert encoder.vocabulary == ids and kept == len(ids) == 12  # 9 words, start, end and pad
+    assert encoder.tower.token_embedding.weight.shape == (13, 32)
+    assert sum(p.numel() for p in encoder.parameters()) == sum(p.numel() for p in build_text_encoder(OPEN_CLIP_TINY).parameters()) - (49408 - 13) * 32
+    after, after_mask = encoder.encode(kept_prompts)
+    assert torch.equal(after, before) and torch.equal(after_mask, before_mask)
+    # every other token reads one row: the mean of the rows dropped
+    dropped = torch.ones(49408, dtype=torch.bool)
+    dropped[ids] = False
+    torch.testing.assert_close(encoder.tower.token_embedding.weight[-1], table[dropped].mean(dim=0))
+    zebra, _ = encoder.encode(["a zebra circle"])
+    giraffe, _ = encoder.encode(["a giraffe circle"])
+    assert torch.equal(zebra, giraffe)
+    # restricting again only drops more: a word read as unknown stays unknown
+    assert encoder.restrict_vocabulary(["a red zebra"]) == 5
+    torch.testing.assert_close(encoder.encode(["a red"])[0][0, :3], before[0, :3])  # a causal tower: the same first tokens
+
+
+def test_a_restricted_vocabulary_is_saved_loaded_and_trained(tmp_path):
+    torch.manual_seed(0)
+    encoder = build_text_encoder({**OPEN_CLIP_TINY, "trainable": True})
+    encoder.restrict_vocabulary(["a red circle"])
+    encoder.save_pretrained(tmp_path / "te")
+    assert json.loads((tmp_path / "te" / "config.json").read_text())["vocabulary"] == encoder.vocabulary
+    loaded = load_text_encoder(tmp_path / "te")
+    assert loaded.vocabulary == encoder.vocabulary
+    for prompt in ("a red circle", "a green triangle"):
+        assert torch.equal(loaded.encode([prompt])[0], encoder.encode([prompt])[0])
+    features, mask = encoder.encode(["a red circle"])
+    features[mask].sum().backward()
+    grad = encoder.tower.token_embedding.weight.grad
+    # rows: pad, a, red, circle, start, end, unknown; padding comes after the real tokens, so no gradient
+    assert grad.shape == (7, 32) and grad.abs().sum(dim=1).gt(0).tolist() == [False] + [True] * 5 + [False]
+
+
+@pytest.mark.parametrize(
+    "vocabulary, message",
+    [
+        ("all", "must be a list \\(or null\\)"),
+        ([0, 49406, 49407, 1.5], "must be a list \\(or null\\)"),
+        ([0, 49407, 49406], "must be distinct token ids in \\[0, 49408\\), in increasing order"),
+        ([0, 0, 49406, 49407], "must be distinct token ids"),
+        ([0, 49406, 49407, 49408], "must be distinct token ids in \\[0, 49408\\)"),
+        ([-1, 0, 49406, 49407], "must be distinct token ids"),
+        ([0, 320, 49407], "must hold the start, end and pad token ids; it lacks \\[49406\\]"),
+    ],
+)
+def test_bad_vocabularies_are_refused(vocabulary, message):
+    with pytest.raises(ValueError, match=f"text_encoder.vocabulary {message}"):
+        build_text_encoder({**OPEN_CLIP_TINY, "vocabulary": vocabulary})

@@ -26,6 +26,7 @@ split contains only them, to test whether a model composes attributes it saw onl
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -202,6 +203,18 @@ def _caption(template: str, shape: str, color: str, size: str, position: str, u:
 
 # ----------------------------------------------------------------------------------------------
 # Sampling
+
+
+def caption_vocabulary() -> list[str]:
+    """Distinct captions that together hold every word a Shapes32 caption can use: each template
+    filled for every attribute value with each of its synonyms (sorted). A text encoder trained on
+    Shapes32 has seen these words and no others
+    (:meth:`~guided_diffusion.pipeline.GuidedDiffusionPipeline.restrict_vocabulary`)."""
+    attributes = itertools.product(SHAPES, COLORS, SIZES, POSITIONS)
+    choices = [np.full(4, k / 6) for k in range(6)]  # picks every synonym of lists of 1, 2 or 3
+    return sorted(
+        {_caption(template, *values, u) for values in attributes for template, _ in _TEMPLATES for u in choices}
+    )
 
 
 def _split_pairs(split: str) -> np.ndarray:

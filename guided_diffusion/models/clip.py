@@ -76,6 +76,14 @@ class NoiseAwareCLIP(PretrainedModel, nn.Module):
         pooled = torch.einsum("bld,bl->bd", features, weights) / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
         return F.normalize(self.text_proj(pooled), dim=-1)
 
+    def restrict_vocabulary(self, prompts: list[str]) -> int:
+        """Drop the text tower's token embeddings that ``prompts`` do not use (see
+        :meth:`~guided_diffusion.text.OpenCLIPTextEncoder.restrict_vocabulary`), recording the kept ids
+        in the config; returns how many are kept."""
+        kept = self.text.restrict_vocabulary(prompts)
+        self.config.text_encoder = {**self.config.text_encoder, "vocabulary": self.text.vocabulary}
+        return kept
+
     def scale(self) -> torch.Tensor:
         """The temperature of the logits, ``exp(logit_scale)`` capped at 100."""
         return self.logit_scale.exp().clamp(max=100.0)
