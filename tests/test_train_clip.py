@@ -3,6 +3,7 @@ user errors; and a diffusion config that loads the CLIP's text tower, frozen."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -105,6 +106,30 @@ def test_resume_continues_exactly(data: Path, trained: Path, tmp_path: Path) -> 
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
 
 
+HARD_NEGATIVES = {"color": {name: [name] for name in COLOURS}, "shape": {"square": ["square"], "circle": ["circle", "disc"]}}
+
+
+def test_hard_negatives_are_trained_reported_and_resume_exactly(data: Path, trained: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "clip.yaml", training={"hard_negatives": HARD_NEGATIVES, "hard_negative_weight": 2.0})
+    whole = run_clip(config, "--train_data_dir", str(data), "--output_dir", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    report = (tmp_path / "whole" / "retrieval_by_t.md").read_text()
+    assert "| own caption over its color swap |" in report and "| own caption over its shape swap |" in report
+    shares = json.loads((tmp_path / "whole" / "retrieval_by_t.json").read_text())["hard_negatives"]
+    assert set(shares) == {"color", "shape"} and all(len(v) == 4 and all(0 <= a <= 1 for a in v) for v in shares.values())
+    logged = [json.loads(line) for line in (tmp_path / "whole" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/hard_negatives/color/t0-249" in row for row in logged)
+    ours = NoiseAwareCLIP.from_pretrained(tmp_path / "whole" / "clip").state_dict()
+    plain = NoiseAwareCLIP.from_pretrained(trained / "clip").state_dict()
+    assert not all(torch.equal(ours[k], plain[k]) for k in plain)  # the extra term changed the training
+    first = run_clip(config, "--train_data_dir", str(data), "--output_dir", str(tmp_path / "resumed"), "--max_train_steps", "3")
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_clip(config, "--train_data_dir", str(data), "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "latest")
+    assert second.returncode == 0, second.stderr[-2000:]
+    resumed = NoiseAwareCLIP.from_pretrained(tmp_path / "resumed" / "clip").state_dict()
+    assert all(torch.equal(resumed[k], ours[k]) for k in ours)
+
+
 def test_user_errors_are_one_line(data: Path, tmp_path: Path) -> None:
     dropout = run_clip(write_config(tmp_path / "a.yaml", data={"caption_dropout": 0.1}), "--train_data_dir", str(data))
     assert dropout.returncode != 0 and "set data.caption_dropout to 0" in dropout.stderr
@@ -116,6 +141,10 @@ def test_user_errors_are_one_line(data: Path, tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     no_clip = run_clip(tmp_path / "c.yaml", "--train_data_dir", str(data))
     assert "has no clip section" in no_clip.stderr
+    one_class = run_clip(write_config(tmp_path / "d.yaml", training={"hard_negatives": {"shape": {"square": ["square"]}}}), "--train_data_dir", str(data))
+    assert one_class.returncode != 0 and one_class.stderr.strip().splitlines()[-1].endswith(
+        "training.hard_negatives.shape needs at least two classes to swap between, got ['square']"
+    )
 
 
 def test_logits_are_scaled_cosines() -> None:

@@ -7,9 +7,13 @@ The config holds ``clip`` (the :class:`~guided_diffusion.models.clip.CLIPConfig`
 ``text_encoder`` included), the ``diffusion`` section of the model it will serve (the image tower sees
 x_t = q_sample(x_0, t) with t uniform in 0..``max_timestep``), ``data`` (with a caption column) and
 ``training``. Each update minimises CLIP's symmetric cross-entropy over the global batch (open_clip's
-``ClipLoss``, gathered across processes). Every ``validation_steps`` and at the end, image-to-text
-top-1 retrieval among the ``eval_samples`` held-out images is measured in each quarter of the t range
-and written to ``retrieval_by_t.md`` / ``.json``.
+``ClipLoss``, gathered across processes). With ``training.hard_negatives`` (groups of word classes,
+:mod:`train.hard_negatives`) each caption also gets hard negatives, itself with one attribute word
+swapped, and the loss adds ``hard_negative_weight`` times the cross-entropy of each image's caption
+against its own negatives (NegCLIP). Every ``validation_steps`` and at the end, image-to-text top-1
+retrieval among the ``eval_samples`` held-out images is measured in each quarter of the t range (and,
+with hard negatives, how often each image's caption beats its negative of each group), written to
+``retrieval_by_t.md`` / ``.json``.
 
 ``output_dir`` receives checkpoints (``--resume_from_checkpoint latest``), logs, ``clip/`` (the whole
 model) and ``text_encoder/`` (its text tower, which a diffusion config loads with
@@ -47,6 +51,7 @@ from .classifier import (
     t_ranges,
 )
 from .config import RunConfig, parse_run_config
+from .hard_negatives import WordSwaps, hard_negative_loss
 from .loop import EvaluateFn, LossFn, Trainer, make_accelerator
 
 CLIP_DIR = "clip"
@@ -57,20 +62,32 @@ REPORT_NAME = "retrieval_by_t"
 @dataclass
 class ClipTrainingConfig(HeldOutTrainingConfig):
     """The ``training`` section of a CLIP run: :class:`~train.classifier.HeldOutTrainingConfig` plus
-    ``max_timestep``, the largest t the image tower is trained at (default: the whole range, T - 1)."""
+    ``max_timestep``, the largest t the image tower is trained at (default: the whole range, T - 1),
+    and ``hard_negatives`` (groups of word classes, :mod:`train.hard_negatives`; default none) with
+    the weight of their loss term, ``hard_negative_weight``."""
 
     max_timestep: int | None = None
+    hard_negatives: dict[str, dict[str, list[str]]] | None = None
+    hard_negative_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_timestep is not None and self.max_timestep < 0:
             raise ConfigError(f"training.max_timestep must not be negative, got {self.max_timestep}")
+        if self.hard_negative_weight < 0:
+            raise ConfigError(f"training.hard_negative_weight must not be negative, got {self.hard_negative_weight}")
+        self.word_swaps()  # refuses bad groups now, not at the first update
+
+    def word_swaps(self) -> WordSwaps | None:
+        """The :class:`~train.hard_negatives.WordSwaps` of ``hard_negatives`` (None without them)."""
+        return None if self.hard_negatives is None else WordSwaps(self.hard_negatives)
 
 
 CLIP_FLAGS: dict[str, dict[str, dict[str, Any]]] = {
     "training": {
         **HELD_OUT_FLAGS,
         "max_timestep": {"type": int, "help": "train the image tower at t in 0..max_timestep (default: all t)"},
+        "hard_negative_weight": {"type": float, "help": "weight of the hard-negative loss term (with training.hard_negatives)"},
     },
 }
 
@@ -94,9 +111,12 @@ def timestep_limit(run: RunConfig, diffusion: GaussianDiffusion) -> int:
     return diffusion.num_timesteps if limit is None else limit + 1
 
 
-def make_loss_fn(accelerator: Accelerator, diffusion: GaussianDiffusion, t_limit: int) -> LossFn:
+def make_loss_fn(
+    accelerator: Accelerator, diffusion: GaussianDiffusion, t_limit: int, swaps: WordSwaps | None = None, weight: float = 1.0
+) -> LossFn:
     """``loss_fn(model, batch)``: CLIP's loss between ``batch["images"]`` noised to x_t (t uniform in
-    0..t_limit-1) and ``batch["captions"]``, over the batch of every process."""
+    0..t_limit-1) and ``batch["captions"]``, over the batch of every process; with ``swaps``, plus
+    ``weight`` times :func:`~train.hard_negatives.hard_negative_loss` of this process's images."""
     contrastive = ClipLoss(
         local_loss=False,
         gather_with_grad=True,
@@ -107,8 +127,15 @@ def make_loss_fn(accelerator: Accelerator, diffusion: GaussianDiffusion, t_limit
     def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         x0 = batch["images"].to(accelerator.device, non_blocking=True)
         t = torch.randint(0, t_limit, (x0.shape[0],), device=x0.device)
-        image, text, scale = model(diffusion.q_sample(x0, t), t, batch["captions"])
-        return contrastive(image.float(), text.float(), scale.float())
+        captions = list(batch["captions"])
+        owner, negatives, _ = swaps.negatives(captions) if swaps is not None else ([], [], [])
+        image, texts, scale = model(diffusion.q_sample(x0, t), t, captions + negatives)
+        image, text, scale = image.float(), texts[: len(captions)].float(), scale.float()
+        loss = contrastive(image, text, scale)
+        if swaps is None:
+            return loss
+        owner = torch.tensor(owner, dtype=torch.long, device=image.device)
+        return loss + weight * hard_negative_loss(image, text, texts[len(captions) :].float(), owner, scale)
 
     return loss_fn
 
@@ -140,10 +167,42 @@ def retrieval_by_t(
     return {"t_ranges": [list(r) for r in t_ranges(diffusion.num_timesteps)], "accuracy": accuracy, "chance": 1 / len(distinct)}
 
 
+@torch.no_grad()
+def hard_negatives_by_t(
+    clip: NoiseAwareCLIP, diffusion: GaussianDiffusion, eval_set: EvalSet, swaps: WordSwaps, *, batch_size: int,
+    generator: torch.Generator,
+) -> dict[str, list[float]]:
+    """For each group of ``swaps``: the share of the eval images whose own caption scores above its
+    hard negative of that group (one per image whose caption has a word of the group), the images
+    noised into each quarter of the t range as in :func:`retrieval_by_t`. Chance is 50%.
+    Returns ``{group: [one share per range]}``; groups no caption uses are left out."""
+    device = next(clip.parameters()).device
+    owner, negatives, groups = swaps.negatives(eval_set.captions, generator)
+    owner_t = torch.tensor(owner, dtype=torch.long)
+    own = torch.cat([clip.encode_text(eval_set.captions[i : i + batch_size]) for i in range(0, len(eval_set.captions), batch_size)])
+    swapped = torch.cat([clip.encode_text(negatives[i : i + batch_size]) for i in range(0, len(negatives), batch_size)])
+    wins = {group: [] for group in dict.fromkeys(groups)}
+    for lo, hi in t_ranges(diffusion.num_timesteps):
+        images = []
+        for start in range(0, len(eval_set.captions), batch_size):
+            x0 = eval_set.images[start : start + batch_size]
+            t = torch.randint(lo, hi, (x0.shape[0],), generator=generator)
+            x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=generator))
+            images.append(clip.encode_image(x_t.to(device), t.to(device)))
+        image = torch.cat(images)
+        beats = ((image * own).sum(-1)[owner_t] > (image[owner_t] * swapped).sum(-1)).cpu()
+        for group in wins:
+            chosen = torch.tensor([g == group for g in groups])
+            wins[group].append(float(beats[chosen].float().mean()))
+    return wins
+
+
 def render_report(report: dict[str, Any]) -> str:
     """The markdown table of a :func:`retrieval_by_t` report."""
     header = ["", *(f"t {lo}-{hi - 1}" for lo, hi in report["t_ranges"]), "chance"]
-    cells = ["image -> text top-1", *(f"{a:.1%}" for a in report["accuracy"]), f"{report['chance']:.2%}"]
+    rows = [["image -> text top-1", *(f"{a:.1%}" for a in report["accuracy"]), f"{report['chance']:.2%}"]]
+    for group, shares in report.get("hard_negatives", {}).items():
+        rows.append([f"own caption over its {group} swap", *(f"{a:.1%}" for a in shares), "50%"])
     return "\n".join(
         [
             "# Noise-aware CLIP: retrieval by timestep",
@@ -153,7 +212,7 @@ def render_report(report: dict[str, Any]) -> str:
             "",
             "| " + " | ".join(header) + " |",
             "|---|" + "---:|" * (len(header) - 1),
-            "| " + " | ".join(cells) + " |",
+            *("| " + " | ".join(cells) + " |" for cells in rows),
         ]
     ) + "\n"
 
@@ -161,10 +220,13 @@ def render_report(report: dict[str, Any]) -> str:
 def make_evaluate(
     accelerator: Accelerator, clip: NoiseAwareCLIP, diffusion: GaussianDiffusion, eval_set: EvalSet, run: RunConfig
 ) -> EvaluateFn:
-    """``evaluate(step) -> metrics``: :func:`retrieval_by_t` with the same noise every time, written to
-    the report files and returned as ``eval/retrieval/t{lo}-{hi - 1}`` metrics."""
+    """``evaluate(step) -> metrics``: :func:`retrieval_by_t` (and, with hard negatives,
+    :func:`hard_negatives_by_t`) with the same noise every time, written to the report files and
+    returned as ``eval/retrieval/t{lo}-{hi - 1}`` (and ``eval/hard_negatives/{group}/t{lo}-{hi - 1}``)
+    metrics."""
     training = run.training
     output_dir = Path(training.output_dir)
+    swaps = training.word_swaps()
 
     def evaluate(step: int) -> dict[str, float]:
         was_training = clip.training
@@ -175,12 +237,21 @@ def make_evaluate(
                     clip, diffusion, eval_set, batch_size=training.eval_batch_size,
                     generator=torch.Generator().manual_seed(training.seed),
                 )
+                if swaps is not None:
+                    result["hard_negatives"] = hard_negatives_by_t(
+                        clip, diffusion, eval_set, swaps, batch_size=training.eval_batch_size,
+                        generator=torch.Generator().manual_seed(training.seed),
+                    )
         finally:
             clip.train(was_training)
         report = {"step": step, "weights": "EMA" if training.use_ema else "trained", "evaluation_data": eval_set.description, **result}
         save_json(output_dir / f"{REPORT_NAME}.json", report)
         (output_dir / f"{REPORT_NAME}.md").write_text(render_report(report))
-        return {f"eval/retrieval/t{lo}-{hi - 1}": a for (lo, hi), a in zip(result["t_ranges"], result["accuracy"])}
+        names = [f"t{lo}-{hi - 1}" for lo, hi in result["t_ranges"]]
+        metrics = {f"eval/retrieval/{name}": a for name, a in zip(names, result["accuracy"])}
+        for group, shares in result.get("hard_negatives", {}).items():
+            metrics |= {f"eval/hard_negatives/{group}/{name}": a for name, a in zip(names, shares)}
+        return metrics
 
     return evaluate
 
@@ -218,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         clip.text.save_pretrained(output_dir / TEXT_ENCODER_DIR)
 
     trainer = Trainer(
-        accelerator, run, clip, data, make_loss_fn(accelerator, diffusion, t_limit), publish,
+        accelerator, run, clip, data,
+        make_loss_fn(accelerator, diffusion, t_limit, training.word_swaps(), training.hard_negative_weight), publish,
         evaluate=make_evaluate(accelerator, clip, diffusion, eval_set, run),
     )
     trainer.run()
