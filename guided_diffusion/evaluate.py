@@ -56,7 +56,7 @@ from .datasets.shapes import (
 from .errors import RequestError, exits_on_user_errors
 from .evaluation.diversity import normalized_entropy
 from .evaluation.likelihood import bits_per_dim
-from .evaluation.sampling import EvalSampling
+from .evaluation.sampling import EvalSampling, per_guidance_scale
 from .images import enlarge, from_pil, from_uint8, image_grid
 from .pipeline import GuidedDiffusionPipeline
 from .samplers import SAMPLERS, TIMESTEP_SCHEDULES, checked_sampler, model_evaluations, steps_for_nfe
@@ -370,18 +370,12 @@ def evaluate(
         report.adherence[name] = {**scores, "n": len(prompts)}
         grid_images.append(images[: 4 * images_per_prompt])
         grid_prompts += prompts[: 4 * images_per_prompt]
-    for scale in guidance_scales:
-        if float(scale) == sampling.guidance_scale:  # the seen prompts, already sampled at this scale
-            scores = {k: v for k, v in report.adherence["seen"].items() if k != "n"}
-        else:
-            scores, _, _ = prompt_adherence(
-                pipe,
-                heldout=False,
-                num_prompts=num_prompts,
-                images_per_prompt=images_per_prompt,
-                sampling=dataclasses.replace(sampling, guidance_scale=float(scale)),
-            )
-        report.guidance_scales.append({"guidance_scale": float(scale), **scores})
+    report.guidance_scales = per_guidance_scale(  # the seen prompts at each scale
+        guidance_scales,
+        sampling,
+        {k: v for k, v in report.adherence["seen"].items() if k != "n"},
+        lambda at: prompt_adherence(pipe, heldout=False, num_prompts=num_prompts, images_per_prompt=images_per_prompt, sampling=at)[0],
+    )
     if pipe.classifier is not None and classifier_scales:
         report.classifier = classifier_guidance_sweep(
             pipe,

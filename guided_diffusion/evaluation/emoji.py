@@ -12,7 +12,6 @@ trained on real images, whose accuracy on emoji it never saw is reported beside 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from .attribute_judge import AttributeJudge, train_attribute_judge
 from .diversity import normalized_entropy
 from .likelihood import bits_per_dim
 from .report import percent, save_samples, write_report
-from .sampling import EvalSampling, check_counts, generate
+from .sampling import EvalSampling, check_counts, generate, per_guidance_scale
 
 def read_training_pairs(folder: Path) -> dict[str, list[list[str]]]:
     """The ``train_pairs`` and ``held_out_pairs`` of the model in ``folder``."""
@@ -174,18 +173,16 @@ def evaluate_emoji(
     held = pairs["held_out_pairs"][:num_held_out] if num_held_out is not None else pairs["held_out_pairs"]
     groups = {name: group for name, group in (("seen", seen), ("held_out", held)) if group}  # a count of 0 leaves it out
     report: dict[str, Any] = {"model": model_name, "sampling": sampling.to_dict(), "images_per_prompt": images_per_prompt}
-    grids, own_row = [], {"guidance_scale": float(sampling.guidance_scale)}
+    grids, own_row = [], {}
     for group, group_pairs in groups.items():
         rates, images, prompts = score_pairs(pipe, judge, group_pairs, images_per_prompt, sampling, description=f"{group} pairs")
         report[group] = {"prompts": len(group_pairs), **rates}
         own_row[group] = rates
         grids.append((images[: 8 * images_per_prompt : images_per_prompt], prompts[: 8 * images_per_prompt : images_per_prompt]))
     if guidance_scales and groups:
-        report["guidance_scales"] = [  # the evaluation's own scale is not sampled twice
-            own_row if float(scale) == sampling.guidance_scale
-            else guidance_scale_row(pipe, judge, groups, images_per_prompt, dataclasses.replace(sampling, guidance_scale=float(scale)))
-            for scale in guidance_scales
-        ]
+        report["guidance_scales"] = per_guidance_scale(
+            guidance_scales, sampling, own_row, lambda at: guidance_scale_row(pipe, judge, groups, images_per_prompt, at)
+        )
     if pipe.classifier is not None and "style" in pipe.classifier.labels and classifier_scales:
         style_judge = train_attribute_judge(
             judge.images, torch.tensor(every["style"]), judge.names, every.features["style"].names,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,19 @@ class EvalSampling(SamplingConfig):
             "guidance_scale": self.guidance_scale,
             **({"eta": self.eta} if takes_eta else {}),
         }
+
+
+def per_guidance_scale(
+    scales: Sequence[float], sampling: EvalSampling, own: dict[str, Any], score: Callable[[EvalSampling], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``{"guidance_scale": s, **scores}`` for each of ``scales``: ``own`` (the scores already taken
+    with ``sampling``) at the evaluation's own scale, not sampled twice; ``score(sampling at s)`` at
+    the others."""
+    rows = []
+    for scale in map(float, scales):
+        same = scale == sampling.guidance_scale
+        rows.append({"guidance_scale": scale, **(own if same else score(dataclasses.replace(sampling, guidance_scale=scale)))})
+    return rows
 
 
 def generate(
