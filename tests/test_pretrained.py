@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from guided_diffusion import GuidedDiffusionPipeline
-from guided_diffusion.datasets.shapes import canonical_caption, describe
+from guided_diffusion.datasets.shapes import canonical_caption, caption_vocabulary, describe
 from guided_diffusion.pipeline import shipped_models
 
 
@@ -23,6 +23,17 @@ def test_shapes32_ships_with_its_classifier_and_samples():
     assert images.shape == (1, 32, 32, 3) and np.array_equal(images, again)
     guided = pipe("", num_inference_steps=2, seed=0, classifier_scale=5.0, classifier_labels={"shape": "triangle"}, output_type="np").images
     assert guided.shape == (1, 32, 32, 3)
+
+
+def test_shapes32_ships_a_noise_aware_clip_and_text_towers_that_know_every_caption_word():
+    pipe = GuidedDiffusionPipeline.from_pretrained("shapes32")
+    words = pipe.text_encoder.tokenize(caption_vocabulary()).unique().tolist()
+    for tower in (pipe.text_encoder, pipe.clip.text):  # restricted to the words of the captions, and to all of them
+        assert tower.vocabulary == sorted(words) and tower.tower.token_embedding.num_embeddings == len(words) + 1
+    steer = {"sampler": "ddpm", "num_inference_steps": 50, "seed": 0}
+    plain = [describe(np.asarray(image))["color"] for image in pipe([""] * 4, **steer).images]
+    guided = pipe([""] * 4, **steer, clip_guidance_scale=10.0, clip_guidance_prompt="a red circle").images
+    assert plain != ["red"] * 4 and [describe(np.asarray(image))["color"] for image in guided] == ["red"] * 4
 
 
 @pytest.mark.parametrize(
