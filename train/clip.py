@@ -23,7 +23,7 @@ model) and ``text_encoder/`` (its text tower, which a diffusion config loads wit
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,73 +128,72 @@ def make_loss_fn(
         x0 = batch["images"].to(accelerator.device, non_blocking=True)
         t = torch.randint(0, t_limit, (x0.shape[0],), device=x0.device)
         captions = list(batch["captions"])
-        owner, negatives, _ = swaps.negatives(captions) if swaps is not None else ([], [], [])
-        image, texts, scale = model(diffusion.q_sample(x0, t), t, captions + negatives)
-        image, text, scale = image.float(), texts[: len(captions)].float(), scale.float()
-        loss = contrastive(image, text, scale)
         if swaps is None:
-            return loss
-        owner = torch.tensor(owner, dtype=torch.long, device=image.device)
-        return loss + weight * hard_negative_loss(image, text, texts[len(captions) :].float(), owner, scale)
+            image, text, scale = model(diffusion.q_sample(x0, t), t, captions)
+            return contrastive(image.float(), text.float(), scale.float())
+        owner, negatives, _ = swaps.negatives(captions)
+        image, texts, scale = model(diffusion.q_sample(x0, t), t, captions + negatives)  # one text pass for both
+        image, texts, scale = image.float(), texts.float(), scale.float()
+        text, owner = texts[: len(captions)], torch.tensor(owner, dtype=torch.long, device=image.device)
+        return contrastive(image, text, scale) + weight * hard_negative_loss(image, text, texts[len(captions) :], owner, scale)
 
     return loss_fn
 
 
-@torch.no_grad()
-def retrieval_by_t(
-    clip: NoiseAwareCLIP, diffusion: GaussianDiffusion, eval_set: EvalSet, *, batch_size: int, generator: torch.Generator
-) -> dict[str, Any]:
-    """Image-to-text top-1 retrieval among the eval set's captions, the images noised into each quarter
-    of the t range (one t per image, uniform in it, noise from ``generator``). An image counts as right
-    when its own caption scores highest (a caption shared by several images counts for each of them).
-    Returns ``{"t_ranges": [[lo, hi], ...], "accuracy": [one per range], "chance": 1 / distinct captions}``."""
-    device = next(clip.parameters()).device
-    captions = eval_set.captions
-    distinct = sorted(set(captions))
-    index = {caption: i for i, caption in enumerate(distinct)}
-    targets = torch.tensor([index[c] for c in captions])
-    text = torch.cat([clip.encode_text(distinct[i : i + batch_size]) for i in range(0, len(distinct), batch_size)])
-    accuracy = []
-    for lo, hi in t_ranges(diffusion.num_timesteps):
-        correct = 0
-        for start in range(0, len(captions), batch_size):
-            x0 = eval_set.images[start : start + batch_size]
-            t = torch.randint(lo, hi, (x0.shape[0],), generator=generator)
-            x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=generator))
-            best = (clip.encode_image(x_t.to(device), t.to(device)) @ text.T).argmax(dim=-1).cpu()
-            correct += int((best == targets[start : start + batch_size]).sum())
-        accuracy.append(correct / len(captions))
-    return {"t_ranges": [list(r) for r in t_ranges(diffusion.num_timesteps)], "accuracy": accuracy, "chance": 1 / len(distinct)}
+def _encode_texts(clip: NoiseAwareCLIP, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    """Unit-norm text embeddings ``[len(texts), E]``, ``batch_size`` at a time."""
+    return torch.cat([clip.encode_text(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)])
 
 
-@torch.no_grad()
-def hard_negatives_by_t(
-    clip: NoiseAwareCLIP, diffusion: GaussianDiffusion, eval_set: EvalSet, swaps: WordSwaps, *, batch_size: int,
-    generator: torch.Generator,
-) -> dict[str, list[float]]:
-    """For each group of ``swaps``: the share of the eval images whose own caption scores above its
-    hard negative of that group (one per image whose caption has a word of the group), the images
-    noised into each quarter of the t range as in :func:`retrieval_by_t`. Chance is 50%.
-    Returns ``{group: [one share per range]}``; groups no caption uses are left out."""
+def _noised_image_embeddings(
+    clip: NoiseAwareCLIP, diffusion: GaussianDiffusion, eval_set: EvalSet, batch_size: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """For each quarter of the t range: the eval images noised into it (one t per image, uniform in
+    it, noise from ``generator``) and embedded, ``[N, E]`` on the CPU."""
     device = next(clip.parameters()).device
-    owner, negatives, groups = swaps.negatives(eval_set.captions, generator)
-    owner_t = torch.tensor(owner, dtype=torch.long)
-    own = torch.cat([clip.encode_text(eval_set.captions[i : i + batch_size]) for i in range(0, len(eval_set.captions), batch_size)])
-    swapped = torch.cat([clip.encode_text(negatives[i : i + batch_size]) for i in range(0, len(negatives), batch_size)])
-    wins = {group: [] for group in dict.fromkeys(groups)}
     for lo, hi in t_ranges(diffusion.num_timesteps):
-        images = []
+        chunks = []
         for start in range(0, len(eval_set.captions), batch_size):
             x0 = eval_set.images[start : start + batch_size]
             t = torch.randint(lo, hi, (x0.shape[0],), generator=generator)
             x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=generator))
-            images.append(clip.encode_image(x_t.to(device), t.to(device)))
-        image = torch.cat(images)
-        beats = ((image * own).sum(-1)[owner_t] > (image[owner_t] * swapped).sum(-1)).cpu()
-        for group in wins:
-            chosen = torch.tensor([g == group for g in groups])
-            wins[group].append(float(beats[chosen].float().mean()))
-    return wins
+            chunks.append(clip.encode_image(x_t.to(device), t.to(device)).cpu())
+        yield torch.cat(chunks)
+
+
+@torch.no_grad()
+def retrieval_by_t(
+    clip: NoiseAwareCLIP, diffusion: GaussianDiffusion, eval_set: EvalSet, *, batch_size: int, generator: torch.Generator,
+    swaps: WordSwaps | None = None,
+) -> dict[str, Any]:
+    """Image-to-text top-1 retrieval among the eval set's captions, the images noised into each quarter
+    of the t range (one t per image, uniform in it, noise from ``generator``). An image counts as right
+    when its own caption scores highest (a caption shared by several images counts for each of them).
+    With ``swaps``, the same images also score their own caption against its hard negative of each group
+    (one per image whose caption has a word of the group, drawn from a generator of its own with
+    ``generator``'s seed): the share where the caption wins, chance 50%.
+    Returns ``{"t_ranges": [[lo, hi], ...], "accuracy": [one per range], "chance": 1 / distinct captions}``,
+    plus ``"hard_negatives": {group: [one share per range]}`` with ``swaps`` (groups no caption uses are left out)."""
+    captions = eval_set.captions
+    distinct = sorted(set(captions))
+    index = {caption: i for i, caption in enumerate(distinct)}
+    targets = torch.tensor([index[c] for c in captions])
+    text = _encode_texts(clip, distinct, batch_size).cpu()
+    if swaps is not None:
+        draws = torch.Generator().manual_seed(generator.initial_seed())  # leaves the noise as without swaps
+        owner, negatives, groups = swaps.negatives(captions, draws)
+        owner = torch.tensor(owner, dtype=torch.long)
+        own, swapped = text[targets[owner]], _encode_texts(clip, negatives, batch_size).cpu()
+        of_group = {group: torch.tensor([g == group for g in groups]) for group in dict.fromkeys(groups)}
+    accuracy, shares = [], {group: [] for group in (of_group if swaps is not None else {})}
+    for image in _noised_image_embeddings(clip, diffusion, eval_set, batch_size, generator):
+        accuracy.append(float((image @ text.T).argmax(dim=-1).eq(targets).float().mean()))
+        if swaps is not None:
+            wins = (image[owner] * own).sum(-1) > (image[owner] * swapped).sum(-1)
+            for group, chosen in of_group.items():
+                shares[group].append(float(wins[chosen].float().mean()))
+    result = {"t_ranges": [list(r) for r in t_ranges(diffusion.num_timesteps)], "accuracy": accuracy, "chance": 1 / len(distinct)}
+    return result if swaps is None else {**result, "hard_negatives": shares}
 
 
 def render_report(report: dict[str, Any]) -> str:
@@ -218,15 +217,14 @@ def render_report(report: dict[str, Any]) -> str:
 
 
 def make_evaluate(
-    accelerator: Accelerator, clip: NoiseAwareCLIP, diffusion: GaussianDiffusion, eval_set: EvalSet, run: RunConfig
+    accelerator: Accelerator, clip: NoiseAwareCLIP, diffusion: GaussianDiffusion, eval_set: EvalSet, run: RunConfig,
+    swaps: WordSwaps | None = None,
 ) -> EvaluateFn:
-    """``evaluate(step) -> metrics``: :func:`retrieval_by_t` (and, with hard negatives,
-    :func:`hard_negatives_by_t`) with the same noise every time, written to the report files and
-    returned as ``eval/retrieval/t{lo}-{hi - 1}`` (and ``eval/hard_negatives/{group}/t{lo}-{hi - 1}``)
+    """``evaluate(step) -> metrics``: :func:`retrieval_by_t` (with the hard negatives of ``swaps``)
+    with the same noise every time, written to the report files and returned as ``eval/retrieval/t{lo}-{hi - 1}`` (and ``eval/hard_negatives/{group}/t{lo}-{hi - 1}``)
     metrics."""
     training = run.training
     output_dir = Path(training.output_dir)
-    swaps = training.word_swaps()
 
     def evaluate(step: int) -> dict[str, float]:
         was_training = clip.training
@@ -235,13 +233,8 @@ def make_evaluate(
             with accelerator.autocast():
                 result = retrieval_by_t(
                     clip, diffusion, eval_set, batch_size=training.eval_batch_size,
-                    generator=torch.Generator().manual_seed(training.seed),
+                    generator=torch.Generator().manual_seed(training.seed), swaps=swaps,
                 )
-                if swaps is not None:
-                    result["hard_negatives"] = hard_negatives_by_t(
-                        clip, diffusion, eval_set, swaps, batch_size=training.eval_batch_size,
-                        generator=torch.Generator().manual_seed(training.seed),
-                    )
         finally:
             clip.train(was_training)
         report = {"step": step, "weights": "EMA" if training.use_ema else "trained", "evaluation_data": eval_set.description, **result}
@@ -288,10 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         clip.save_pretrained(output_dir / CLIP_DIR)
         clip.text.save_pretrained(output_dir / TEXT_ENCODER_DIR)
 
+    swaps = training.word_swaps()
     trainer = Trainer(
-        accelerator, run, clip, data,
-        make_loss_fn(accelerator, diffusion, t_limit, training.word_swaps(), training.hard_negative_weight), publish,
-        evaluate=make_evaluate(accelerator, clip, diffusion, eval_set, run),
+        accelerator, run, clip, data, make_loss_fn(accelerator, diffusion, t_limit, swaps, training.hard_negative_weight), publish,
+        evaluate=make_evaluate(accelerator, clip, diffusion, eval_set, run, swaps),
     )
     trainer.run()
     if accelerator.is_main_process:
