@@ -61,6 +61,11 @@ class SamplingConfig(Config):
         if self.clip_guidance_scale < 0:
             raise ConfigError(f"sampling.clip_guidance_scale must not be negative, got {self.clip_guidance_scale}")
 
+    def sampler_settings(self, sampler: str) -> dict[str, float]:
+        """This config's options for ``sampler``: ``{"eta": eta}`` when ``eta`` is set and ``sampler``
+        takes it (a sampler without eta ignores the config's), else none."""
+        return {"eta": float(self.eta)} if self.eta is not None and "eta" in sampler_options(sampler) else {}
+
 
 def whole_number(name: str, value: Any, low: int, high: int | None = None) -> int:
     """``value`` as an int in ``low..high`` (an integral float such as JSON's 3.0 counts); refused otherwise."""
@@ -154,13 +159,11 @@ class SamplingRequest:
             raise RequestError(f"sampler must be a sampler's name, got {sampler!r}")
         checked_sampler(sampler)
         steps = defaults.steps if o.num_inference_steps is None else o.num_inference_steps
-        sampler_settings = {}
+        sampler_settings = defaults.sampler_settings(sampler)
         if o.eta is not None:
             if "eta" not in sampler_options(sampler):
                 raise RequestError(f"sampler {sampler!r} takes no option 'eta'; its options: {', '.join(sampler_options(sampler)) or 'none'}")
             sampler_settings["eta"] = number("eta", o.eta, 0.0)
-        elif defaults.eta is not None and "eta" in sampler_options(sampler):
-            sampler_settings["eta"] = float(defaults.eta)
         images = [p for p in prompts for _ in range(per_prompt)]
         classifier_scale = number("classifier_scale", o.classifier_scale, 0.0)
         classifier_interval = o.classifier_interval

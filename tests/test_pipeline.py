@@ -15,6 +15,8 @@ from PIL import Image
 from guided_diffusion import GuidedDiffusionPipeline
 from guided_diffusion.config import read_yaml
 from guided_diffusion.errors import RequestError
+from guided_diffusion.evaluation.sampling import EvalSampling
+from guided_diffusion.request import SamplingConfig
 from guided_diffusion.serialization import CheckpointError
 
 from .conftest import TINY_CONFIG
@@ -205,6 +207,14 @@ def test_the_sampling_config_chooses_sampler_schedule_and_eta_and_round_trips(pi
     old = GuidedDiffusionPipeline(pipe.unet, pipe.text_encoder, pipe.diffusion_config, sampling_config={"sampler": "ddpm", "eta": 0.0})
     assert old.sampling_config.timestep_schedule == "uniform"  # configs saved before schedules existed
     assert torch.equal(old("a red circle", num_inference_steps=3, seed=0, output_type="pt").images, pipe("a red circle", sampler="ddpm", num_inference_steps=3, seed=0, output_type="pt").images)
+
+
+def test_a_configs_eta_goes_to_the_samplers_that_take_it_and_no_other():
+    ddim = SamplingConfig(sampler="ddim", eta=0.3)
+    assert ddim.sampler_settings("ddim") == {"eta": 0.3} and ddim.sampler_settings("heun") == {}
+    assert SamplingConfig(sampler="ddim").sampler_settings("ddim") == {}
+    assert EvalSampling(sampler="ddim", eta=0.3).kwargs()["eta"] == 0.3
+    assert "eta" not in EvalSampling(sampler="heun", eta=0.3).kwargs()
 
 
 def require_inductor_toolchain() -> None:

@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 from ..errors import RequestError
 from ..pipeline import GuidedDiffusionPipeline
 from ..request import SamplingConfig
-from ..samplers import sampler_options
 
 
 def check_counts(at_least: int, **counts: int) -> None:
@@ -42,13 +41,12 @@ class EvalSampling(SamplingConfig):
     def kwargs(self) -> dict[str, Any]:
         """The pipeline-call arguments: ``sampler``, ``num_inference_steps``, ``timestep_schedule``,
         ``guidance_scale``, and ``eta`` when set and the sampler takes it."""
-        takes_eta = self.eta is not None and "eta" in sampler_options(self.sampler)
         return {
             "sampler": self.sampler,
             "num_inference_steps": self.steps,
             "timestep_schedule": self.timestep_schedule,
             "guidance_scale": self.guidance_scale,
-            **({"eta": self.eta} if takes_eta else {}),
+            **self.sampler_settings(self.sampler),
         }
 
 
