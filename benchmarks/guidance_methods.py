@@ -15,6 +15,8 @@ uniform). Methods, each across ``--scales``:
   ``--classifier-scales``;
 - ``clip``: the empty prompt, guided by the model's noise-aware CLIP (or ``--clip``, a folder written
   by ``train.clip``) towards "a <colour> <shape>" at ``--clip-scales``;
+- ``clip-negatives``: the same, and away from every other colour-shape caption
+  (``clip_guidance_negative_prompt``: the CLIP read as a zero-shot classifier over the 18 captions);
 
 and each of them again with a guidance interval (``+interval``): by default the timesteps whose noise
 level sigma = sqrt((1 - alpha_bar) / alpha_bar) lies in (0.28, 5.42], the interval Kynkaenniemi et al.
@@ -48,7 +50,7 @@ from guided_diffusion.evaluation.diversity import normalized_entropy  # noqa: E4
 from guided_diffusion.models.clip import NoiseAwareCLIP  # noqa: E402
 
 PAPER_SIGMAS = (0.28, 5.42)
-METHODS = ("cfg", "cads", "autoguidance", "classifier", "clip")
+METHODS = ("cfg", "cads", "autoguidance", "classifier", "clip", "clip-negatives")
 
 
 def sigma_interval(pipe: GuidedDiffusionPipeline, low: float, high: float) -> tuple[int, int]:
@@ -174,6 +176,7 @@ def main() -> None:
         methods["classifier"] = (args.classifier_scales, {})
     if pipe.clip is not None:
         methods["clip"] = (args.clip_scales, {})
+        methods["clip-negatives"] = (args.clip_scales, {"clip_guidance_negative_prompt": [f"a {c} {s}" for c in COLORS for s in SHAPES]})
     methods = {name: settings for name, settings in methods.items() if name in args.methods}
     intervals = {"both": (False, True), "off": (False,), "on": (True,)}[args.intervals]
     rows = []
@@ -182,8 +185,8 @@ def main() -> None:
             for scale in scales:
                 if name == "classifier":
                     call = {"classifier_scale": scale, **({"classifier_interval": interval} if with_interval else {})}
-                elif name == "clip":
-                    call = {"clip_guidance_scale": scale, **({"clip_guidance_interval": interval} if with_interval else {})}
+                elif name.startswith("clip"):
+                    call = {"clip_guidance_scale": scale, **extra, **({"clip_guidance_interval": interval} if with_interval else {})}
                 else:
                     call = {"guidance_scale": scale, **extra, **({"guidance_interval": interval} if with_interval else {})}
                 row = {"method": name + ("+interval" if with_interval else ""), "scale": scale}

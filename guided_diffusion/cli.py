@@ -24,7 +24,7 @@ from .samplers import SAMPLERS, TIMESTEP_SCHEDULES
 # gd-sample's flags that are the pipeline call's options of the same name
 PASSED_ON = (
     "sampler", "timestep_schedule", "eta", "thresholding", "guidance_scale", "guidance_interval", "classifier_scale",
-    "classifier_max_t", "classifier_interval", "clip_guidance_scale", "clip_guidance_interval",
+    "classifier_max_t", "classifier_interval", "clip_guidance_scale", "clip_guidance_negative_prompt", "clip_guidance_interval",
 )
 
 
@@ -81,6 +81,8 @@ def _sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-guidance-scale", type=float, default=None, help="CLIP guidance scale (default: the model's, 0: off)")
     parser.add_argument("--clip-guidance-prompt", action="append", default=None, metavar="TEXT",
                         help="what CLIP guidance steers towards: once for every prompt, or once per prompt (default: the prompts)")
+    parser.add_argument("--clip-guidance-negative-prompt", action="append", default=None, metavar="TEXT",
+                        help="a caption CLIP guidance steers away from (its log softmax over the guidance prompt and these), repeatable")
     parser.add_argument("--clip-guidance-interval", type=float, nargs=2, default=None, metavar=("T_LOW", "T_HIGH"),
                         help="CLIP guidance only at timesteps in [T_LOW, T_HIGH]")
     parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same images)")

@@ -12,7 +12,8 @@ earlier checkpoint, or a smaller model trained by the same recipe) given the sam
 Classifier guidance (Dhariwal & Nichol 2021) adds the gradient of a noise-aware classifier's
 log p(y | x_t, t) to the reverse step; :func:`classifier_cond_fn` builds that gradient function in the
 form :class:`~guided_diffusion.diffusion.GaussianDiffusion` expects. CLIP guidance (Nichol et al. 2022,
-GLIDE) does the same with a noise-aware CLIP's image-text logit for any prompt (:func:`clip_cond_fn`).
+GLIDE) does the same with a noise-aware CLIP's image-text logit for any prompt, or with its log
+softmax over the prompt and negative captions to steer away from (:func:`clip_cond_fn`).
 
 A guidance interval (Kynkaenniemi et al. 2024, "Applying guidance in a limited interval improves sample
 and distribution quality") is an inclusive range ``(t_low, t_high)`` of original-scale timesteps
@@ -273,23 +274,44 @@ def classifier_cond_fn(
     return _gradient_hook(log_probability, scale, interval)
 
 
-def clip_cond_fn(clip: Any, prompts: Sequence[str], scale: float, interval: Interval | None = None) -> Callable[..., torch.Tensor]:
+def clip_cond_fn(
+    clip: Any,
+    prompts: Sequence[str],
+    scale: float,
+    interval: Interval | None = None,
+    negatives: Sequence[str] | None = None,
+) -> Callable[..., torch.Tensor]:
     """The CLIP-guidance hook ``cond_fn(x_t, t, **model_kwargs) -> [B, C, H, W]`` for a noise-aware CLIP
     (:class:`~guided_diffusion.models.clip.NoiseAwareCLIP`) and one prompt per image.
 
-    It returns ``scale * grad_x logit(x_t, t, prompt)``, the logit being the CLIP's temperature times
-    the cosine similarity of the image embedding of (x_t, t) and the prompt's text embedding: the
-    quantity the contrastive loss trains as a log-odds, so scales compare with classifier guidance's.
+    Each caption's logit is the CLIP's temperature times the cosine similarity of the image embedding
+    of (x_t, t) and the caption's text embedding: the quantity the contrastive loss trains as a
+    log-odds, so scales compare with classifier guidance's. Without ``negatives`` the hook returns
+    ``scale * grad_x logit(x_t, t, prompt)`` (GLIDE). With ``negatives`` (captions to steer away from,
+    the same for every image) it returns ``scale * grad_x log softmax([logit(prompt), logit(n_1), ...])[0]``:
+    the CLIP read as a zero-shot classifier over the prompt and the negatives, whose gradient is the
+    prompt's minus the softmax-weighted mean of all candidates' (what tells the prompt apart from
+    the negatives, not what they share). A negative equal to an image's prompt is left out for that
+    image, so ``negatives`` may list every class of a zero-shot classifier.
     The text embeddings are computed once. Rows whose t is outside ``interval`` get a zero gradient.
     """
+    prompts = list(prompts)
+    negatives = list(negatives or [])
     with torch.no_grad():
-        text = clip.encode_text(list(prompts))
+        text = clip.encode_text(prompts)  # [B, E]
+        away = clip.encode_text(negatives) if negatives else None  # [K, E]
         temperature = clip.scale()
+        own_caption = torch.tensor([[p == n for n in negatives] for p in prompts], dtype=torch.bool).reshape(len(prompts), len(negatives))
 
-    def logit(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def objective(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != text.shape[0]:
             raise RequestError(f"CLIP guidance has {text.shape[0]} prompts for a batch of {x.shape[0]} images")
-        image = clip.encode_image(x, t)
-        return (temperature.to(image.dtype) * (image * text.to(image.dtype)).sum(dim=-1)).sum()
+        image = clip.encode_image(x, t)  # [B, E]
+        logit_scale = temperature.to(image.dtype)
+        own = logit_scale * (image * text.to(image.dtype)).sum(dim=-1)  # [B]
+        if away is None:
+            return own.sum()
+        others = (logit_scale * image @ away.to(image.dtype).T).masked_fill(own_caption.to(image.device), float("-inf"))  # [B, K]
+        return (own - torch.logsumexp(torch.cat([own[:, None], others], dim=1), dim=1)).sum()
 
-    return _gradient_hook(logit, scale, interval)
+    return _gradient_hook(objective, scale, interval)

@@ -362,6 +362,7 @@ class GuidedDiffusionPipeline:
         cads: CADS | bool | Mapping[str, float] | None = None,
         clip_guidance_scale: float | None = None,
         clip_guidance_prompt: str | list[str] | None = None,
+        clip_guidance_negative_prompt: str | list[str] | None = None,
         clip_guidance_interval: Sequence[float] | None = None,
         thresholding: float | None = None,
         seed: int | None = None,
@@ -394,6 +395,9 @@ class GuidedDiffusionPipeline:
         each image towards ``clip_guidance_prompt`` (one prompt, or one per prompt; default: the
         prompts themselves) with the pipeline's noise-aware CLIP (GLIDE's CLIP guidance), within
         ``clip_guidance_interval`` when given; it works with the empty prompt too.
+        ``clip_guidance_negative_prompt`` (one caption or a list) turns that into guidance by the CLIP's
+        log softmax over the guidance prompt and these captions: towards the prompt and away from them
+        (see :func:`~guided_diffusion.guidance.clip_cond_fn`).
         ``seed`` (or ``generator``) makes the result reproducible on the same device; ``generator`` may
         also be a list with one generator per image (prompt-major), where consecutive images that share
         one generator draw their noise together, as that generator alone would for them. ``callback(step,
@@ -443,7 +447,15 @@ class GuidedDiffusionPipeline:
                 labels = {attribute: indices.to(device) for attribute, indices in request.classifier_labels.items()}
                 cond_fns.append(classifier_cond_fn(self.classifier, labels, request.classifier_scale, interval=request.classifier_interval))
             if request.clip_guidance_prompts is not None:
-                cond_fns.append(clip_cond_fn(self.clip, list(request.clip_guidance_prompts), request.clip_guidance_scale, request.clip_guidance_interval))
+                cond_fns.append(
+                    clip_cond_fn(
+                        self.clip,
+                        list(request.clip_guidance_prompts),
+                        request.clip_guidance_scale,
+                        request.clip_guidance_interval,
+                        negatives=request.clip_guidance_negatives,
+                    )
+                )
             config = self.unet.config
             return sample(
                 model,

@@ -94,7 +94,8 @@ class SamplingRequest:
 
     ``prompts`` holds one prompt per image (prompt-major); ``classifier_labels`` maps each attribute to
     a LongTensor [N] of class indices (on the CPU); ``clip_guidance_prompts`` holds one target per image
-    (None: CLIP guidance off).
+    (None: CLIP guidance off) and ``clip_guidance_negatives`` the captions every image is steered away
+    from (None: none).
     """
 
     prompts: tuple[str, ...]
@@ -111,6 +112,7 @@ class SamplingRequest:
     cads: CADS | None
     clip_guidance_scale: float
     clip_guidance_prompts: tuple[str, ...] | None
+    clip_guidance_negatives: tuple[str, ...] | None
     clip_guidance_interval: Interval | None
     thresholding: float | None
     output_type: str
@@ -130,6 +132,7 @@ class SamplingRequest:
         "cads": None,
         "clip_guidance_scale": None,
         "clip_guidance_prompt": None,
+        "clip_guidance_negative_prompt": None,
         "clip_guidance_interval": None,
         "thresholding": None,
         "output_type": "pil",
@@ -188,6 +191,7 @@ class SamplingRequest:
             cads=_cads(o.cads),
             clip_guidance_scale=clip_scale,
             clip_guidance_prompts=_clip_targets(pipe, clip_scale, o.clip_guidance_prompt, prompts, per_prompt),
+            clip_guidance_negatives=_clip_negatives(clip_scale, o.clip_guidance_negative_prompt),
             clip_guidance_interval=check_interval("clip_guidance_interval", o.clip_guidance_interval, num_timesteps),
             thresholding=None if o.thresholding is None else _quantile(o.thresholding),
             output_type=o.output_type,
@@ -251,6 +255,16 @@ def _clip_targets(
             f"clip_guidance_prompt must be a string or a list with one string per prompt ({len(prompts)}), got {guidance_prompt!r}"
         )
     return tuple(p for p in targets for _ in range(per_prompt))
+
+
+def _clip_negatives(scale: float, negatives: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """The captions CLIP guidance steers away from, each once: one string or a list of them; None or []
+    for none (and none when CLIP guidance is off)."""
+    if isinstance(negatives, str):
+        negatives = [negatives]
+    if not isinstance(negatives, (list, tuple, type(None))) or not all(isinstance(n, str) for n in negatives or ()):
+        raise RequestError(f"clip_guidance_negative_prompt must be a string or a list of strings, got {negatives!r}")
+    return tuple(dict.fromkeys(negatives)) if scale and negatives else None
 
 
 def check_autoguidance(pipe: "GuidedDiffusionPipeline", weak: "GuidedDiffusionPipeline | None") -> None:

@@ -41,6 +41,7 @@ API_PARAMETERS = [
     "classifier_attribute", "classifier_label", "classifier_scale", "seed", "model", "timestep_schedule",
     "guidance_t_min", "guidance_t_max", "classifier_t_min", "classifier_t_max", "cads",
     "clip_guidance_scale", "clip_guidance_prompt", "eta", "thresholding", "clip_t_min", "clip_t_max", "autoguidance",
+    "clip_guidance_negative_prompt",
 ]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IN_CI = os.environ.get("CI") == "true"
@@ -299,6 +300,11 @@ def test_check_request_takes_eta_thresholding_a_clip_interval_and_an_autoguidanc
     assert empty.batch_key() == request.batch_key()
     defaults = check_request(guided, **{**ok, "sampler": "dpm++2m-sde"})
     assert (defaults.eta, defaults.thresholding, defaults.clip_guidance_interval, defaults.autoguidance) == (None, None, None, None)
+    lines = "a red square\n\n  a green circle \na red square"  # one caption a line: blank ones dropped, repeats once
+    away = check_request(guided, **ok, clip_guidance_scale=20.0, clip_guidance_negative_prompt=lines)
+    assert away.pipeline_kwargs()["clip_guidance_negative_prompt"] == ("a red square", "a green circle")
+    assert away.batch_key() != check_request(guided, **ok, clip_guidance_scale=20.0).batch_key()
+    assert check_request(guided, **ok, clip_guidance_negative_prompt=lines).clip_guidance_negative_prompt is None  # CLIP guidance off
 
     def refused(message, **bad):
         with pytest.raises(ValueError, match=message):
@@ -316,6 +322,8 @@ def test_check_request_takes_eta_thresholding_a_clip_interval_and_an_autoguidanc
     refused("autoguidance must be a model's name", autoguidance=3)
     refused(re.escape("clip_t_min (900) must not be above clip_t_max (100)"), clip_t_min=900, clip_t_max=100)
     refused("clip_t_max must be between 0 and 999", clip_t_max=1000)
+    refused("clip_guidance_negative_prompt must be text, got list", clip_guidance_scale=20.0, clip_guidance_negative_prompt=["a"])
+    refused("clip_guidance_negative_prompt is 1001 characters long; the limit is 1000", clip_guidance_negative_prompt="x" * 1001)
     with pytest.raises(ValueError, match="no other model is offered"):
         check_request(guided, **ok, autoguidance="tiny-weak")  # no models to pick a guide from
 
@@ -473,8 +481,8 @@ def test_generate_api_returns_the_images(client):
     assert list(info) == ["/generate"]
     parameters = info["/generate"]["parameters"]
     assert [p["parameter_name"] for p in parameters] == API_PARAMETERS
-    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 22
-    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided", None] + [None] * 4 + [False, None, None] + [None] * 5
+    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 23
+    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided", None] + [None] * 4 + [False, None, None] + [None] * 6
 
     result = client.predict(prompt="a large red circle in the center", num_images=4, steps=25, seed=3, api_name="/generate")
     images = [Image.open(item["image"]) for item in result]
@@ -530,6 +538,9 @@ def test_generate_api_takes_eta_thresholding_a_clip_interval_and_an_autoguidance
     clip = served(clip_guidance_scale=50.0)
     assert served(clip_guidance_scale=50.0, clip_t_min=0, clip_t_max=999) == clip  # the whole range
     assert served(clip_guidance_scale=50.0, clip_t_min=500) != clip
+    away = guided("a green square", num_inference_steps=5, sampler="ddim", clip_guidance_scale=50.0,
+                  clip_guidance_negative_prompt=["a red square", "a green circle"], seed=4)
+    assert served(clip_guidance_scale=50.0, clip_guidance_negative_prompt="a red square\na green circle") == away.images[0].tobytes() != clip
 
 
 @pytest.mark.parametrize(

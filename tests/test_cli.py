@@ -111,6 +111,10 @@ def test_gd_sample_guides_with_the_models_clip(tiny_pipeline_dir, tmp_path):
     per_prompt = grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle", "--clip-guidance-prompt", "a blue square")
     assert per_prompt != steered
     assert grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle", "--clip-guidance-interval", "0", "999") == steered
+    away = ("--clip-guidance-negative-prompt", "a red triangle", "--clip-guidance-negative-prompt", "a green square")
+    contrastive = grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle", *away)
+    assert contrastive not in (steered, plain)
+    assert grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle", *away[:2], *away) == contrastive  # a repeated negative counts once
 
 
 def test_gd_sample_takes_cads_settings_and_the_classifier_max_t(tiny_pipeline_dir, tmp_path):

@@ -240,6 +240,32 @@ def test_clip_guidance_is_the_gradient_of_the_image_text_logit_and_enters_the_me
         cond_fn(x[:2], t[:2])
 
 
+def test_clip_guidance_with_negatives_is_the_gradient_of_the_log_softmax_over_prompt_and_negatives():
+    clip = tiny_clip()
+    prompts = ["a red circle", "a blue square", "a red circle"]
+    negatives = ["a blue square", "a green triangle", "a red square"]
+    x = torch.randn(3, 3, 16, 16, dtype=F64)
+    t = torch.tensor([10, 400, 900])
+    grad = clip_cond_fn(clip, prompts, scale=4.0, negatives=negatives)(x, t)
+    for i, prompt in enumerate(prompts):
+        candidates = [prompt, *(n for n in negatives if n != prompt)]  # image 1's own caption is not its negative
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        logits = clip.logits(xi, t[i : i + 1], candidates)[0]  # [K]
+        (expected,) = torch.autograd.grad(torch.log_softmax(logits, dim=0)[0], xi, retain_graph=True)
+        torch.testing.assert_close(grad[i : i + 1], 4.0 * expected)
+        # closed form: the prompt's logit gradient minus the softmax-weighted mean of all candidates'
+        grads = torch.stack([torch.autograd.grad(logits[k], xi, retain_graph=True)[0] for k in range(len(candidates))])
+        weights = torch.softmax(logits.detach(), dim=0).view(-1, 1, 1, 1, 1)
+        torch.testing.assert_close(grad[i : i + 1], 4.0 * (grads[0] - (weights * grads).sum(dim=0)))
+    assert len(candidates) == 4 and not torch.equal(grad, clip_cond_fn(clip, prompts, scale=4.0)(x, t))
+    torch.testing.assert_close(clip_cond_fn(clip, prompts, scale=4.0, negatives=[])(x, t), clip_cond_fn(clip, prompts, scale=4.0)(x, t))
+    only_itself = clip_cond_fn(clip, ["a red circle"], scale=4.0, negatives=["a red circle"])(x[:1], t[:1])
+    assert torch.all(only_itself == 0)  # a softmax over one candidate: log 1, no gradient
+    late = clip_cond_fn(clip, prompts, scale=4.0, interval=(0, 500), negatives=negatives)(x, t)
+    torch.testing.assert_close(late[:2], grad[:2])
+    assert torch.all(late[2] == 0)
+
+
 # ------------------------------------------------------------------------------------ in the pipeline
 
 
@@ -302,6 +328,12 @@ def test_a_pipeline_guides_any_prompt_with_its_clip_and_saves_and_loads_it(pipe,
         sampled(with_clip, clip_guidance_scale=5.0, clip_guidance_prompt=["a", "b", "c"])
     with pytest.raises(ValueError, match="clip_guidance_scale must be at least 0"):
         sampled(with_clip, clip_guidance_scale=-1.0)
+    away = sampled(with_clip, clip_guidance_scale=50.0, clip_guidance_prompt="a green triangle", clip_guidance_negative_prompt=["a red triangle", "a green square"])
+    assert not torch.equal(away, steered)
+    assert torch.equal(sampled(with_clip, clip_guidance_scale=50.0, clip_guidance_prompt="a green triangle", clip_guidance_negative_prompt=[]), steered)
+    assert torch.equal(sampled(with_clip, clip_guidance_negative_prompt="a red triangle"), plain)  # CLIP guidance off: nothing to steer
+    with pytest.raises(ValueError, match="clip_guidance_negative_prompt must be a string or a list of strings, got \\['a', 3\\]"):
+        sampled(with_clip, clip_guidance_scale=5.0, clip_guidance_negative_prompt=["a", 3])
 
     with_clip.save_pretrained(tmp_path / "with_clip")
     loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "with_clip")

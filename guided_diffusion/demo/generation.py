@@ -57,6 +57,7 @@ class GenerationRequest:
     eta: float | None = None
     thresholding: float | None = None
     clip_guidance_interval: tuple[float, float] | None = None
+    clip_guidance_negative_prompt: tuple[str, ...] | None = None
     autoguidance: str | None = None
     guide: GuidedDiffusionPipeline | None = field(default=None, compare=False, repr=False)
     notices: tuple[str, ...] = field(default=())
@@ -81,6 +82,7 @@ class GenerationRequest:
             "clip_guidance_scale": self.clip_guidance_scale,
             "clip_guidance_prompt": self.clip_guidance_prompt,
             "clip_guidance_interval": self.clip_guidance_interval,
+            "clip_guidance_negative_prompt": self.clip_guidance_negative_prompt,
             "eta": self.eta,
             "thresholding": self.thresholding,
             "autoguidance": self.guide,
@@ -131,6 +133,7 @@ def check_request(
     clip_t_min: Any = None,
     clip_t_max: Any = None,
     autoguidance: Any = None,
+    clip_guidance_negative_prompt: Any = None,
     *,
     models: DemoModels | None = None,
     model: str | None = None,
@@ -145,8 +148,9 @@ def check_request(
     range); ``cads`` turns on condition-annealed sampling. ``clip_guidance_scale`` (None: the model's
     sampling config) > 0 needs a pipeline with a noise-aware CLIP, which steers towards
     ``clip_guidance_prompt`` (None or empty: the prompt), at the timesteps between ``clip_t_min`` and
-    ``clip_t_max``. ``eta`` (0..MAX_ETA; None: the model's or the sampler's default) is for the samplers
-    that take it (see :func:`~guided_diffusion.samplers.sampler_options`); ``thresholding`` (a quantile
+    ``clip_t_max``, and away from the captions of ``clip_guidance_negative_prompt`` (text, one caption
+    a line; None or empty: none). ``eta`` (0..MAX_ETA; None: the model's or the sampler's default) is
+    for the samplers that take it (see :func:`~guided_diffusion.samplers.sampler_options`); ``thresholding`` (a quantile
     in (0, 1] such as 0.995; None: off) turns on dynamic thresholding. ``autoguidance`` (None or empty:
     off) names the model among ``models`` that guides in place of the unconditional model; ``model`` is
     the name of ``pipe`` there, which cannot guide itself. The guide must be compatible with ``pipe``
@@ -177,6 +181,7 @@ def check_request(
         raise RequestError(f"clip_guidance_prompt must be text, got {type(clip_guidance_prompt).__name__}")
     if clip_guidance_prompt is not None and len(clip_guidance_prompt) > MAX_PROMPT_CHARS:
         raise RequestError(f"the CLIP guidance prompt is {len(clip_guidance_prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    negatives = _lines("clip_guidance_negative_prompt", clip_guidance_negative_prompt)
     if eta is not None:
         eta = number("eta", eta, 0.0, MAX_ETA)
     if autoguidance is not None and not isinstance(autoguidance, str):
@@ -200,6 +205,7 @@ def check_request(
         clip_guidance_scale=clip_guidance_scale,
         clip_guidance_prompt=clip_guidance_prompt or None,
         clip_guidance_interval=_interval("clip", clip_t_min, clip_t_max, last),
+        clip_guidance_negative_prompt=negatives,
         eta=eta,
         thresholding=thresholding,
     )
@@ -223,10 +229,22 @@ def check_request(
         eta=checked.sampler_options.get("eta"),
         thresholding=checked.thresholding,
         clip_guidance_interval=checked.clip_guidance_interval if checked.clip_guidance_prompts is not None else None,
+        clip_guidance_negative_prompt=checked.clip_guidance_negatives,
         autoguidance=autoguidance if guide is not None else None,
         guide=guide,
         notices=(notice,) if notice else (),
     )
+
+
+def _lines(name: str, text: Any) -> list[str]:
+    """The non-empty lines of ``text`` (None: none), stripped; refused if it is not text or too long."""
+    if text is None:
+        return []
+    if not isinstance(text, str):
+        raise RequestError(f"{name} must be text, got {type(text).__name__}")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise RequestError(f"{name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _interval(kind: str, low: Any, high: Any, last: int) -> tuple[float, float] | None:

@@ -204,6 +204,7 @@ def build_demo(
         clip_t_min: float | None = None,
         clip_t_max: float | None = None,
         autoguidance: str | None = None,
+        clip_guidance_negative_prompt: str | None = None,
     ) -> list[Image.Image]:
         """Sample `num_images` images for `prompt` ("" is unconditional) with the model named `model`;
         returns them at the model's resolution as PNG files. `steps`, `sampler`, `guidance_scale` and
@@ -211,7 +212,8 @@ def build_demo(
         Classifier-free and classifier guidance act only at timesteps between their `_t_min` and
         `_t_max` (None: 0 and T-1); `cads` anneals the condition (CADS) for diversity.
         `clip_guidance_scale` > 0 (None: the model's) steers towards `clip_guidance_prompt` (None: the
-        prompt) with the model's noise-aware CLIP, between `clip_t_min` and `clip_t_max`. `eta` (None:
+        prompt) with the model's noise-aware CLIP, between `clip_t_min` and `clip_t_max`, and away from
+        the captions of `clip_guidance_negative_prompt` (one a line; None: none). `eta` (None:
         the model's default) is for the samplers that take it (ddim, dpm++2m-sde); `thresholding` (a
         quantile in (0, 1] such as 0.995; None: off) turns on dynamic thresholding; `autoguidance`
         names another model of this demo (the same diffusion process and image size) that gives the
@@ -223,6 +225,7 @@ def build_demo(
                 classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
                 guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
                 clip_guidance_scale, clip_guidance_prompt, eta, thresholding, clip_t_min, clip_t_max, autoguidance,
+                clip_guidance_negative_prompt,
             )
             with contextlib.closing(batcher.submit(model, pipe, request, max_previews=0)) as updates:
                 done = next(update for update in updates if isinstance(update, SamplingDone))
@@ -354,6 +357,12 @@ def build_demo(
                     with gr.Group(elem_id="clip-guidance", **settings["clip_guidance"]) as clip_guidance:
                         gr.Markdown("**CLIP guidance** (the model's noise-aware CLIP; any prompt, the empty one included)")
                         clip_guidance_prompt = gr.Textbox(value=None, label="Guide towards (empty: the prompt)")
+                        clip_guidance_negative_prompt = gr.Textbox(
+                            value=None,
+                            lines=2,
+                            label="And away from (one caption a line; empty: none)",
+                            info="the CLIP then guides as a classifier over the prompt and these captions",
+                        )
                         clip_guidance_scale = gr.Slider(
                             0, MAX_CLIP_GUIDANCE_SCALE, step=5, label="CLIP guidance scale (0 off)", **settings["clip_guidance_scale"]
                         )
@@ -468,6 +477,7 @@ def build_demo(
                 classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
                 guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
                 clip_guidance_scale, clip_guidance_prompt, eta, thresholding, clip_t_min, clip_t_max, autoguidance,
+                clip_guidance_negative_prompt,
             ],
             outputs=[x_t_view, x0_view, gallery, trajectory, status],
             show_progress_on=[gallery],
@@ -500,6 +510,7 @@ def build_demo(
                 gr.Number(value=None, label="CLIP guidance from t"),
                 gr.Number(value=None, label="CLIP guidance to t"),
                 gr.Dropdown(models.names, value=None, label="Autoguidance model"),
+                gr.Textbox(value=None, label="CLIP guidance negative prompts, one a line"),
             ]
             api_run = gr.Button()
         api_run.click(
