@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from guided_diffusion import GuidedDiffusionPipeline
-from guided_diffusion.datasets.shapes import canonical_caption, caption_vocabulary, describe
+from guided_diffusion.datasets.shapes import COLORS, SHAPES, canonical_caption, caption_vocabulary, describe
 from guided_diffusion.pipeline import shipped_models
 
 
@@ -34,6 +34,9 @@ def test_shapes32_ships_a_noise_aware_clip_and_text_towers_that_know_every_capti
     plain = [describe(np.asarray(image))["color"] for image in pipe([""] * 4, **steer).images]
     guided = pipe([""] * 4, **steer, clip_guidance_scale=10.0, clip_guidance_prompt="a red circle").images
     assert plain != ["red"] * 4 and [describe(np.asarray(image))["color"] for image in guided] == ["red"] * 4
+    every_pair = [f"a {colour} {shape}" for colour in COLORS for shape in SHAPES]  # the prompt itself is left out
+    away = pipe([""] * 4, **steer, clip_guidance_scale=10.0, clip_guidance_prompt="a green triangle", clip_guidance_negative_prompt=every_pair).images
+    assert [(describe(np.asarray(image))["color"], describe(np.asarray(image))["shape"]) for image in away] == [("green", "triangle")] * 4
 
 
 @pytest.mark.parametrize(
