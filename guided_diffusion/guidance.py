@@ -291,17 +291,19 @@ def clip_cond_fn(
     the same for every image) it returns ``scale * grad_x log softmax([logit(prompt), logit(n_1), ...])[0]``:
     the CLIP read as a zero-shot classifier over the prompt and the negatives, whose gradient is the
     prompt's minus the softmax-weighted mean of all candidates' (what tells the prompt apart from
-    the negatives, not what they share). A negative equal to an image's prompt is left out for that
-    image, so ``negatives`` may list every class of a zero-shot classifier.
+    the negatives, not what they share). The negatives are a set (a repeated one counts once), and a
+    negative equal to an image's prompt is left out for that image, so ``negatives`` may list every
+    class of a zero-shot classifier.
     The text embeddings are computed once. Rows whose t is outside ``interval`` get a zero gradient.
     """
     prompts = list(prompts)
-    negatives = list(negatives or [])
+    negatives = list(dict.fromkeys(negatives or ()))
     with torch.no_grad():
         text = clip.encode_text(prompts)  # [B, E]
-        away = clip.encode_text(negatives) if negatives else None  # [K, E]
         temperature = clip.scale()
-        own_caption = torch.tensor([[p == n for n in negatives] for p in prompts], dtype=torch.bool).reshape(len(prompts), len(negatives))
+        if negatives:
+            away = clip.encode_text(negatives)  # [K, E]
+            own_caption = torch.tensor([[p == n for n in negatives] for p in prompts])  # [B, K]
 
     def objective(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != text.shape[0]:
@@ -309,9 +311,9 @@ def clip_cond_fn(
         image = clip.encode_image(x, t)  # [B, E]
         logit_scale = temperature.to(image.dtype)
         own = logit_scale * (image * text.to(image.dtype)).sum(dim=-1)  # [B]
-        if away is None:
+        if not negatives:
             return own.sum()
         others = (logit_scale * image @ away.to(image.dtype).T).masked_fill(own_caption.to(image.device), float("-inf"))  # [B, K]
-        return (own - torch.logsumexp(torch.cat([own[:, None], others], dim=1), dim=1)).sum()
+        return torch.log_softmax(torch.cat([own[:, None], others], dim=1), dim=1)[:, 0].sum()
 
     return _gradient_hook(objective, scale, interval)

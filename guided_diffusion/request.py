@@ -258,11 +258,11 @@ def _clip_targets(
 
 
 def _clip_negatives(scale: float, negatives: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    """The captions CLIP guidance steers away from, each once: one string or a list of them; None or []
-    for none (and none when CLIP guidance is off)."""
+    """The captions CLIP guidance steers away from: one string or a list of them, each kept once (so that
+    requests naming the same set are equal); None or [] for none (and none when CLIP guidance is off)."""
     if isinstance(negatives, str):
         negatives = [negatives]
-    if not isinstance(negatives, (list, tuple, type(None))) or not all(isinstance(n, str) for n in negatives or ()):
+    if negatives is not None and not (isinstance(negatives, (list, tuple)) and all(isinstance(n, str) for n in negatives)):
         raise RequestError(f"clip_guidance_negative_prompt must be a string or a list of strings, got {negatives!r}")
     return tuple(dict.fromkeys(negatives)) if scale and negatives else None
 

@@ -177,11 +177,8 @@ def check_request(
     seed = secrets.randbelow(MAX_SEED + 1) if seed is None else whole_number("seed", seed, 0, MAX_SEED)
     if cads not in (True, False, None):
         raise RequestError(f"cads must be true or false, got {cads!r}")
-    if clip_guidance_prompt is not None and not isinstance(clip_guidance_prompt, str):
-        raise RequestError(f"clip_guidance_prompt must be text, got {type(clip_guidance_prompt).__name__}")
-    if clip_guidance_prompt is not None and len(clip_guidance_prompt) > MAX_PROMPT_CHARS:
-        raise RequestError(f"the CLIP guidance prompt is {len(clip_guidance_prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
-    negatives = _lines("clip_guidance_negative_prompt", clip_guidance_negative_prompt)
+    clip_guidance_prompt = _text("clip_guidance_prompt", clip_guidance_prompt)
+    negatives = _text("clip_guidance_negative_prompt", clip_guidance_negative_prompt) or ""
     if eta is not None:
         eta = number("eta", eta, 0.0, MAX_ETA)
     if autoguidance is not None and not isinstance(autoguidance, str):
@@ -205,7 +202,7 @@ def check_request(
         clip_guidance_scale=clip_guidance_scale,
         clip_guidance_prompt=clip_guidance_prompt or None,
         clip_guidance_interval=_interval("clip", clip_t_min, clip_t_max, last),
-        clip_guidance_negative_prompt=negatives,
+        clip_guidance_negative_prompt=[line.strip() for line in negatives.splitlines() if line.strip()],  # one caption a line
         eta=eta,
         thresholding=thresholding,
     )
@@ -236,15 +233,13 @@ def check_request(
     )
 
 
-def _lines(name: str, text: Any) -> list[str]:
-    """The non-empty lines of ``text`` (None: none), stripped; refused if it is not text or too long."""
-    if text is None:
-        return []
-    if not isinstance(text, str):
+def _text(name: str, text: Any) -> str | None:
+    """``text`` (None stays None), refused if it is not text or longer than ``MAX_PROMPT_CHARS``."""
+    if text is not None and not isinstance(text, str):
         raise RequestError(f"{name} must be text, got {type(text).__name__}")
-    if len(text) > MAX_PROMPT_CHARS:
+    if text is not None and len(text) > MAX_PROMPT_CHARS:
         raise RequestError(f"{name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return text
 
 
 def _interval(kind: str, low: Any, high: Any, last: int) -> tuple[float, float] | None:
