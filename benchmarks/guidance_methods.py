@@ -1,22 +1,29 @@
-"""Fidelity against diversity for each guidance method on a Shapes32 model, side by side in one run.
+"""Fidelity against diversity for each guidance method on a Shapes32 or an emoji model, side by side in one run.
 
     python benchmarks/guidance_methods.py --model shapes32 --weak outputs/shapes32_weak --out docs/guidance
+    python benchmarks/guidance_methods.py --model emoji32 --weak outputs/emoji32_weak --out docs/guidance/emoji32
 
-Prompts name a colour and a shape only ("a red circle"), for every seen colour-shape pair (and, with
-``--held-out``, the held-out pairs). Fidelity is the share of images whose colour and shape match
-(read back from the pixels by :func:`guided_diffusion.datasets.shapes.describe`); diversity is the
-normalised entropy of the attributes the prompt leaves free (size and position, averaged; 1 is
-uniform). Methods, each across ``--scales``:
+What is asked and how it is read depends on the model's data (benchmarks/guidance_tasks.py). Shapes32:
+prompts name a colour and a shape only ("a red circle"), for every seen colour-shape pair (and, with
+``--held-out``, the held-out pairs); fidelity is the share of images whose colour and shape match (read
+back from the pixels by :func:`guided_diffusion.datasets.shapes.describe`); diversity is the normalised
+entropy of the attributes the prompt leaves free (size and position, averaged; 1 is uniform). An emoji
+model (a folder with ``training_data.json``): the canonical caption "<name>, <style> style" of
+``--pairs`` seen (or held-out) pairs; fidelity is the nearest real picture being the asked emoji in the
+asked style; the caption leaves nothing free, so diversity is the spread of each prompt's images (their
+mean distance over that between two real emoji). Methods, each across ``--scales``:
 
 - ``cfg``: classifier-free guidance at scale w;
 - ``cads``: the same with condition annealing (the paper's tau1 0.6, tau2 0.9, s 0.25, psi 1);
 - ``autoguidance``: w mixes the model with ``--weak`` (a weaker model of the same kind) on the same prompt;
-- ``classifier``: the empty prompt, guided to the colour and shape by the model's classifier at
-  ``--classifier-scales``;
+- ``classifier``: the empty prompt, guided by the model's classifier at ``--classifier-scales`` (to the
+  colour and shape; to an emoji's style and category);
 - ``clip``: the empty prompt, guided by the model's noise-aware CLIP (or ``--clip``, a folder written
-  by ``train.clip``) towards "a <colour> <shape>" at ``--clip-scales``;
-- ``clip-negatives``: the same, and away from every other colour-shape caption
-  (``clip_guidance_negative_prompt``: the CLIP read as a zero-shot classifier over the 18 captions);
+  by ``train.clip``) towards the caption at ``--clip-scales``;
+- ``clip-negatives``: the same, and away from every other caption of the kind
+  (``clip_guidance_negative_prompt``: the CLIP read as a zero-shot classifier over them);
+- ``cfg-clip`` and ``cfg-clip-negatives``: the caption as the prompt, with the model's classifier-free
+  guidance scale, plus CLIP guidance towards the prompt (and away from the other captions);
 
 and each of them again with a guidance interval (``+interval``): by default the timesteps whose noise
 level sigma = sqrt((1 - alpha_bar) / alpha_bar) lies in (0.28, 5.42], the interval Kynkaenniemi et al.
@@ -33,7 +40,6 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +50,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from guidance_tasks import EmojiTask, ShapesTask  # noqa: E402
+
 from guided_diffusion import GuidedDiffusionPipeline  # noqa: E402
-from guided_diffusion.datasets.shapes import COLORS, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, describe_batch  # noqa: E402
-from guided_diffusion.evaluation.diversity import normalized_entropy  # noqa: E402
 from guided_diffusion.models.clip import NoiseAwareCLIP  # noqa: E402
+from guided_diffusion.serialization import TRAINING_DATA_NAME  # noqa: E402
 
 PAPER_SIGMAS = (0.28, 5.42)
-METHODS = ("cfg", "cads", "autoguidance", "classifier", "clip", "clip-negatives")
+DIVERSITIES = ("diversity", "entropy_size", "entropy_position")  # printed as numbers, the other scores as shares
+METHODS = ("cfg", "cads", "autoguidance", "classifier", "clip", "clip-negatives", "cfg-clip", "cfg-clip-negatives")
 
 
 def sigma_interval(pipe: GuidedDiffusionPipeline, low: float, high: float) -> tuple[int, int]:
@@ -61,50 +69,35 @@ def sigma_interval(pipe: GuidedDiffusionPipeline, low: float, high: float) -> tu
     return int(inside.min()), int(inside.max())
 
 
-def pairs(held_out: bool) -> list[tuple[str, str]]:
-    held = set(HELDOUT_PAIRS)
-    return [(c, s) for c in COLORS for s in SHAPES if ((c, s) in held) == held_out]
-
-
-def measure(pipe: GuidedDiffusionPipeline, targets: Sequence[tuple[str, str]], per_pair: int, seed: int, **call: Any) -> dict[str, float]:
-    """Fidelity and diversity of ``per_pair`` images for each (colour, shape) of ``targets``: prompted
-    with "a <colour> <shape>", or, for classifier and CLIP guidance, with the empty prompt and guided there."""
-    hits, colours, shapes, entropies = [], [], [], {"size": [], "position": []}
-    for i, (color, shape) in enumerate(targets):
-        text = f"a {color} {shape}"
-        if call.get("classifier_scale"):
-            prompt, extra = "", {"classifier_labels": {"color": color, "shape": shape}}
-        elif call.get("clip_guidance_scale"):
-            prompt, extra = "", {"clip_guidance_prompt": text}
+def measure(pipe: GuidedDiffusionPipeline, task: ShapesTask | EmojiTask, per_pair: int, seed: int, from_empty: bool, **call: Any) -> dict[str, float]:
+    """The task's scores of ``per_pair`` images for each of its targets (means over the targets): prompted
+    with the target's caption, or, ``from_empty``, with the empty prompt and guided there by the
+    classifier (to the target's labels) or the CLIP (to its caption)."""
+    scores = []
+    for i, target in enumerate(task.targets):
+        if not from_empty:
+            prompt, extra = task.caption(target), {}  # CLIP guidance, if any, towards the prompt
+        elif call.get("classifier_scale"):
+            prompt, extra = "", {"classifier_labels": task.classifier_labels(target)}
         else:
-            prompt, extra = text, {}
+            prompt, extra = "", {"clip_guidance_prompt": task.caption(target)}
         images = pipe(prompt, num_images_per_prompt=per_pair, seed=seed + i, **extra, **call).images
-        found = describe_batch(images)
-        right_colour, right_shape = [f["color"] == color for f in found], [f["shape"] == shape for f in found]
-        colours += right_colour
-        shapes += right_shape
-        hits += [c and s for c, s in zip(right_colour, right_shape)]
-        entropies["size"].append(normalized_entropy([f["size"] for f in found], SIZES))
-        entropies["position"].append(normalized_entropy([f["position"] for f in found], POSITIONS))
-    return {
-        "fidelity": float(np.mean(hits)),
-        "colour": float(np.mean(colours)),
-        "shape": float(np.mean(shapes)),
-        "entropy_size": float(np.mean(entropies["size"])),
-        "entropy_position": float(np.mean(entropies["position"])),
-        "diversity": float(np.mean(entropies["size"] + entropies["position"])),
-    }
+        scores.append(task.score(images, target))
+    return {key: float(np.mean([score[key] for score in scores])) for key in scores[0]}
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], axes: tuple[str, str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for method in dict.fromkeys(r["method"] for r in rows):
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colours = plt.get_cmap("tab20").colors  # one colour a method: more methods than the default cycle's 10
+    for i, method in enumerate(methods):
         mine = [r for r in rows if r["method"] == method]
-        ax.plot([r["diversity"] for r in mine], [r["fidelity"] for r in mine], "--" if "interval" in method else "-", marker="o", label=method)
+        ax.plot([r["diversity"] for r in mine], [r["fidelity"] for r in mine], "--" if "interval" in method else "-",
+                marker="o", color=colours[i % len(colours)], label=method)
         for r in mine:
             ax.annotate(f"{r['scale']:g}", (r["diversity"], r["fidelity"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("diversity: normalised entropy of size and position")
-    ax.set_ylabel("fidelity: colour and shape right")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -113,20 +106,20 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    columns = report["columns"]
     lines = [
         f"# Guidance methods on {report['model']}",
         "",
-        f"{report['images']} images a row ({report['per_pair']} for each of {report['num_pairs']} {report['pairs']} colour-shape pairs), "
+        f"{report['images']} images a row ({report['per_pair']} for each of {report['num_pairs']} {report['pairs']} {report['kind']}), "
         f"{report['sampling']}; interval t in [{report['interval'][0]}, {report['interval'][1]}]; "
         f"{report['seconds']:.0f} s on {report['machine']}.",
         "",
-        "| method | scale | fidelity (colour and shape) | colour | shape | diversity | size entropy | position entropy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | scale | " + " | ".join(columns.values()) + " |",
+        "|---|---:|" + "---:|" * len(columns),
     ]
     for r in report["rows"]:
-        lines.append(
-            f"| {r['method']} | {r['scale']:g} | {100 * r['fidelity']:.1f}% | {100 * r['colour']:.1f}% | {100 * r['shape']:.1f}% | {r['diversity']:.3f} | {r['entropy_size']:.3f} | {r['entropy_position']:.3f} |"
-        )
+        cells = [f"{100 * r[key]:.1f}%" if key not in DIVERSITIES else f"{r[key]:.3f}" for key in columns]
+        lines.append(f"| {r['method']} | {r['scale']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -140,8 +133,10 @@ def main() -> None:
     parser.add_argument("--clip-scales", type=float, nargs="+", default=[5.0, 10.0, 20.0, 40.0])
     parser.add_argument("--interval", type=int, nargs=2, default=None, metavar=("T_LOW", "T_HIGH"),
                         help="the guidance interval (default: sigma in (0.28, 5.42])")
-    parser.add_argument("--per-pair", type=int, default=8, help="images per colour-shape pair")
-    parser.add_argument("--held-out", action="store_true", help="the held-out colour-shape pairs instead of the seen ones")
+    parser.add_argument("--per-pair", type=int, default=8, help="images per pair (prompt)")
+    parser.add_argument("--held-out", action="store_true", help="the held-out pairs instead of the seen ones")
+    parser.add_argument("--pairs", type=int, default=24, help="an emoji model: how many pairs to draw (with --seed)")
+    parser.add_argument("--emoji-root", default=None, help="an emoji model: where gd-data fetch emoji put the packages")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="the methods to measure (those the model has the parts for)")
     parser.add_argument("--intervals", choices=("both", "off", "on"), default="both",
@@ -159,7 +154,10 @@ def main() -> None:
     if args.clip:
         pipe.clip = NoiseAwareCLIP.from_pretrained(args.clip).eval()
     interval = tuple(args.interval) if args.interval else sigma_interval(pipe, *PAPER_SIGMAS)
-    targets = pairs(args.held_out)
+    if pipe.folder is not None and (pipe.folder / TRAINING_DATA_NAME).is_file():
+        task: ShapesTask | EmojiTask = EmojiTask(pipe, args.held_out, args.pairs, args.seed, args.emoji_root)
+    else:
+        task = ShapesTask(args.held_out)
     defaults = pipe.sampling_config
     sampling = {  # every row's sampler settings: the flags, else the model's
         "sampler": defaults.sampler if args.sampler is None else args.sampler,
@@ -176,7 +174,9 @@ def main() -> None:
         methods["classifier"] = (args.classifier_scales, {})
     if pipe.clip is not None:
         methods["clip"] = (args.clip_scales, {})
-        methods["clip-negatives"] = (args.clip_scales, {"clip_guidance_negative_prompt": [f"a {c} {s}" for c in COLORS for s in SHAPES]})
+        methods["clip-negatives"] = (args.clip_scales, {"clip_guidance_negative_prompt": task.negatives})
+        methods["cfg-clip"] = (args.clip_scales, {})
+        methods["cfg-clip-negatives"] = (args.clip_scales, {"clip_guidance_negative_prompt": task.negatives})
     methods = {name: settings for name, settings in methods.items() if name in args.methods}
     intervals = {"both": (False, True), "off": (False,), "on": (True,)}[args.intervals]
     rows = []
@@ -185,21 +185,24 @@ def main() -> None:
             for scale in scales:
                 if name == "classifier":
                     call = {"classifier_scale": scale, **({"classifier_interval": interval} if with_interval else {})}
-                elif name.startswith("clip"):
+                elif "clip" in name:
                     call = {"clip_guidance_scale": scale, **extra, **({"clip_guidance_interval": interval} if with_interval else {})}
                 else:
                     call = {"guidance_scale": scale, **extra, **({"guidance_interval": interval} if with_interval else {})}
                 row = {"method": name + ("+interval" if with_interval else ""), "scale": scale}
-                row.update(measure(pipe, targets, args.per_pair, args.seed, **sampling, **call))
+                from_empty = name == "classifier" or name.startswith("clip")
+                row.update(measure(pipe, task, args.per_pair, args.seed, from_empty, **sampling, **call))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     report = {
         "model": args.model,
         "weak": Path(args.weak).name if args.weak else None,
         "pairs": "held-out" if args.held_out else "seen",
-        "num_pairs": len(targets),
+        "kind": task.kind,
+        "num_pairs": len(task.targets),
         "per_pair": args.per_pair,
-        "images": len(targets) * args.per_pair,
+        "images": len(task.targets) * args.per_pair,
+        "columns": task.columns,
         "interval": list(interval),
         "sampling": f"{sampling['sampler']}, {sampling['num_inference_steps']} steps, {sampling['timestep_schedule']} schedule",
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
@@ -209,7 +212,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "guidance_methods.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "guidance_methods.md").write_text(markdown(report))
-    plot(rows, args.out / "guidance_methods.png")
+    plot(rows, task.axes, args.out / "guidance_methods.png")
     print(markdown(report))
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
 

@@ -59,6 +59,20 @@ def test_the_nearest_image_style_of_unseen_emoji_matches_a_search_by_hand(fake_r
     assert judge.style_accuracy_of_unseen_emoji() == 1 / 6
 
 
+def test_the_spread_of_images_is_their_mean_distance_over_that_between_real_emoji(fake_root: Path) -> None:
+    every = make_emoji("all", root=fake_root, resolution=16)
+    judge = EmojiJudge(every)
+    pairs = [(i, j) for i in range(len(judge.names)) for j in range(len(judge.names)) if judge.names[i] != judge.names[j]]
+    by_hand = sum(float(torch.dist(judge.features[i], judge.features[j])) for i, j in pairs) / len(pairs)
+    assert judge.distance_between_emoji == pytest.approx(by_hand, rel=1e-12)
+    images = judge.images
+    assert judge.spread(images[[0, 0, 0]]) == 0.0
+    three = [float(torch.dist(judge.features[a], judge.features[b])) for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert judge.spread(images[:3]) == pytest.approx(sum(three) / 3 / by_hand, rel=1e-6)
+    with pytest.raises(ValueError, match="needs at least 2 of them, got 1"):
+        judge.spread(images[:1])
+
+
 @pytest.fixture(scope="module")
 def tiny_emoji_model(fake_root: Path, tmp_path_factory) -> Path:
     """A tiny untrained 16x16 pipeline over 40 timesteps with a style/category classifier and the fake

@@ -9,6 +9,7 @@ closer to the asked style's picture of that emoji than to the other style's.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,6 +74,23 @@ class EmojiJudge:
         distances[emoji[:, None] == emoji[None, :]] = float("inf")
         first = distances.argmin(dim=1).tolist()
         return sum(self.styles[j] == s for j, s in zip(first, self.styles)) / len(first)
+
+    @functools.cached_property
+    def distance_between_emoji(self) -> float:
+        """The mean distance between two real pictures of different emoji (the unit of :meth:`spread`)."""
+        distances = torch.cdist(self.features, self.features)
+        emoji = torch.from_numpy(np.unique(self.names, return_inverse=True)[1])
+        return float(distances[emoji[:, None] != emoji[None, :]].mean())
+
+    def spread(self, images: torch.Tensor) -> float:
+        """How different ``images [N, 3, H, W]`` (in [-1, 1], N >= 2; typically one prompt's) are from
+        each other: their mean pairwise distance in the judge's feature space over
+        :attr:`distance_between_emoji` (0: N copies of one picture; 1: as far apart as two real emoji are
+        on average)."""
+        if images.shape[0] < 2:
+            raise ValueError(f"the spread of images needs at least 2 of them, got {images.shape[0]}")
+        distances = torch.pdist(pixel_features(images, self.size))
+        return float(distances.mean()) / self.distance_between_emoji
 
     def judge(self, images: torch.Tensor, names: Sequence[str], styles: Sequence[str]) -> EmojiVerdicts:
         """Verdicts on ``images [N, 3, H, W]`` in [-1, 1], image ``i`` asked for ``names[i]`` in ``styles[i]``."""
