@@ -4,8 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from guided_diffusion import GuidedDiffusionPipeline
+from guided_diffusion.datasets.emoji import canonical_caption as emoji_caption
 from guided_diffusion.datasets.shapes import COLORS, SHAPES, canonical_caption, caption_vocabulary, describe
 from guided_diffusion.pipeline import shipped_models
 
@@ -81,3 +83,21 @@ def test_emoji32_ships_with_its_classifier_training_pairs_and_samples():
     assert images.shape == (1, 32, 32, 3) and np.array_equal(images, again)
     guided = pipe("", num_inference_steps=2, seed=0, classifier_scale=5.0, classifier_labels={"style": "twitter"}, output_type="np").images
     assert guided.shape == (1, 32, 32, 3)
+
+
+def test_emoji32_ships_a_noise_aware_clip_that_steers_the_style():
+    """The CLIP's text tower knows every word of the 3,270 captions (and only those); guiding the empty
+    prompt towards "fire" in one style gives that style, as the shipped classifier reads it at t = 0."""
+    pipe = GuidedDiffusionPipeline.from_pretrained("emoji32")
+    pairs = json.loads((pipe.folder / "training_data.json").read_text())
+    captions = [emoji_caption(name, style) for name, style, _ in pairs["train_pairs"] + pairs["held_out_pairs"]]
+    words = pipe.clip.text.tokenize(captions).unique().tolist()
+    assert pipe.clip.text.vocabulary == sorted(words) and pipe.clip.text.tower.token_embedding.num_embeddings == len(words) + 1
+    steer = {"sampler": "ddpm", "num_inference_steps": 50, "seed": 0, "output_type": "pt", "clip_guidance_scale": 10.0}
+    read = {}
+    for style in ("google", "twitter"):
+        images = pipe([""] * 4, **steer, clip_guidance_prompt=f"fire, {style} style").images
+        with torch.no_grad():
+            logits = pipe.classifier(images * 2 - 1, torch.zeros(4, dtype=torch.long))["style"]
+        read[style] = [pipe.classifier.labels["style"][i] for i in logits.argmax(dim=-1).tolist()]
+    assert read["google"].count("google") >= 3 and read["twitter"].count("twitter") >= 3, read
