@@ -69,15 +69,15 @@ def sigma_interval(pipe: GuidedDiffusionPipeline, low: float, high: float) -> tu
     return int(inside.min()), int(inside.max())
 
 
-def measure(pipe: GuidedDiffusionPipeline, task: ShapesTask | EmojiTask, per_pair: int, seed: int, from_empty: bool, **call: Any) -> dict[str, float]:
+def measure(pipe: GuidedDiffusionPipeline, task: ShapesTask | EmojiTask, per_pair: int, seed: int, guide: str, from_empty: bool, **call: Any) -> dict[str, float]:
     """The task's scores of ``per_pair`` images for each of its targets (means over the targets): prompted
     with the target's caption, or, ``from_empty``, with the empty prompt and guided there by the
-    classifier (to the target's labels) or the CLIP (to its caption)."""
+    classifier (``guide`` "classifier": to the target's labels) or the CLIP (to its caption)."""
     scores = []
     for i, target in enumerate(task.targets):
         if not from_empty:
             prompt, extra = task.caption(target), {}  # CLIP guidance, if any, towards the prompt
-        elif call.get("classifier_scale"):
+        elif guide == "classifier":
             prompt, extra = "", {"classifier_labels": task.classifier_labels(target)}
         else:
             prompt, extra = "", {"clip_guidance_prompt": task.caption(target)}
@@ -164,34 +164,30 @@ def main() -> None:
         "num_inference_steps": defaults.steps if args.steps is None else args.steps,
         "timestep_schedule": defaults.timestep_schedule if args.timestep_schedule is None else args.timestep_schedule,
     }
-    methods: dict[str, tuple[list[float], dict[str, Any]]] = {
-        "cfg": (args.scales, {}),
-        "cads": (args.scales, {"cads": True}),
+    # name: (scales, the guide whose <guide>_scale and <guide>_interval the row sets, from the empty prompt?, more arguments)
+    methods: dict[str, tuple[list[float], str, bool, dict[str, Any]]] = {
+        "cfg": (args.scales, "guidance", False, {}),
+        "cads": (args.scales, "guidance", False, {"cads": True}),
     }
     if weak is not None:
-        methods["autoguidance"] = (args.scales, {"autoguidance": weak})
+        methods["autoguidance"] = (args.scales, "guidance", False, {"autoguidance": weak})
     if pipe.classifier is not None:
-        methods["classifier"] = (args.classifier_scales, {})
+        methods["classifier"] = (args.classifier_scales, "classifier", True, {})
     if pipe.clip is not None:
-        methods["clip"] = (args.clip_scales, {})
-        methods["clip-negatives"] = (args.clip_scales, {"clip_guidance_negative_prompt": task.negatives})
-        methods["cfg-clip"] = (args.clip_scales, {})
-        methods["cfg-clip-negatives"] = (args.clip_scales, {"clip_guidance_negative_prompt": task.negatives})
+        negatives = {"clip_guidance_negative_prompt": task.negatives}
+        methods["clip"] = (args.clip_scales, "clip_guidance", True, {})
+        methods["clip-negatives"] = (args.clip_scales, "clip_guidance", True, negatives)
+        methods["cfg-clip"] = (args.clip_scales, "clip_guidance", False, {})
+        methods["cfg-clip-negatives"] = (args.clip_scales, "clip_guidance", False, negatives)
     methods = {name: settings for name, settings in methods.items() if name in args.methods}
     intervals = {"both": (False, True), "off": (False,), "on": (True,)}[args.intervals]
     rows = []
-    for name, (scales, extra) in methods.items():
+    for name, (scales, guide, from_empty, extra) in methods.items():
         for with_interval in intervals:
             for scale in scales:
-                if name == "classifier":
-                    call = {"classifier_scale": scale, **({"classifier_interval": interval} if with_interval else {})}
-                elif "clip" in name:
-                    call = {"clip_guidance_scale": scale, **extra, **({"clip_guidance_interval": interval} if with_interval else {})}
-                else:
-                    call = {"guidance_scale": scale, **extra, **({"guidance_interval": interval} if with_interval else {})}
+                call = {f"{guide}_scale": scale, **extra, **({f"{guide}_interval": interval} if with_interval else {})}
                 row = {"method": name + ("+interval" if with_interval else ""), "scale": scale}
-                from_empty = name == "classifier" or name.startswith("clip")
-                row.update(measure(pipe, task, args.per_pair, args.seed, from_empty, **sampling, **call))
+                row.update(measure(pipe, task, args.per_pair, args.seed, guide, from_empty, **sampling, **call))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     report = {
