@@ -35,6 +35,11 @@ class TextConditionedUNet(nn.Module):
 class CachedTextFeatures:
     """``captions -> (features [B, L, D], mask [B, L])`` of a frozen encoder, cached per caption.
 
+    A caption missing from the cache is encoded on its own, so that its features do not depend on
+    which other captions missed with it: CPU kernels can round a row differently at another batch
+    size (measured on an AVX-512 CPU), and a run resumed with an empty cache would otherwise train on
+    features a few ulps off those of the uninterrupted run.
+
     Args:
         text_encoder: a frozen encoder, on the training device.
         max_entries: the number of captions to keep (least recently used ones go first); 0 disables.
@@ -49,10 +54,9 @@ class CachedTextFeatures:
         if self.max_entries == 0:
             return self.text_encoder.encode(captions)
         missing = list(dict.fromkeys(c for c in captions if c not in self.cache))
-        if missing:
-            features, mask = self.text_encoder.encode(missing)
-            for caption, f, m in zip(missing, features, mask, strict=True):
-                self.cache[caption] = (f, m)
+        for caption in missing:
+            features, mask = self.text_encoder.encode([caption])
+            self.cache[caption] = (features[0], mask[0])
         rows = []
         for caption in captions:
             self.cache.move_to_end(caption)
