@@ -464,6 +464,39 @@ def test_ema_warmup_average_and_swap() -> None:
     assert torch.equal(module.weight, trained)
 
 
+def _ema_age_spread(num_updates: int, **ema_options) -> float:
+    """The standard deviation of the ages of the updates in an EMA after ``num_updates``, relative to
+    ``num_updates``: a parameter holding ``[k - N, (k - N) ** 2]`` after update ``k`` averages to the
+    first two moments of the averaged update's index."""
+    module = torch.nn.Linear(2, 1, bias=False)
+    ema = EMA(module, **ema_options)
+    for k in range(1, num_updates + 1):
+        with torch.no_grad():
+            module.weight.copy_(torch.tensor([[k - num_updates, (k - num_updates) ** 2]], dtype=torch.float32))
+        ema.update()
+    mean, mean_square = ema.shadow["weight"][0].double().tolist()
+    return (mean_square - mean**2) ** 0.5 / num_updates
+
+
+@pytest.mark.parametrize("num_updates", [1200, 3600])
+def test_ema_warmup_is_a_power_function_ema_of_a_tenth_of_the_run(num_updates: int) -> None:
+    """With warm-up and a decay cap it has not reached, the average's length is EDM2's sigma_rel of the
+    power-function EMA with exponent 8, 3 / (10 * 11 ** 0.5), whatever the run's length (train/ema.py)."""
+    assert _ema_age_spread(num_updates, decay=0.999, warmup=True) == pytest.approx(3 / (10 * 11**0.5), rel=0.02)
+    # past the cap (n = 9 / (1 - 0.98) - 10 = 440) the length is fixed: decay ** 0.5 / (1 - decay) updates
+    assert _ema_age_spread(num_updates, decay=0.98, warmup=True) * num_updates == pytest.approx(0.98**0.5 / 0.02, rel=0.02)
+
+
+def test_ema_without_warmup_uses_its_decay_from_the_first_update() -> None:
+    module = torch.nn.Linear(2, 1)
+    ema = EMA(module, decay=0.995, warmup=False)
+    assert ema.current_decay() == 0.995
+    assert _ema_age_spread(3600, decay=0.995, warmup=False) * 3600 == pytest.approx(0.995**0.5 / 0.005, rel=0.02)
+    run = parse_run_config(["--config", "configs/tiny.yaml", "--no-ema_warmup", "--ema_decay", "0.995"], "test")
+    assert run.training.ema_warmup is False and run.training.ema_decay == 0.995
+    assert parse_run_config(["--config", "configs/tiny.yaml"], "test").training.ema_warmup is True
+
+
 def _small_encoder(trainable: bool):
     return build_text_encoder(
         {"backend": "open_clip", "context_length": 8, "width": 16, "heads": 2, "layers": 1, "trainable": trainable}

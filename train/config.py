@@ -212,6 +212,10 @@ TRAINING_FLAGS: dict[str, dict[str, Any]] = {
     "validation_steps": {"type": int, "help": "sample the validation prompts (or evaluate) every N updates"},
     "use_ema": {"action": argparse.BooleanOptionalAction, "help": "keep an EMA of the weights and export it"},
     "ema_decay": {"type": float},
+    "ema_warmup": {
+        "action": argparse.BooleanOptionalAction,
+        "help": "cap the EMA's decay at (1 + n) / (10 + n) after n updates (default: yes)",
+    },
     "divergence_factor": {"type": float, "help": "stop when the loss exceeds this many times its recent median (default 100)"},
     "divergence_patience": {"type": int, "help": "... for this many updates in a row (default 3)"},
     "fused_adamw": {"action": argparse.BooleanOptionalAction, "help": "AdamW's fused kernel (default: where it pays)"},
