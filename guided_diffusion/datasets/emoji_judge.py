@@ -54,10 +54,16 @@ class EmojiJudge:
         self.images = dataset_tensor(dataset)
         self.features = pixel_features(self.images, size)
         self.index = {(n, s): i for i, (n, s) in enumerate(zip(self.names, self.styles))}
+        self.category_by_name = dict(zip(self.names, self.categories))
 
     def category_of(self, name: str) -> str:
         """The category of emoji ``name``."""
-        return self.categories[self.names.index(name)]
+        return self.category_by_name[name]
+
+    @property
+    def emoji_ids(self) -> torch.Tensor:
+        """``[N]``: one integer per real picture, the same for the pictures of one emoji."""
+        return torch.from_numpy(np.unique(self.names, return_inverse=True)[1])
 
     def read(self, images: torch.Tensor) -> list[tuple[str, str, str]]:
         """What each of ``images [N, 3, H, W]`` (in [-1, 1]) shows: the (name, style, category) of its
@@ -70,8 +76,7 @@ class EmojiJudge:
         style) is left out of the gallery: the nearest-image style reading of a picture that is not a
         copy of a real one, which is what a generated emoji is."""
         distances = torch.cdist(self.features, self.features)
-        emoji = torch.from_numpy(np.unique(self.names, return_inverse=True)[1])
-        distances[emoji[:, None] == emoji[None, :]] = float("inf")
+        distances[self.emoji_ids[:, None] == self.emoji_ids[None, :]] = float("inf")
         first = distances.argmin(dim=1).tolist()
         return sum(self.styles[j] == s for j, s in zip(first, self.styles)) / len(first)
 
@@ -79,8 +84,7 @@ class EmojiJudge:
     def distance_between_emoji(self) -> float:
         """The mean distance between two real pictures of different emoji (the unit of :meth:`spread`)."""
         distances = torch.cdist(self.features, self.features)
-        emoji = torch.from_numpy(np.unique(self.names, return_inverse=True)[1])
-        return float(distances[emoji[:, None] != emoji[None, :]].mean())
+        return float(distances[self.emoji_ids[:, None] != self.emoji_ids[None, :]].mean())
 
     def spread(self, images: torch.Tensor) -> float:
         """How different ``images [N, 3, H, W]`` (in [-1, 1], N >= 2; typically one prompt's) are from
