@@ -119,6 +119,17 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
 
 
+def _interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """The piecewise-linear function through the points (xp, fp) (xp increasing) at ``x``, held at its
+    end values outside [xp[0], xp[-1]]: numpy's ``interp`` in torch."""
+    if xp.numel() == 1:
+        return fp.expand_as(x).clone()
+    high = torch.searchsorted(xp, x.contiguous()).clamp(1, xp.numel() - 1)
+    low = high - 1
+    w = ((x - xp[low]) / (xp[high] - xp[low])).clamp(0.0, 1.0)
+    return fp[low] + w * (fp[high] - fp[low])
+
+
 class GaussianDiffusion:
     """The diffusion process of a beta schedule, and everything computed from it.
 
@@ -369,6 +380,24 @@ class GaussianDiffusion:
         w = index - low
         value = (1 - w) * float(self.timestep_map[low]) + w * float(self.timestep_map[low + 1])
         return torch.full((batch_size,), value, dtype=torch.float32, device=device)
+
+    def timestep_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """The noise levels sigma [B] (float64) of original-scale timesteps ``t`` [B], fractional ones
+        included: the inverse of :meth:`model_timesteps` (linear in the step index between two original
+        timesteps, and the step index linear in log sigma)."""
+        steps = torch.arange(self.num_timesteps, dtype=torch.float64)
+        index = _interpolate(t.detach().cpu().double(), self.timestep_map.double(), steps)
+        return torch.exp(_interpolate(index, steps, self.log_sigmas.double()))
+
+    def estimate_x0(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
+        """The model's x_0 estimate [B, ...] from x_t [B, ...] at original-scale timesteps ``t`` [B]
+        (fractional ones included), clamped to [-1, 1] when ``clip_denoised`` as :meth:`denoise` does;
+        differentiable in ``x_t``, so that guidance can read it (``guidance_reads="x0"``)."""
+        sigma = self.timestep_to_sigma(t).to(device=x_t.device, dtype=x_t.dtype).view(-1, *[1] * (x_t.ndim - 1))
+        a = torch.rsqrt(1 + sigma * sigma)  # sqrt(alpha_bar)
+        output, _ = self.split_variance(model(x_t, t, **(model_kwargs or {})), x_t)
+        x0 = self._x0_of_output(x_t, output, a, sigma * a)
+        return x0.clamp(-1.0, 1.0) if self.clip_denoised else x0
 
     def denoise(
         self,

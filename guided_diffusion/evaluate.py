@@ -56,9 +56,10 @@ from .datasets.shapes import (
 from .errors import RequestError, exits_on_user_errors
 from .evaluation.diversity import normalized_entropy
 from .evaluation.likelihood import bits_per_dim
-from .evaluation.sampling import EvalSampling, per_guidance_scale
+from .evaluation.sampling import EvalSampling, guidance_reads_note, per_guidance_scale
 from .images import enlarge, from_pil, from_uint8, image_grid
 from .pipeline import GuidedDiffusionPipeline
+from .request import GUIDANCE_READS
 from .samplers import SAMPLERS, TIMESTEP_SCHEDULES, checked_sampler, model_evaluations, steps_for_nfe
 from .timestep_schedules import checked_schedule
 from .serialization import TRAINING_DATA_NAME
@@ -282,7 +283,7 @@ def render_markdown(report: Report, attribute: str) -> str:
     lines = [
         f"# Evaluation of `{report.model}`",
         "",
-        f"Sampler `{s.sampler}`, {s.steps} steps ({s.timestep_schedule} schedule), classifier-free guidance scale {s.guidance_scale}, seed {s.seed}. "
+        f"Sampler `{s.sampler}`, {s.steps} steps ({s.timestep_schedule} schedule), classifier-free guidance scale {s.guidance_scale}, seed {s.seed}{guidance_reads_note(s.guidance_reads)}. "
         f"Samples judged by `guided_diffusion.datasets.shapes.describe`. Took {report.seconds / 60:.1f} min.",
         "",
         "![samples](samples.png)",
@@ -414,7 +415,7 @@ def dataset_of(pipe: GuidedDiffusionPipeline) -> str:
 
 SHARED_FLAGS = (
     "model", "dataset", "out", "sampler", "timestep_schedule", "steps", "guidance_scale", "images_per_prompt",
-    "classifier_scales", "images_per_target", "bpd_images", "batch_size", "seed", "device",
+    "classifier_scales", "images_per_target", "bpd_images", "batch_size", "seed", "device", "guidance_reads",
 )
 EVALUATION_FLAGS = {  # the flags each evaluation reads beyond SHARED_FLAGS
     "shapes32": (
@@ -446,7 +447,7 @@ def flag_name(dest: str) -> str:
 
 def eval_sampling(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> EvalSampling:
     """The sampling of the emoji and generic evaluations: the flags, else the pipeline's defaults."""
-    flags = ("sampler", "steps", "guidance_scale", "timestep_schedule", "batch_size", "seed")
+    flags = ("sampler", "steps", "guidance_scale", "timestep_schedule", "batch_size", "seed", "guidance_reads")
     return EvalSampling.of(pipe, **{name: getattr(args, name) for name in flags})
 
 
@@ -524,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier-scales", type=float, nargs="*", default=[0, 1, 3, 10, 12, 15, 20])
     parser.add_argument("--images-per-target", type=int, default=96)
     parser.add_argument("--classifier-max-t", type=int, default=None, help="guide only at timesteps t <= this")
+    parser.add_argument(
+        "--guidance-reads", choices=GUIDANCE_READS, default=None,
+        help="what classifier guidance reads: the noisy x_t (default) or the model's x_0 estimate (x0; a model backward per step)",
+    )
     parser.add_argument("--bpd-images", type=int, default=64)
     parser.add_argument(
         "--samplers", nargs="*", default=[], metavar="SAMPLER[:SCHEDULE]",

@@ -213,20 +213,32 @@ def resolve_labels(
     return resolved
 
 
+Denoiser = Callable[..., torch.Tensor]  # (x_t, t, **model_kwargs) -> the model's x_0 estimate, differentiable
+
+
 def _gradient_hook(
-    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scale: float, interval: Interval | None
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    scale: float,
+    interval: Interval | None,
+    denoiser: Denoiser | None = None,
 ) -> Callable[..., torch.Tensor]:
     """The guidance hook ``cond_fn(x_t, t, **model_kwargs) -> scale * grad_x objective(x, t)`` [B, C, H, W],
     ``objective`` a scalar summed over the batch; rows outside ``interval`` get a zero gradient, and a
-    batch with none inside skips the objective's forward and backward."""
+    batch with none inside skips the objective's forward and backward. With ``denoiser`` the objective
+    reads the denoised estimate instead, ``objective(denoiser(x_t, t, **model_kwargs), 0)``, and the
+    gradient with respect to x_t goes through the denoiser (see :func:`classifier_cond_fn`)."""
 
-    def cond_fn(x_t: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
+    def cond_fn(x_t: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
         guided = in_interval(t, interval)
         if not bool(guided.any()):
             return torch.zeros_like(x_t)
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(objective(x, t), x)
+            if denoiser is None:
+                value = objective(x, t)
+            else:
+                value = objective(denoiser(x, t, **model_kwargs), torch.zeros_like(t))
+            (grad,) = torch.autograd.grad(value, x)
         return scale * _where_rows(guided, grad, torch.zeros_like(grad))
 
     return cond_fn
@@ -238,6 +250,7 @@ def classifier_cond_fn(
     scale: float,
     max_t: int | None = None,
     interval: Interval | None = None,
+    denoiser: Denoiser | None = None,
 ) -> Callable[..., torch.Tensor]:
     """The classifier-guidance hook ``cond_fn(x_t, t, **model_kwargs) -> [B, C, H, W]``.
 
@@ -248,6 +261,15 @@ def classifier_cond_fn(
     Rows whose t is outside ``interval`` (see the module), or above ``max_t`` (the interval (0, max_t)),
     get a zero gradient: guidance starting later in the trajectory leaves the high-noise steps (where a
     classifier reads little but size and colour) unguided.
+
+    With ``denoiser`` (``(x_t, t, **model_kwargs) -> x_0 estimate``, such as
+    :meth:`~guided_diffusion.diffusion.GaussianDiffusion.estimate_x0` with the sampler's model) the
+    classifier reads the model's x_0 estimate as a clean image (at t = 0) instead of x_t at t, and the
+    gradient reaches x_t through the model: ``scale * grad_{x_t} log p(y | x0_hat(x_t), 0)``, the
+    forward guidance of Bansal et al. 2023 ("Universal guidance for diffusion models"). At high noise,
+    where the classifier reads x_t near chance, x0_hat already shows the outline the sampler is
+    heading for, and the gradient steers it; each guided step costs a forward and a backward of the
+    model more.
     """
     if max_t is not None:
         if interval is not None:
@@ -271,7 +293,7 @@ def classifier_cond_fn(
             total = total + log_probs.gather(1, y.view(-1, 1).to(log_probs.device)).sum()
         return total
 
-    return _gradient_hook(log_probability, scale, interval)
+    return _gradient_hook(log_probability, scale, interval, denoiser)
 
 
 def clip_cond_fn(
@@ -280,6 +302,7 @@ def clip_cond_fn(
     scale: float,
     interval: Interval | None = None,
     negatives: Sequence[str] | None = None,
+    denoiser: Denoiser | None = None,
 ) -> Callable[..., torch.Tensor]:
     """The CLIP-guidance hook ``cond_fn(x_t, t, **model_kwargs) -> [B, C, H, W]`` for a noise-aware CLIP
     (:class:`~guided_diffusion.models.clip.NoiseAwareCLIP`) and one prompt per image.
@@ -295,6 +318,7 @@ def clip_cond_fn(
     negative equal to an image's prompt is left out for that image, so ``negatives`` may list every
     class of a zero-shot classifier.
     The text embeddings are computed once. Rows whose t is outside ``interval`` get a zero gradient.
+    ``denoiser`` makes the CLIP read the model's x_0 estimate at t = 0, as for :func:`classifier_cond_fn`.
     """
     prompts = list(prompts)
     negatives = list(dict.fromkeys(negatives or ()))
@@ -316,4 +340,4 @@ def clip_cond_fn(
         others = (logit_scale * image @ away.to(image.dtype).T).masked_fill(own_caption.to(image.device), float("-inf"))  # [B, K]
         return torch.log_softmax(torch.cat([own[:, None], others], dim=1), dim=1)[:, 0].sum()
 
-    return _gradient_hook(objective, scale, interval)
+    return _gradient_hook(objective, scale, interval, denoiser)

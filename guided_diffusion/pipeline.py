@@ -364,6 +364,7 @@ class GuidedDiffusionPipeline:
         clip_guidance_prompt: str | list[str] | None = None,
         clip_guidance_negative_prompt: str | list[str] | None = None,
         clip_guidance_interval: Sequence[float] | None = None,
+        guidance_reads: str = "x_t",
         thresholding: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
@@ -398,6 +399,10 @@ class GuidedDiffusionPipeline:
         ``clip_guidance_negative_prompt`` (one caption or a list) turns that into guidance by the CLIP's
         log softmax over the guidance prompt and these captions: towards the prompt and away from them
         (see :func:`~guided_diffusion.guidance.clip_cond_fn`).
+        ``guidance_reads`` says what the classifier and the CLIP read: ``"x_t"``, the noisy image at its
+        timestep (Dhariwal & Nichol, GLIDE), or ``"x0"``, the model's estimate of the clean image, read
+        at t = 0 with the gradient taken through the model (Bansal et al. 2023; one more forward and
+        backward of the model per guided step; see :func:`~guided_diffusion.guidance.classifier_cond_fn`).
         ``seed`` (or ``generator``) makes the result reproducible on the same device; ``generator`` may
         also be a list with one generator per image (prompt-major), where consecutive images that share
         one generator draw their noise together, as that generator alone would for them. ``callback(step,
@@ -415,6 +420,11 @@ class GuidedDiffusionPipeline:
         x = self._sample(request, autoguidance, generator, callback, progress)
         images: Images = {"pt": to_unit, "np": to_numpy, "pil": to_pil}[request.output_type](x)
         return GuidedDiffusionPipelineOutput(images) if return_dict else (images,)
+
+    def _x0_reader(self, model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """``(x_t, t, **model_kwargs) -> x_0 estimate [B, C, H, W]`` of ``model`` (the guided model the
+        sampler calls), for guidance that reads it (``guidance_reads="x0"``)."""
+        return lambda x_t, t, **model_kwargs: self.diffusion.estimate_x0(model, x_t, t, model_kwargs)
 
     def _sample(
         self,
@@ -440,12 +450,16 @@ class GuidedDiffusionPipeline:
                 empty_features, empty_mask = self.text_encoder.encode([""])
                 uncond = {"text_features": empty_features.expand_as(features), "text_mask": empty_mask.expand_as(mask)}
                 model = ClassifierFreeGuidance(self.unet, scale, uncond, request.guidance_interval)
+            # before CADS, whose noise draws belong to the sampler's own calls
+            denoiser = self._x0_reader(model) if request.guidance_reads == "x0" else None
             if request.cads is not None:
                 model = ConditionAnnealing(model, request.cads, num_timesteps, generator)
             cond_fns = []
             if request.classifier_labels is not None:
                 labels = {attribute: indices.to(device) for attribute, indices in request.classifier_labels.items()}
-                cond_fns.append(classifier_cond_fn(self.classifier, labels, request.classifier_scale, interval=request.classifier_interval))
+                cond_fns.append(
+                    classifier_cond_fn(self.classifier, labels, request.classifier_scale, interval=request.classifier_interval, denoiser=denoiser)
+                )
             if request.clip_guidance_prompts is not None:
                 cond_fns.append(
                     clip_cond_fn(
@@ -454,6 +468,7 @@ class GuidedDiffusionPipeline:
                         request.clip_guidance_scale,
                         request.clip_guidance_interval,
                         negatives=request.clip_guidance_negatives,
+                        denoiser=denoiser,
                     )
                 )
             config = self.unet.config

@@ -114,6 +114,7 @@ class SamplingRequest:
     clip_guidance_prompts: tuple[str, ...] | None
     clip_guidance_negatives: tuple[str, ...] | None
     clip_guidance_interval: Interval | None
+    guidance_reads: str
     thresholding: float | None
     output_type: str
 
@@ -134,6 +135,7 @@ class SamplingRequest:
         "clip_guidance_prompt": None,
         "clip_guidance_negative_prompt": None,
         "clip_guidance_interval": None,
+        "guidance_reads": "x_t",
         "thresholding": None,
         "output_type": "pil",
     }  # the options of a request, as the pipeline's call names them, with their defaults
@@ -193,9 +195,19 @@ class SamplingRequest:
             clip_guidance_prompts=_clip_targets(pipe, clip_scale, o.clip_guidance_prompt, prompts, per_prompt),
             clip_guidance_negatives=_clip_negatives(clip_scale, o.clip_guidance_negative_prompt),
             clip_guidance_interval=check_interval("clip_guidance_interval", o.clip_guidance_interval, num_timesteps),
+            guidance_reads=_guidance_reads(o.guidance_reads),
             thresholding=None if o.thresholding is None else _quantile(o.thresholding),
             output_type=o.output_type,
         )
+
+
+GUIDANCE_READS = ("x_t", "x0")  # what classifier and CLIP guidance read: the noisy image, or the model's x_0 estimate
+
+
+def _guidance_reads(value: Any) -> str:
+    if value not in GUIDANCE_READS:
+        raise RequestError(f"guidance_reads must be one of {', '.join(GUIDANCE_READS)}, got {value!r}")
+    return value
 
 
 def _quantile(value: Any) -> float:

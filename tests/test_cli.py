@@ -115,6 +115,8 @@ def test_gd_sample_guides_with_the_models_clip(tiny_pipeline_dir, tmp_path):
     contrastive = grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle", *away)
     assert contrastive not in (steered, plain)
     assert grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle", *away[:2], *away) == contrastive  # a repeated negative counts once
+    through_x0 = grid("--clip-guidance-scale", "50", "--clip-guidance-prompt", "a green triangle", "--guidance-reads", "x0")
+    assert through_x0 not in (steered, plain)
 
 
 def test_gd_sample_takes_cads_settings_and_the_classifier_max_t(tiny_pipeline_dir, tmp_path):

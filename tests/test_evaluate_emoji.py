@@ -140,6 +140,14 @@ def test_gd_eval_on_an_emoji_model_leaves_out_what_is_counted_zero(tiny_emoji_mo
     assert "| pairs |" not in text and "![samples]" not in text and "| style hit rate |" in text
     assert "per canonical prompt" not in text
     assert not (tmp_path / "samples.png").exists()
+    row = report["style_guidance"]["rows"][0]
+    assert set(row["hit_rate_by_target"]) == {"google", "twitter"}
+    assert row["hit_rate"] == pytest.approx(sum(row["hit_rate_by_target"].values()) / 2)
+    assert "| ... towards google |" in text and "read the model's x_0 estimate" not in text
+    assert main([*flags, "--num-seen", "0", "--num-held-out", "0", "--classifier-scales", "3", "--guidance-reads", "x0"]) == 0
+    through_x0 = json.loads((tmp_path / "report.json").read_text())
+    assert through_x0["sampling"]["guidance_reads"] == "x0"
+    assert "classifier and CLIP guidance read the model's x_0 estimate" in (tmp_path / "report.md").read_text()
     assert main([*flags, "--num-seen", "-1"]) == 2
     assert "num_seen must not be negative, got -1" in capsys.readouterr().err
     assert main([*flags, "--images-per-prompt", "0"]) == 2

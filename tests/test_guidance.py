@@ -172,6 +172,52 @@ def test_classifier_guidance_takes_class_names_as_well_as_indices():
         classifier_cond_fn(clf, {"shape": "hexagon"}, scale=1.5)(x, t)
 
 
+def test_guidance_reading_x0_is_the_gradient_through_the_denoiser():
+    """With a denoiser x0_hat = A x_t (a linear model), the hook is scale * A * grad log p(y | x0_hat, 0):
+    the classifier reads the estimate as a clean image, and the model's kwargs reach the denoiser."""
+    clf = TinyClassifier()
+    read_at = []
+    recording = lambda x, t: read_at.append(t) or clf(x, t)  # noqa: E731
+    recording.labels = clf.labels
+    seen_kwargs = []
+
+    def denoiser(x_t, t, **model_kwargs):
+        seen_kwargs.append(model_kwargs)
+        return 0.7 * x_t
+
+    x = torch.randn(4, 3, 2, 2, dtype=F64)
+    t = torch.tensor([0, 10, 20, 30])
+    labels = resolve_labels(clf.labels, {"shape": "triangle", "color": "blue"}, 4, "cpu")
+    grad = classifier_cond_fn(recording, labels, scale=2.5, denoiser=denoiser, interval=(5, 25))(x, t, text_features="F")
+    assert seen_kwargs == [{"text_features": "F"}] and torch.equal(read_at[0], torch.zeros(4, dtype=torch.long))
+    for i in (1, 2):
+        x0 = (0.7 * x[i : i + 1]).requires_grad_(True)
+        logits = clf(x0, torch.zeros(1, dtype=torch.long))
+        log_p = torch.log_softmax(logits["shape"], -1)[0, 2] + torch.log_softmax(logits["color"], -1)[0, 1]
+        (expected,) = torch.autograd.grad(log_p, x0)
+        torch.testing.assert_close(grad[i : i + 1], 2.5 * 0.7 * expected)
+    assert torch.all(grad[0] == 0) and torch.all(grad[3] == 0)  # outside the interval
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_the_x0_estimate_at_any_timestep_is_the_denoisers(prediction):
+    """estimate_x0 at original timesteps (fractional ones too) gives the x_0 of ``denoise`` at the noise
+    level those timesteps stand for, on the full and on a respaced process; timestep_to_sigma inverts
+    model_timesteps(sigma_to_timestep(sigma))."""
+    model = lambda x_t, t: 0.3 * x_t + t.view(-1, 1, 1, 1).to(x_t.dtype) / 1000  # noqa: E731
+    full = GaussianDiffusion(get_beta_schedule("linear", 1000), prediction=prediction)
+    for d in (full, full.respace(10)):
+        for sigma in (0.05, 1.3, 40.0):
+            t = d.model_timesteps(d.sigma_to_timestep(sigma), 2, "cpu")
+            assert t.dtype == torch.float32 or d is not full  # a level between two steps
+            torch.testing.assert_close(d.timestep_to_sigma(t), torch.full((2,), sigma, dtype=F64), rtol=1e-6, atol=0)
+            x = torch.randn(2, 3, 4, 4, dtype=F64) * (1 + sigma)
+            x_t = x / (1 + sigma**2) ** 0.5
+            torch.testing.assert_close(d.estimate_x0(model, x_t, t), d.denoise(model, x, sigma).x0)
+    whole = full.model_timesteps(300.0, 2, "cpu")
+    assert whole.dtype == torch.long and torch.allclose(full.timestep_to_sigma(whole), full.sigmas[300].double())
+
+
 def test_guided_ancestral_mean_is_mean_plus_variance_times_gradient():
     d = GaussianDiffusion(get_beta_schedule("cosine", 50))
     clf = TinyClassifier()
@@ -334,6 +380,12 @@ def test_a_pipeline_guides_any_prompt_with_its_clip_and_saves_and_loads_it(pipe,
     assert torch.equal(sampled(with_clip, clip_guidance_negative_prompt="a red triangle"), plain)  # CLIP guidance off: nothing to steer
     with pytest.raises(ValueError, match="clip_guidance_negative_prompt must be a string or a list of strings, got \\['a', 3\\]"):
         sampled(with_clip, clip_guidance_scale=5.0, clip_guidance_negative_prompt=["a", 3])
+
+    through_x0 = sampled(with_clip, clip_guidance_scale=50.0, clip_guidance_prompt="a green triangle", guidance_reads="x0")
+    assert not torch.equal(through_x0, steered) and not torch.equal(through_x0, plain)
+    assert torch.equal(sampled(with_clip, guidance_reads="x0"), plain)  # no guidance that reads it: nothing changes
+    with pytest.raises(ValueError, match="guidance_reads must be one of x_t, x0, got 'x_0'"):
+        sampled(with_clip, clip_guidance_scale=5.0, guidance_reads="x_0")
 
     with_clip.save_pretrained(tmp_path / "with_clip")
     loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "with_clip")

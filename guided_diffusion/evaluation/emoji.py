@@ -30,7 +30,7 @@ from .attribute_judge import AttributeJudge, train_attribute_judge
 from .diversity import normalized_entropy
 from .likelihood import bits_per_dim
 from .report import percent, save_samples, write_report
-from .sampling import EvalSampling, check_counts, generate, per_guidance_scale
+from .sampling import EvalSampling, check_counts, generate, guidance_reads_note, per_guidance_scale
 
 def read_training_pairs(folder: Path) -> dict[str, list[list[str]]]:
     """The ``train_pairs`` and ``held_out_pairs`` of the model in ``folder``."""
@@ -75,7 +75,8 @@ def style_guidance_sweep(
     """With the empty prompt, guide towards each style (the classifier's ``style`` head) at each scale.
     ``style_judge`` reads the style of each image; the nearest real image (``judge``) says its category,
     and its style too, for comparison. Rows (means over the target styles): scale, ``hit_rate`` (style
-    judge), ``nearest_image_hit_rate``, normalised ``category_entropy``."""
+    judge), ``hit_rate_by_target`` (style -> its hit rate), ``nearest_image_hit_rate``, normalised
+    ``category_entropy``."""
     categories = sorted(set(judge.categories))
     rows = []
     for scale in scales:
@@ -92,6 +93,7 @@ def style_guidance_sweep(
         rows.append({
             "scale": scale,
             "hit_rate": float(np.mean(hits)),
+            "hit_rate_by_target": {target: float(hit) for target, hit in zip(pipe.classifier.labels["style"], hits)},
             "nearest_image_hit_rate": float(np.mean(nearest_hits)),
             "category_entropy": float(np.mean(entropies)),
         })
@@ -219,6 +221,7 @@ def render_emoji_report(report: dict[str, Any]) -> str:
         f"# Emoji evaluation of `{report['model']}`",
         "",
         f"Sampler {s['sampler']}, {s['steps']} steps ({s.get('timestep_schedule', 'uniform')} schedule), classifier-free guidance {s['guidance_scale']}, seed {s['seed']}"
+        + guidance_reads_note(s.get("guidance_reads", "x_t"))
         + (
             f"; {report['images_per_prompt']} images per canonical prompt (\"<name>, <style> style\"). Judge: the nearest real "
             "emoji image (both styles, held-out pairs included) in 16x16 area-averaged pixels." if groups else "."
@@ -256,6 +259,10 @@ def render_emoji_report(report: dict[str, Any]) -> str:
             "| scale | " + " | ".join(f"{row['scale']:g}" for row in g["rows"]) + " | training data |",
             "|---|" + "---:|" * (len(g["rows"]) + 1),
             "| style hit rate | " + " | ".join(percent(row["hit_rate"]) for row in g["rows"]) + " | 100% |",
+            *(
+                f"| ... towards {target} | " + " | ".join(percent(row["hit_rate_by_target"][target]) for row in g["rows"]) + " | 100% |"
+                for target in (g["rows"][0].get("hit_rate_by_target", {}) if g["rows"] else {})
+            ),
             "| style hit rate, nearest real image | " + " | ".join(percent(row["nearest_image_hit_rate"]) for row in g["rows"])
             + " | 100% |",
             "| category entropy | " + " | ".join(f"{row['category_entropy']:.2f}" for row in g["rows"])

@@ -52,7 +52,7 @@ from .cas import CAS_CLASSIFIER, CASScore, classification_accuracy_score
 from .likelihood import bits_per_dim
 from .report import percent, save_samples, write_report
 from .retrieval import nearest, pixel_features, retrieval_fidelity
-from .sampling import EvalSampling, check_counts, generate
+from .sampling import EvalSampling, check_counts, generate, guidance_reads_note
 
 DEFAULT_EVAL_SPLIT = "test"
 NO_EVAL_SPLIT = "none"
@@ -550,7 +550,7 @@ def render_generic_report(report: dict[str, Any]) -> str:
         "",
         f"Training split `{d['split']}` ({d['rows']} rows); {held}. Captions from `{d['caption_column']}`{labels}; "
         f"images resized to {d['image_size']}x{d['image_size']}. Sampler {s['sampler']}, {s['steps']} steps ({s.get('timestep_schedule', 'uniform')} schedule), "
-        f"classifier-free guidance {s['guidance_scale']}, seed {s['seed']}.",
+        f"classifier-free guidance {s['guidance_scale']}, seed {s['seed']}{guidance_reads_note(s.get('guidance_reads', 'x_t'))}.",
     ]
     if "bits_per_dim" in report:
         b = report["bits_per_dim"]

@@ -27,10 +27,13 @@ def check_counts(at_least: int, **counts: int) -> None:
 class EvalSampling(SamplingConfig):
     """How an evaluation draws images: a :class:`~guided_diffusion.request.SamplingConfig` (the sampler,
     its steps and timestep schedule, the classifier-free guidance scale, ``eta``) plus the prompts per
-    batch and the seed (batch ``b`` uses ``seed + b``). CLIP guidance is left to each evaluation."""
+    batch and the seed (batch ``b`` uses ``seed + b``), and what classifier and CLIP guidance read
+    (``guidance_reads``: ``"x_t"`` or ``"x0"``, see the pipeline's call). CLIP guidance is left to each
+    evaluation."""
 
     batch_size: int = 64
     seed: int = 0
+    guidance_reads: str = "x_t"
 
     @classmethod
     def of(cls, pipe: GuidedDiffusionPipeline, **changes: Any) -> "EvalSampling":
@@ -40,14 +43,20 @@ class EvalSampling(SamplingConfig):
 
     def kwargs(self) -> dict[str, Any]:
         """The pipeline-call arguments: ``sampler``, ``num_inference_steps``, ``timestep_schedule``,
-        ``guidance_scale``, and ``eta`` when set and the sampler takes it."""
+        ``guidance_scale``, ``guidance_reads``, and ``eta`` when set and the sampler takes it."""
         return {
             "sampler": self.sampler,
             "num_inference_steps": self.steps,
             "timestep_schedule": self.timestep_schedule,
             "guidance_scale": self.guidance_scale,
+            "guidance_reads": self.guidance_reads,
             **self.sampler_settings(self.sampler),
         }
+
+
+def guidance_reads_note(guidance_reads: str) -> str:
+    """The words a report adds after its sampling settings when guidance reads the x_0 estimate."""
+    return "" if guidance_reads == "x_t" else "; classifier and CLIP guidance read the model's x_0 estimate (at t = 0)"
 
 
 def per_guidance_scale(
