@@ -41,7 +41,7 @@ API_PARAMETERS = [
     "classifier_attribute", "classifier_label", "classifier_scale", "seed", "model", "timestep_schedule",
     "guidance_t_min", "guidance_t_max", "classifier_t_min", "classifier_t_max", "cads",
     "clip_guidance_scale", "clip_guidance_prompt", "eta", "thresholding", "clip_t_min", "clip_t_max", "autoguidance",
-    "clip_guidance_negative_prompt",
+    "clip_guidance_negative_prompt", "guidance_reads",
 ]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IN_CI = os.environ.get("CI") == "true"
@@ -277,6 +277,11 @@ def test_check_request_refuses_bad_values_and_needs_a_classifier_for_guidance(pi
     assert scheduled.batch_key() != request.batch_key()
     with pytest.raises(ValueError, match="cads must be true or false"):
         check_request(pipe, **ok, cads="sometimes")
+    reading_x0 = check_request(pipe, **ok, guidance_reads="x0")
+    assert request.guidance_reads == "x_t" and reading_x0.pipeline_kwargs()["guidance_reads"] == "x0"
+    assert reading_x0.batch_key() != request.batch_key()  # a batch shares what its guidance reads
+    with pytest.raises(ValueError, match="guidance_reads must be one of x_t, x0, got 'x1'"):
+        check_request(pipe, **ok, guidance_reads="x1")
 
 
 def test_check_request_takes_eta_thresholding_a_clip_interval_and_an_autoguidance_model(guided_dir, emoji_dir, weak_dir):
@@ -481,8 +486,8 @@ def test_generate_api_returns_the_images(client):
     assert list(info) == ["/generate"]
     parameters = info["/generate"]["parameters"]
     assert [p["parameter_name"] for p in parameters] == API_PARAMETERS
-    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 23
-    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided", None] + [None] * 4 + [False, None, None] + [None] * 6
+    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * 24
+    assert [p["parameter_default"] for p in parameters[1:]] == [4, None, None, None, None, None, 0, 0, "guided", None] + [None] * 4 + [False, None, None] + [None] * 7
 
     result = client.predict(prompt="a large red circle in the center", num_images=4, steps=25, seed=3, api_name="/generate")
     images = [Image.open(item["image"]) for item in result]
@@ -541,6 +546,8 @@ def test_generate_api_takes_eta_thresholding_a_clip_interval_and_an_autoguidance
     away = guided("a green square", num_inference_steps=5, sampler="ddim", clip_guidance_scale=50.0,
                   clip_guidance_negative_prompt=["a red square", "a green circle"], seed=4)
     assert served(clip_guidance_scale=50.0, clip_guidance_negative_prompt="a red square\na green circle") == away.images[0].tobytes() != clip
+    through_x0 = guided("a green square", num_inference_steps=5, sampler="ddim", clip_guidance_scale=50.0, guidance_reads="x0", seed=4)
+    assert served(clip_guidance_scale=50.0, guidance_reads="x0") == through_x0.images[0].tobytes() != clip
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,7 @@ class GenerationRequest:
     thresholding: float | None = None
     clip_guidance_interval: tuple[float, float] | None = None
     clip_guidance_negative_prompt: tuple[str, ...] | None = None
+    guidance_reads: str = "x_t"
     autoguidance: str | None = None
     guide: GuidedDiffusionPipeline | None = field(default=None, compare=False, repr=False)
     notices: tuple[str, ...] = field(default=())
@@ -83,6 +84,7 @@ class GenerationRequest:
             "clip_guidance_prompt": self.clip_guidance_prompt,
             "clip_guidance_interval": self.clip_guidance_interval,
             "clip_guidance_negative_prompt": self.clip_guidance_negative_prompt,
+            "guidance_reads": self.guidance_reads,
             "eta": self.eta,
             "thresholding": self.thresholding,
             "autoguidance": self.guide,
@@ -134,6 +136,7 @@ def check_request(
     clip_t_max: Any = None,
     autoguidance: Any = None,
     clip_guidance_negative_prompt: Any = None,
+    guidance_reads: Any = None,
     *,
     models: DemoModels | None = None,
     model: str | None = None,
@@ -151,7 +154,8 @@ def check_request(
     ``clip_t_max``, and away from the captions of ``clip_guidance_negative_prompt`` (text, one caption
     a line; None or empty: none). ``eta`` (0..MAX_ETA; None: the model's or the sampler's default) is
     for the samplers that take it (see :func:`~guided_diffusion.samplers.sampler_options`); ``thresholding`` (a quantile
-    in (0, 1] such as 0.995; None: off) turns on dynamic thresholding. ``autoguidance`` (None or empty:
+    in (0, 1] such as 0.995; None: off) turns on dynamic thresholding. ``guidance_reads`` (None: ``"x_t"``)
+    says whether classifier and CLIP guidance read x_t or the model's x_0 estimate (``"x0"``). ``autoguidance`` (None or empty:
     off) names the model among ``models`` that guides in place of the unconditional model; ``model`` is
     the name of ``pipe`` there, which cannot guide itself. The guide must be compatible with ``pipe``
     (the pipeline's own check: the same diffusion process, image size and device).
@@ -205,6 +209,7 @@ def check_request(
         clip_guidance_negative_prompt=[line.strip() for line in negatives.splitlines() if line.strip()],  # one caption a line
         eta=eta,
         thresholding=thresholding,
+        guidance_reads="x_t" if guidance_reads is None else guidance_reads,
     )
     guide = _guide(pipe, autoguidance, models, model)
     notice = prompt_truncation(pipe.text_encoder, prompt)
@@ -227,6 +232,7 @@ def check_request(
         thresholding=checked.thresholding,
         clip_guidance_interval=checked.clip_guidance_interval if checked.clip_guidance_prompts is not None else None,
         clip_guidance_negative_prompt=checked.clip_guidance_negatives,
+        guidance_reads=checked.guidance_reads,
         autoguidance=autoguidance if guide is not None else None,
         guide=guide,
         notices=(notice,) if notice else (),

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ..pipeline import GuidedDiffusionPipeline
+from ..request import GUIDANCE_READS
 from ..samplers import SAMPLERS, TIMESTEP_SCHEDULES, sampler_options
 from ..schedule import BETA_SCHEDULES
 from .forward import example_images, image_to_tensor, noised_grid, schedule_figure, schedule_processes, schedule_table
@@ -205,6 +206,7 @@ def build_demo(
         clip_t_max: float | None = None,
         autoguidance: str | None = None,
         clip_guidance_negative_prompt: str | None = None,
+        guidance_reads: str | None = None,
     ) -> list[Image.Image]:
         """Sample `num_images` images for `prompt` ("" is unconditional) with the model named `model`;
         returns them at the model's resolution as PNG files. `steps`, `sampler`, `guidance_scale` and
@@ -217,7 +219,8 @@ def build_demo(
         the model's default) is for the samplers that take it (ddim, dpm++2m-sde); `thresholding` (a
         quantile in (0, 1] such as 0.995; None: off) turns on dynamic thresholding; `autoguidance`
         names another model of this demo (the same diffusion process and image size) that gives the
-        unconditional branch of classifier-free guidance (None: off)."""
+        unconditional branch of classifier-free guidance (None: off); `guidance_reads` "x0" makes
+        classifier and CLIP guidance read the model's x_0 estimate instead of x_t (None: "x_t")."""
         with _user_errors():
             pipe = models.pipeline(model)
             request = accept(
@@ -225,7 +228,7 @@ def build_demo(
                 classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
                 guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
                 clip_guidance_scale, clip_guidance_prompt, eta, thresholding, clip_t_min, clip_t_max, autoguidance,
-                clip_guidance_negative_prompt,
+                clip_guidance_negative_prompt, guidance_reads,
             )
             with contextlib.closing(batcher.submit(model, pipe, request, max_previews=0)) as updates:
                 done = next(update for update in updates if isinstance(update, SamplingDone))
@@ -390,6 +393,13 @@ def build_demo(
                             elem_id="thresholding",
                             **settings["thresholding"],
                         )
+                        guidance_reads = gr.Radio(
+                            list(GUIDANCE_READS),
+                            value="x_t",
+                            label="Classifier and CLIP guidance read",
+                            info="x_t: the noisy sample; x0: the model's estimate of the clean image (slower)",
+                            elem_id="guidance-reads",
+                        )
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=3)
                         random_seed = gr.Button("Random", scale=1)
@@ -477,7 +487,7 @@ def build_demo(
                 classifier_attribute, classifier_label, classifier_scale, seed, timestep_schedule,
                 guidance_t_min, guidance_t_max, classifier_t_min, classifier_t_max, cads,
                 clip_guidance_scale, clip_guidance_prompt, eta, thresholding, clip_t_min, clip_t_max, autoguidance,
-                clip_guidance_negative_prompt,
+                clip_guidance_negative_prompt, guidance_reads,
             ],
             outputs=[x_t_view, x0_view, gallery, trajectory, status],
             show_progress_on=[gallery],
@@ -511,6 +521,7 @@ def build_demo(
                 gr.Number(value=None, label="CLIP guidance to t"),
                 gr.Dropdown(models.names, value=None, label="Autoguidance model"),
                 gr.Textbox(value=None, label="CLIP guidance negative prompts, one a line"),
+                gr.Radio(list(GUIDANCE_READS), value=None, label="Classifier and CLIP guidance read"),
             ]
             api_run = gr.Button()
         api_run.click(
