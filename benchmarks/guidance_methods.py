@@ -20,6 +20,8 @@ mean distance over that between two real emoji). Methods, each across ``--scales
   colour and shape; to an emoji's style and category);
 - ``clip``: the empty prompt, guided by the model's noise-aware CLIP (or ``--clip``, a folder written
   by ``train.clip``) towards the caption at ``--clip-scales``;
+- ``classifier-x0`` and ``clip-x0``: the same two reading the model's x_0 estimate instead of x_t
+  (``guidance_reads="x0"``: the gradient through the model, one more forward and backward a step);
 - ``clip-negatives``: the same, and away from every other caption of the kind
   (``clip_guidance_negative_prompt``: the CLIP read as a zero-shot classifier over them);
 - ``cfg-clip`` and ``cfg-clip-negatives``: the caption as the prompt, with the model's classifier-free
@@ -58,7 +60,10 @@ from guided_diffusion.serialization import TRAINING_DATA_NAME  # noqa: E402
 
 PAPER_SIGMAS = (0.28, 5.42)
 DIVERSITIES = ("diversity", "entropy_size", "entropy_position")  # printed as numbers, the other scores as shares
-METHODS = ("cfg", "cads", "autoguidance", "classifier", "clip", "clip-negatives", "cfg-clip", "cfg-clip-negatives")
+METHODS = (
+    "cfg", "cads", "autoguidance", "classifier", "classifier-x0", "clip", "clip-x0", "clip-negatives", "cfg-clip",
+    "cfg-clip-negatives",
+)
 
 
 def sigma_interval(pipe: GuidedDiffusionPipeline, low: float, high: float) -> tuple[int, int]:
@@ -173,9 +178,11 @@ def main() -> None:
         methods["autoguidance"] = (args.scales, "guidance", False, {"autoguidance": weak})
     if pipe.classifier is not None:
         methods["classifier"] = (args.classifier_scales, "classifier", True, {})
+        methods["classifier-x0"] = (args.classifier_scales, "classifier", True, {"guidance_reads": "x0"})
     if pipe.clip is not None:
         negatives = {"clip_guidance_negative_prompt": task.negatives}
         methods["clip"] = (args.clip_scales, "clip_guidance", True, {})
+        methods["clip-x0"] = (args.clip_scales, "clip_guidance", True, {"guidance_reads": "x0"})
         methods["clip-negatives"] = (args.clip_scales, "clip_guidance", True, negatives)
         methods["cfg-clip"] = (args.clip_scales, "clip_guidance", False, {})
         methods["cfg-clip-negatives"] = (args.clip_scales, "clip_guidance", False, negatives)
