@@ -395,9 +395,23 @@ class GaussianDiffusion:
         differentiable in ``x_t``, so that guidance can read it (``guidance_reads="x0"``)."""
         sigma = self.timestep_to_sigma(t).to(device=x_t.device, dtype=x_t.dtype).view(-1, *[1] * (x_t.ndim - 1))
         a = torch.rsqrt(1 + sigma * sigma)  # sqrt(alpha_bar)
-        output, _ = self.split_variance(model(x_t, t, **(model_kwargs or {})), x_t)
-        x0 = self._x0_of_output(x_t, output, a, sigma * a)
-        return x0.clamp(-1.0, 1.0) if self.clip_denoised else x0
+        return self._model_x0(model, x_t, t, a, sigma * a, model_kwargs)[0]
+
+    def _model_x0(
+        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, a: Any, s: Any, model_kwargs: dict[str, Any] | None,
+        thresholding: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's x_0 estimate [B, ...] at x_t and timesteps ``t`` (a = sqrt(alpha_bar), s =
+        sqrt(1 - alpha_bar), numbers or tensors broadcasting against x_t), dynamically thresholded at
+        ``thresholding`` or else clamped when ``clip_denoised``; and the learned variance's interpolation
+        (None for fixed variances)."""
+        output, fraction = self.split_variance(model(x_t, t, **(model_kwargs or {})), x_t)
+        x0 = self._x0_of_output(x_t, output, a, s)
+        if thresholding is not None:
+            x0 = dynamic_threshold(x0, thresholding)
+        elif self.clip_denoised:
+            x0 = x0.clamp(-1.0, 1.0)
+        return x0, fraction
 
     def denoise(
         self,
@@ -425,12 +439,7 @@ class GaussianDiffusion:
         a, s = math.sqrt(alpha_bar), sigma * math.sqrt(alpha_bar)  # sqrt(alpha_bar), sqrt(1 - alpha_bar)
         x_t = x * a
         t = self.model_timesteps(self.sigma_to_timestep(sigma), x.shape[0], x.device)
-        output, fraction = self.split_variance(model(x_t, t, **(model_kwargs or {})), x)
-        x0 = self._x0_of_output(x_t, output, a, s)
-        if thresholding is not None:
-            x0 = dynamic_threshold(x0, thresholding)
-        elif self.clip_denoised:
-            x0 = x0.clamp(-1.0, 1.0)
+        x0, fraction = self._model_x0(model, x_t, t, a, s, model_kwargs, thresholding)
         gradient = None if cond_fn is None else cond_fn(x_t, t, **(model_kwargs or {}))
         if gradient is not None and score_form:
             x0 = x0 + (s * s / a) * gradient

@@ -135,7 +135,7 @@ class SamplingRequest:
         "clip_guidance_prompt": None,
         "clip_guidance_negative_prompt": None,
         "clip_guidance_interval": None,
-        "guidance_reads": "x_t",
+        "guidance_reads": None,
         "thresholding": None,
         "output_type": "pil",
     }  # the options of a request, as the pipeline's call names them, with their defaults
@@ -205,6 +205,9 @@ GUIDANCE_READS = ("x_t", "x0")  # what classifier and CLIP guidance read: the no
 
 
 def _guidance_reads(value: Any) -> str:
+    """What classifier and CLIP guidance read; None: ``"x_t"``."""
+    if value is None:
+        return "x_t"
     if value not in GUIDANCE_READS:
         raise RequestError(f"guidance_reads must be one of {', '.join(GUIDANCE_READS)}, got {value!r}")
     return value

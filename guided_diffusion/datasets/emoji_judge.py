@@ -75,16 +75,16 @@ class EmojiJudge:
         """How often the nearest real image has the right style when the image's own emoji (in every
         style) is left out of the gallery: the nearest-image style reading of a picture that is not a
         copy of a real one, which is what a generated emoji is."""
-        distances = torch.cdist(self.features, self.features)
-        distances[self.emoji_ids[:, None] == self.emoji_ids[None, :]] = float("inf")
+        distances, emoji = torch.cdist(self.features, self.features), self.emoji_ids
+        distances[emoji[:, None] == emoji[None, :]] = float("inf")
         first = distances.argmin(dim=1).tolist()
         return sum(self.styles[j] == s for j, s in zip(first, self.styles)) / len(first)
 
     @functools.cached_property
     def distance_between_emoji(self) -> float:
         """The mean distance between two real pictures of different emoji (the unit of :meth:`spread`)."""
-        distances = torch.cdist(self.features, self.features)
-        return float(distances[self.emoji_ids[:, None] != self.emoji_ids[None, :]].mean())
+        distances, emoji = torch.cdist(self.features, self.features), self.emoji_ids
+        return float(distances[emoji[:, None] != emoji[None, :]].mean())
 
     def spread(self, images: torch.Tensor) -> float:
         """How different ``images [N, 3, H, W]`` (in [-1, 1], N >= 2; typically one prompt's) are from

@@ -209,7 +209,7 @@ def check_request(
         clip_guidance_negative_prompt=[line.strip() for line in negatives.splitlines() if line.strip()],  # one caption a line
         eta=eta,
         thresholding=thresholding,
-        guidance_reads="x_t" if guidance_reads is None else guidance_reads,
+        guidance_reads=guidance_reads,
     )
     guide = _guide(pipe, autoguidance, models, model)
     notice = prompt_truncation(pipe.text_encoder, prompt)
