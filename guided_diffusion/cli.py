@@ -87,9 +87,9 @@ def _sample_parser() -> argparse.ArgumentParser:
                         help="a caption CLIP guidance steers away from (its log softmax over the guidance prompt and these), repeatable")
     parser.add_argument("--clip-guidance-interval", type=float, nargs=2, default=None, metavar=("T_LOW", "T_HIGH"),
                         help="CLIP guidance only at timesteps in [T_LOW, T_HIGH]")
-    parser.add_argument("--guidance-reads", choices=GUIDANCE_READS, default="x_t",
-                        help="what classifier and CLIP guidance read: the noisy x_t (default) or the model's x_0 estimate "
-                        "(x0: through the model, a forward and backward more per step)")
+    parser.add_argument("--guidance-reads", choices=GUIDANCE_READS, default=None,
+                        help="what classifier and CLIP guidance read: the noisy x_t or the model's x_0 estimate "
+                        "(x0: through the model, a forward and backward more per step); default: the model's")
     parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same images)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (prints what compiling cost)")

@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier-max-t", type=int, default=None, help="guide only at timesteps t <= this")
     parser.add_argument(
         "--guidance-reads", choices=GUIDANCE_READS, default=None,
-        help="what classifier and CLIP guidance read: the noisy x_t (default) or the model's x_0 estimate (x0; a model backward per step)",
+        help="what classifier and CLIP guidance read: the noisy x_t or the model's x_0 estimate (x0; a model backward per step); default: the model's",
     )
     parser.add_argument("--bpd-images", type=int, default=64)
     parser.add_argument(

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .pipeline import GuidedDiffusionPipeline
 
 OUTPUT_TYPES = ("pil", "pt", "np")
+GUIDANCE_READS = ("x_t", "x0")  # what classifier and CLIP guidance read: the noisy image, or the model's x_0 estimate
 
 
 @dataclass
@@ -36,7 +37,9 @@ class SamplingConfig(Config):
     """The ``sampling`` section: the sampler (see :data:`~guided_diffusion.samplers.SAMPLERS`), its
     ``steps``, the ``timestep_schedule`` (see :data:`~guided_diffusion.samplers.TIMESTEP_SCHEDULES`),
     the classifier-free ``guidance_scale``, ``eta`` for the samplers that take it (None: each
-    sampler's own default) and the CLIP ``clip_guidance_scale`` (0: off)."""
+    sampler's own default), the CLIP ``clip_guidance_scale`` (0: off) and what classifier and CLIP
+    guidance read, ``guidance_reads`` (one of :data:`GUIDANCE_READS`: the noisy ``"x_t"`` or the model's
+    ``"x0"`` estimate; see the pipeline's call)."""
 
     section = "sampling"
 
@@ -46,6 +49,7 @@ class SamplingConfig(Config):
     guidance_scale: float = 3.0
     eta: float | None = None
     clip_guidance_scale: float = 0.0
+    guidance_reads: str = "x_t"
 
     def __post_init__(self) -> None:
         try:
@@ -60,6 +64,8 @@ class SamplingConfig(Config):
                 raise ConfigError(f"sampling.{name} must be a finite number, got {getattr(self, name)}")
         if self.clip_guidance_scale < 0:
             raise ConfigError(f"sampling.clip_guidance_scale must not be negative, got {self.clip_guidance_scale}")
+        if self.guidance_reads not in GUIDANCE_READS:
+            raise ConfigError(f"sampling.guidance_reads must be one of {', '.join(GUIDANCE_READS)}, got {self.guidance_reads!r}")
 
     def sampler_settings(self, sampler: str) -> dict[str, float]:
         """This config's options for ``sampler``: ``{"eta": eta}`` when ``eta`` is set and ``sampler``
@@ -195,19 +201,15 @@ class SamplingRequest:
             clip_guidance_prompts=_clip_targets(pipe, clip_scale, o.clip_guidance_prompt, prompts, per_prompt),
             clip_guidance_negatives=_clip_negatives(clip_scale, o.clip_guidance_negative_prompt),
             clip_guidance_interval=check_interval("clip_guidance_interval", o.clip_guidance_interval, num_timesteps),
-            guidance_reads=_guidance_reads(o.guidance_reads),
+            guidance_reads=_guidance_reads(defaults.guidance_reads if o.guidance_reads is None else o.guidance_reads),
             thresholding=None if o.thresholding is None else _quantile(o.thresholding),
             output_type=o.output_type,
         )
 
 
-GUIDANCE_READS = ("x_t", "x0")  # what classifier and CLIP guidance read: the noisy image, or the model's x_0 estimate
-
 
 def _guidance_reads(value: Any) -> str:
-    """What classifier and CLIP guidance read; None: ``"x_t"``."""
-    if value is None:
-        return "x_t"
+    """What classifier and CLIP guidance read, one of :data:`GUIDANCE_READS`."""
     if value not in GUIDANCE_READS:
         raise RequestError(f"guidance_reads must be one of {', '.join(GUIDANCE_READS)}, got {value!r}")
     return value

@@ -214,6 +214,9 @@ def test_page_settings_follow_the_model(pipe, guided_dir, emoji_dir):
     assert plain["classifier_guidance"] == {"visible": False} and plain["classifier_attribute"]["choices"] == []
     assert (emoji["sampler"], emoji["steps"], emoji["guidance_scale"]) == ({"value": "dpm++"}, {"maximum": 500, "value": 20}, {"value": 2.0})
     assert "A tiny emoji model" in emoji["training"]["value"] and "style (flat, outlined)" in emoji["summary"]["value"]
+    assert plain["guidance_reads"] == {"value": "x_t"}
+    reads_x0 = GuidedDiffusionPipeline(pipe.unet, pipe.text_encoder, pipe.diffusion_config, {**pipe.sampling_config.to_dict(), "guidance_reads": "x0"})
+    assert model_settings(reads_x0, "reads-x0")["guidance_reads"] == {"value": "x0"}  # the model's default on its page
 
 
 def test_picking_a_model_switches_the_page(pipe, guided_dir, emoji_dir):

@@ -386,6 +386,16 @@ def test_a_pipeline_guides_any_prompt_with_its_clip_and_saves_and_loads_it(pipe,
     assert torch.equal(sampled(with_clip, guidance_reads="x0"), plain)  # no guidance that reads it: nothing changes
     with pytest.raises(ValueError, match="guidance_reads must be one of x_t, x0, got 'x_0'"):
         sampled(with_clip, clip_guidance_scale=5.0, guidance_reads="x_0")
+    reads_x0 = GuidedDiffusionPipeline(
+        pipe.unet, pipe.text_encoder, pipe.diffusion_config, {**pipe.sampling_config.to_dict(), "guidance_reads": "x0"}, clip=with_clip.clip
+    )
+    reads_x0.save_pretrained(tmp_path / "reads_x0")
+    reads_x0 = GuidedDiffusionPipeline.from_pretrained(tmp_path / "reads_x0")
+    assert reads_x0.sampling_config.guidance_reads == "x0"  # saved with the model: its calls read x0 unless told
+    assert torch.equal(sampled(reads_x0, clip_guidance_scale=50.0, clip_guidance_prompt="a green triangle"), through_x0)
+    assert torch.equal(sampled(reads_x0, clip_guidance_scale=50.0, clip_guidance_prompt="a green triangle", guidance_reads="x_t"), steered)
+    with pytest.raises(ValueError, match="sampling.guidance_reads must be one of x_t, x0, got 'x_0'"):
+        GuidedDiffusionPipeline(pipe.unet, pipe.text_encoder, pipe.diffusion_config, {"guidance_reads": "x_0"})
 
     with_clip.save_pretrained(tmp_path / "with_clip")
     loaded = GuidedDiffusionPipeline.from_pretrained(tmp_path / "with_clip")

@@ -96,7 +96,7 @@ def model_settings(pipe: GuidedDiffusionPipeline, name: str, model_names: Sequen
 
     The classifier-guidance controls show ``pipe``'s classifier attributes and classes (hidden without
     a classifier, with the scale back at 0); the sampler controls its sampling config (eta shown for
-    the samplers that take it, empty: the model's default); the autoguidance picker offers the other
+    the samplers that take it, empty: the model's default; what guidance reads, its default); the autoguidance picker offers the other
     models of ``model_names`` (the picker's) and none; the Model tab its card under ``name``, the name
     the picker shows.
     """
@@ -127,6 +127,7 @@ def model_settings(pipe: GuidedDiffusionPipeline, name: str, model_names: Sequen
         "classifier_scale": {"value": 0.0},
         "clip_guidance": {"visible": pipe.clip is not None},
         "clip_guidance_scale": {"value": sampling.clip_guidance_scale},
+        "guidance_reads": {"value": sampling.guidance_reads},
         **{
             f"{kind}_t_{end}": {"maximum": last, "value": 0 if end == "min" else last}
             for kind in ("guidance", "classifier", "clip")
@@ -395,10 +396,10 @@ def build_demo(
                         )
                         guidance_reads = gr.Radio(
                             list(GUIDANCE_READS),
-                            value="x_t",
                             label="Classifier and CLIP guidance read",
                             info="x_t: the noisy sample; x0: the model's estimate of the clean image (slower)",
                             elem_id="guidance-reads",
+                            **settings["guidance_reads"],
                         )
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=3)
@@ -468,6 +469,7 @@ def build_demo(
             "clip_guidance_scale": clip_guidance_scale,
             "clip_t_min": clip_t_min,
             "clip_t_max": clip_t_max,
+            "guidance_reads": guidance_reads,
             "summary": summary,
             "config": config,
             "training": training,

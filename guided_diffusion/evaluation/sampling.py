@@ -26,14 +26,12 @@ def check_counts(at_least: int, **counts: int) -> None:
 @dataclass
 class EvalSampling(SamplingConfig):
     """How an evaluation draws images: a :class:`~guided_diffusion.request.SamplingConfig` (the sampler,
-    its steps and timestep schedule, the classifier-free guidance scale, ``eta``) plus the prompts per
-    batch and the seed (batch ``b`` uses ``seed + b``), and what classifier and CLIP guidance read
-    (``guidance_reads``: ``"x_t"`` or ``"x0"``, see the pipeline's call). CLIP guidance is left to each
-    evaluation."""
+    its steps and timestep schedule, the classifier-free guidance scale, ``eta``, what classifier and
+    CLIP guidance read) plus the prompts per batch and the seed (batch ``b`` uses ``seed + b``). CLIP
+    guidance is left to each evaluation."""
 
     batch_size: int = 64
     seed: int = 0
-    guidance_reads: str = "x_t"
 
     @classmethod
     def of(cls, pipe: GuidedDiffusionPipeline, **changes: Any) -> "EvalSampling":
