@@ -23,7 +23,7 @@ from guided_diffusion.pipeline import GuidedDiffusionPipeline
 from guided_diffusion.request import SamplingConfig
 from guided_diffusion.text import build_text_encoder
 from train.conditioning import CachedTextFeatures, TextConditionedUNet, TextConditioning
-from train.config import DiffusionTrainingConfig, TrainingConfig, parse_run_config
+from train.config import MODEL_SECTIONS, DiffusionTrainingConfig, TrainingConfig, parse_run_config, read_run_yaml
 from train.ema import EMA
 from train.loop import choose_mixed_precision, make_accelerator
 
@@ -346,6 +346,17 @@ def test_config_flags_override_yaml_and_bad_keys_are_refused(tmp_path: Path) -> 
 def test_gpu_example_configs_parse(name: str) -> None:
     run = parse_run_config(["--config", f"configs/{name}.yaml"], "test")
     assert {"unet", "text_encoder", "diffusion", "sampling"} <= set(run.model)
+
+
+def test_every_shipped_config_has_known_sections_and_a_misspelt_section_is_refused(tmp_path: Path) -> None:
+    runs = (*MODEL_SECTIONS, "data", "training")
+    for path in sorted(Path("configs").glob("*.yaml")):
+        assert set(read_run_yaml(path)) <= set(runs), path
+    emoji = parse_run_config(["--config", "configs/emoji32.yaml"], "test")
+    assert SamplingConfig.from_dict(emoji.model["sampling"]).guidance_reads == "x0"
+    (tmp_path / "typo.yaml").write_text(f"base: {Path('configs/tiny.yaml').resolve()}\nsampleing: {{steps: 4}}\n")
+    with pytest.raises(ConfigError, match=rf"unknown section 'sampleing' in .*typo\.yaml; valid sections: {', '.join(runs)}$"):
+        parse_run_config(["--config", str(tmp_path / "typo.yaml")], "test")
 
 
 def test_a_config_with_a_base_changes_only_what_it_names(tmp_path: Path) -> None:

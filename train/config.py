@@ -247,7 +247,7 @@ MODEL_FLAGS: dict[str, dict[str, Any]] = {
 
 def read_run_yaml(path: str | Path) -> dict[str, Any]:
     """The sections of a run's YAML config; a section no run reads is a ConfigError naming the valid ones."""
-    config = read_run_yaml(path)
+    config = read_yaml(path)
     sections = (*MODEL_SECTIONS, "data", "training")
     for section in config:
         if section not in sections:
@@ -283,7 +283,7 @@ def parse_run_config(
     args = parser.parse_args(argv)
 
     path = Path(args.config)
-    config = read_yaml(path)
+    config = read_run_yaml(path)
     sections = {name: dict(config.get(name) or {}) for name in (*MODEL_SECTIONS, "data", "training")}
     for section, flags in sections_of_flags.items():
         for name in flags:
