@@ -81,8 +81,12 @@ def test_emoji32_ships_with_its_classifier_training_pairs_and_samples():
     images = pipe("tiger face, twitter style", num_inference_steps=2, seed=0, output_type="np").images
     again = pipe("tiger face, twitter style", num_inference_steps=2, seed=0, output_type="np").images
     assert images.shape == (1, 32, 32, 3) and np.array_equal(images, again)
-    guided = pipe("", num_inference_steps=2, seed=0, classifier_scale=5.0, classifier_labels={"style": "twitter"}, output_type="np").images
+    steer = {"num_inference_steps": 2, "seed": 0, "classifier_scale": 5.0, "classifier_labels": {"style": "twitter"}, "output_type": "np"}
+    guided = pipe("", **steer).images
     assert guided.shape == (1, 32, 32, 3)
+    assert pipe.sampling_config.guidance_reads == "x0"  # its guidance reads the x_0 estimate unless a call says otherwise
+    assert np.array_equal(pipe("", **steer, guidance_reads="x0").images, guided)
+    assert not np.array_equal(pipe("", **steer, guidance_reads="x_t").images, guided)
 
 
 def test_emoji32_ships_a_noise_aware_clip_that_steers_the_style():
