@@ -399,9 +399,9 @@ class GuidedDiffusionPipeline:
         ``clip_guidance_negative_prompt`` (one caption or a list) turns that into guidance by the CLIP's
         log softmax over the guidance prompt and these captions: towards the prompt and away from them
         (see :func:`~guided_diffusion.guidance.clip_cond_fn`).
-        ``guidance_reads`` says what the classifier and the CLIP read: ``"x_t"`` (None), the noisy image at its
-        timestep (Dhariwal & Nichol, GLIDE), or ``"x0"``, the model's estimate of the clean image, read
-        at t = 0 with the gradient taken through the model (Bansal et al. 2023; one more forward and
+        ``guidance_reads`` says what the classifier and the CLIP read (None: the sampling config's):
+        ``"x_t"``, the noisy image at its timestep (Dhariwal & Nichol, GLIDE), or ``"x0"``, the model's
+        estimate of the clean image, read at t = 0 with the gradient taken through the model (Bansal et al. 2023; one more forward and
         backward of the model per guided step; see :func:`~guided_diffusion.guidance.classifier_cond_fn`).
         ``seed`` (or ``generator``) makes the result reproducible on the same device; ``generator`` may
         also be a list with one generator per image (prompt-major), where consecutive images that share

@@ -55,6 +55,7 @@ class SamplingConfig(Config):
         try:
             checked_sampler(self.sampler)
             checked_schedule(self.timestep_schedule)
+            checked_guidance_reads(self.guidance_reads)
         except RequestError as err:
             raise ConfigError(f"sampling: {err}") from None
         if self.steps < 1:
@@ -64,8 +65,6 @@ class SamplingConfig(Config):
                 raise ConfigError(f"sampling.{name} must be a finite number, got {getattr(self, name)}")
         if self.clip_guidance_scale < 0:
             raise ConfigError(f"sampling.clip_guidance_scale must not be negative, got {self.clip_guidance_scale}")
-        if self.guidance_reads not in GUIDANCE_READS:
-            raise ConfigError(f"sampling.guidance_reads must be one of {', '.join(GUIDANCE_READS)}, got {self.guidance_reads!r}")
 
     def sampler_settings(self, sampler: str) -> dict[str, float]:
         """This config's options for ``sampler``: ``{"eta": eta}`` when ``eta`` is set and ``sampler``
@@ -201,14 +200,13 @@ class SamplingRequest:
             clip_guidance_prompts=_clip_targets(pipe, clip_scale, o.clip_guidance_prompt, prompts, per_prompt),
             clip_guidance_negatives=_clip_negatives(clip_scale, o.clip_guidance_negative_prompt),
             clip_guidance_interval=check_interval("clip_guidance_interval", o.clip_guidance_interval, num_timesteps),
-            guidance_reads=_guidance_reads(defaults.guidance_reads if o.guidance_reads is None else o.guidance_reads),
+            guidance_reads=checked_guidance_reads(defaults.guidance_reads if o.guidance_reads is None else o.guidance_reads),
             thresholding=None if o.thresholding is None else _quantile(o.thresholding),
             output_type=o.output_type,
         )
 
 
-
-def _guidance_reads(value: Any) -> str:
+def checked_guidance_reads(value: Any) -> str:
     """What classifier and CLIP guidance read, one of :data:`GUIDANCE_READS`."""
     if value not in GUIDANCE_READS:
         raise RequestError(f"guidance_reads must be one of {', '.join(GUIDANCE_READS)}, got {value!r}")

@@ -394,7 +394,7 @@ def test_a_pipeline_guides_any_prompt_with_its_clip_and_saves_and_loads_it(pipe,
     assert reads_x0.sampling_config.guidance_reads == "x0"  # saved with the model: its calls read x0 unless told
     assert torch.equal(sampled(reads_x0, clip_guidance_scale=50.0, clip_guidance_prompt="a green triangle"), through_x0)
     assert torch.equal(sampled(reads_x0, clip_guidance_scale=50.0, clip_guidance_prompt="a green triangle", guidance_reads="x_t"), steered)
-    with pytest.raises(ValueError, match="sampling.guidance_reads must be one of x_t, x0, got 'x_0'"):
+    with pytest.raises(ValueError, match="sampling: guidance_reads must be one of x_t, x0, got 'x_0'"):
         GuidedDiffusionPipeline(pipe.unet, pipe.text_encoder, pipe.diffusion_config, {"guidance_reads": "x_0"})
 
     with_clip.save_pretrained(tmp_path / "with_clip")

@@ -154,7 +154,7 @@ def check_request(
     ``clip_t_max``, and away from the captions of ``clip_guidance_negative_prompt`` (text, one caption
     a line; None or empty: none). ``eta`` (0..MAX_ETA; None: the model's or the sampler's default) is
     for the samplers that take it (see :func:`~guided_diffusion.samplers.sampler_options`); ``thresholding`` (a quantile
-    in (0, 1] such as 0.995; None: off) turns on dynamic thresholding. ``guidance_reads`` (None: ``"x_t"``)
+    in (0, 1] such as 0.995; None: off) turns on dynamic thresholding. ``guidance_reads`` (None: the model's default)
     says whether classifier and CLIP guidance read x_t or the model's x_0 estimate (``"x0"``). ``autoguidance`` (None or empty:
     off) names the model among ``models`` that guides in place of the unconditional model; ``model`` is
     the name of ``pipe`` there, which cannot guide itself. The guide must be compatible with ``pipe``

@@ -221,7 +221,7 @@ def build_demo(
         quantile in (0, 1] such as 0.995; None: off) turns on dynamic thresholding; `autoguidance`
         names another model of this demo (the same diffusion process and image size) that gives the
         unconditional branch of classifier-free guidance (None: off); `guidance_reads` "x0" makes
-        classifier and CLIP guidance read the model's x_0 estimate instead of x_t (None: "x_t")."""
+        classifier and CLIP guidance read the model's x_0 estimate instead of x_t (None: the model's default)."""
         with _user_errors():
             pipe = models.pipeline(model)
             request = accept(
