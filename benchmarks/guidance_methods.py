@@ -21,7 +21,7 @@ mean distance over that between two real emoji). Methods, each across ``--scales
 - ``clip``: the empty prompt, guided by the model's noise-aware CLIP (or ``--clip``, a folder written
   by ``train.clip``) towards the caption at ``--clip-scales``;
 - ``classifier-x0`` and ``clip-x0``: the same two reading the model's x_0 estimate instead of x_t
-  (``guidance_reads="x0"``: the gradient through the model, one more forward and backward a step);
+  (``guidance_reads="x0"``: the gradient through the model, one backward more a step);
 - ``clip-negatives``: the same, and away from every other caption of the kind
   (``clip_guidance_negative_prompt``: the CLIP read as a zero-shot classifier over them);
 - ``cfg-clip`` and ``cfg-clip-negatives``: the caption as the prompt, with the model's classifier-free

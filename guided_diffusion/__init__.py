@@ -4,7 +4,8 @@ The public API, for users: the pipeline (:class:`GuidedDiffusionPipeline`, calle
 output's ``images`` the samples), its components (:class:`UNet`, :class:`GaussianDiffusion`,
 :class:`NoiseAwareClassifier`, :class:`NoiseAwareCLIP`) and their configs, the sampling function and
 registries (:func:`sample`, :data:`SAMPLERS`, :data:`TIMESTEP_SCHEDULES`), the guidance pieces
-(:class:`ClassifierFreeGuidance`, :func:`classifier_cond_fn`, :func:`clip_cond_fn`, :class:`CADS`) and
+(:class:`ClassifierFreeGuidance`, :func:`classifier_cond_fn`, :func:`clip_cond_fn`, :class:`ModelEstimate`,
+:class:`CADS`) and
 the errors a user can cause (:class:`UserError` and its kinds). Everything else lives in the
 submodules.
 """
@@ -13,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .diffusion import DiffusionConfig, GaussianDiffusion
 from .errors import ConfigError, RequestError, TrainingError, UserError
-from .guidance import CADS, ClassifierFreeGuidance, classifier_cond_fn, clip_cond_fn
+from .guidance import CADS, ClassifierFreeGuidance, ModelEstimate, classifier_cond_fn, clip_cond_fn
 from .models.classifier import ClassifierConfig, NoiseAwareClassifier
 from .models.clip import CLIPConfig, NoiseAwareCLIP
 from .models.unet import UNet, UNetConfig
@@ -38,6 +39,7 @@ __all__ = [
     "GaussianDiffusion",
     "GuidedDiffusionPipeline",
     "GuidedDiffusionPipelineOutput",
+    "ModelEstimate",
     "NoiseAwareCLIP",
     "NoiseAwareClassifier",
     "RequestError",

@@ -29,6 +29,7 @@ import torch
 
 from .config import Config
 from .errors import ConfigError
+from .guidance import reads_output_of
 from .schedule import BETA_SCHEDULES, get_beta_schedule, space_timesteps
 from .serialization import CONFIG_NAME, CheckpointError, load_component_config, save_json
 
@@ -393,19 +394,23 @@ class GaussianDiffusion:
         """The model's x_0 estimate [B, ...] from x_t [B, ...] at original-scale timesteps ``t`` [B]
         (fractional ones included), clamped to [-1, 1] when ``clip_denoised`` as :meth:`denoise` does;
         differentiable in ``x_t``, so that guidance can read it (``guidance_reads="x0"``)."""
+        return self.x0_of_output(model(x_t, t, **(model_kwargs or {})), x_t, t)
+
+    def x0_of_output(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The x_0 estimate [B, ...] that the model's ``output`` (its whole output at x_t [B, ...] and
+        original-scale timesteps ``t`` [B]) stands for, as :meth:`estimate_x0` forms it."""
         sigma = self.timestep_to_sigma(t).to(device=x_t.device, dtype=x_t.dtype).view(-1, *[1] * (x_t.ndim - 1))
         a = torch.rsqrt(1 + sigma * sigma)  # sqrt(alpha_bar)
-        return self._model_x0(model, x_t, t, a, sigma * a, model_kwargs)[0]
+        return self._x0_and_fraction(output, x_t, a, sigma * a)[0]
 
-    def _model_x0(
-        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, a: Any, s: Any, model_kwargs: dict[str, Any] | None,
-        thresholding: float | None = None,
+    def _x0_and_fraction(
+        self, output: torch.Tensor, x_t: torch.Tensor, a: Any, s: Any, thresholding: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The model's x_0 estimate [B, ...] at x_t and timesteps ``t`` (a = sqrt(alpha_bar), s =
+        """The x_0 estimate [B, ...] of the model's whole ``output`` at x_t (a = sqrt(alpha_bar), s =
         sqrt(1 - alpha_bar), numbers or tensors broadcasting against x_t), dynamically thresholded at
         ``thresholding`` or else clamped when ``clip_denoised``; and the learned variance's interpolation
         (None for fixed variances)."""
-        output, fraction = self.split_variance(model(x_t, t, **(model_kwargs or {})), x_t)
+        output, fraction = self.split_variance(output, x_t)
         x0 = self._x0_of_output(x_t, output, a, s)
         if thresholding is not None:
             x0 = dynamic_threshold(x0, thresholding)
@@ -433,14 +438,25 @@ class GaussianDiffusion:
         eps follows from the clipped x_0. With ``cond_fn`` and ``score_form``, classifier guidance enters
         in score form: eps' = eps - sqrt(1 - alpha_bar) cond_fn(x_t, t), so x_0' = x_0 + (1 - alpha_bar)
         / sqrt(alpha_bar) cond_fn(x_t, t). With ``score_form=False`` x_0 and eps stay unguided and the
-        caller applies ``gradient`` itself (the ancestral sampler adds it to the posterior mean).
+        caller applies ``gradient`` itself (the ancestral sampler adds it to the posterior mean). A
+        ``cond_fn`` that reads this ``model``'s x_0 estimate (its denoiser a
+        :class:`~guided_diffusion.guidance.ModelEstimate` of it) gets the model's output, computed once
+        with its graph, instead of evaluating the model again.
         """
         alpha_bar = 1.0 / (1.0 + sigma**2)
         a, s = math.sqrt(alpha_bar), sigma * math.sqrt(alpha_bar)  # sqrt(alpha_bar), sqrt(1 - alpha_bar)
         x_t = x * a
         t = self.model_timesteps(self.sigma_to_timestep(sigma), x.shape[0], x.device)
-        x0, fraction = self._model_x0(model, x_t, t, a, s, model_kwargs, thresholding)
-        gradient = None if cond_fn is None else cond_fn(x_t, t, **(model_kwargs or {}))
+        kwargs = model_kwargs or {}
+        if cond_fn is not None and reads_output_of(cond_fn, model, t):  # one forward for the step and the guidance
+            with torch.enable_grad():
+                x_read = x_t.detach().requires_grad_(True)
+                output = model(x_read, t, **kwargs)
+                gradient = cond_fn.from_model_output(x_read, output, t, model, **kwargs)
+            x0, fraction = self._x0_and_fraction(output.detach(), x_t, a, s, thresholding)
+        else:
+            x0, fraction = self._x0_and_fraction(model(x_t, t, **kwargs), x_t, a, s, thresholding)
+            gradient = None if cond_fn is None else cond_fn(x_t, t, **kwargs)
         if gradient is not None and score_form:
             x0 = x0 + (s * s / a) * gradient
         return Denoised(x0, (x - x0) / sigma, gradient, fraction)

@@ -216,32 +216,96 @@ def resolve_labels(
 Denoiser = Callable[..., torch.Tensor]  # (x_t, t, **model_kwargs) -> the model's x_0 estimate, differentiable
 
 
-def _gradient_hook(
-    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    scale: float,
-    interval: Interval | None,
-    denoiser: Denoiser | None = None,
-) -> Callable[..., torch.Tensor]:
+@dataclass(frozen=True)
+class ModelEstimate:
+    """The :data:`Denoiser` of a sampler's own model: ``(x_t, t, **model_kwargs) ->`` ``diffusion``'s x_0
+    estimate [B, C, H, W] from ``model``'s output (:meth:`~guided_diffusion.diffusion.GaussianDiffusion.estimate_x0`).
+
+    A guidance hook that reads it lets :meth:`~guided_diffusion.diffusion.GaussianDiffusion.denoise`,
+    called with that same ``model``, evaluate the model once per guided step, with a graph, and hand
+    the output to the hook (:meth:`GuidanceHook.from_model_output`), instead of once for the step
+    and once more inside the hook: the same numbers, one forward fewer."""
+
+    diffusion: Any  # GaussianDiffusion
+    model: Model
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
+        return self.diffusion.estimate_x0(self.model, x_t, t, model_kwargs)
+
+
+class GuidanceHook:
     """The guidance hook ``cond_fn(x_t, t, **model_kwargs) -> scale * grad_x objective(x, t)`` [B, C, H, W],
     ``objective`` a scalar summed over the batch; rows outside ``interval`` get a zero gradient, and a
     batch with none inside skips the objective's forward and backward. With ``denoiser`` the objective
     reads the denoised estimate instead, ``objective(denoiser(x_t, t, **model_kwargs), 0)``, and the
     gradient with respect to x_t goes through the denoiser (see :func:`classifier_cond_fn`)."""
 
-    def cond_fn(x_t: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
-        guided = in_interval(t, interval)
+    def __init__(
+        self,
+        objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        scale: float,
+        interval: Interval | None,
+        denoiser: Denoiser | None = None,
+    ) -> None:
+        self.objective, self.scale, self.interval, self.denoiser = objective, scale, interval, denoiser
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
+        guided = in_interval(t, self.interval)
         if not bool(guided.any()):
             return torch.zeros_like(x_t)
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
-            if denoiser is None:
-                value = objective(x, t)
-            else:
-                value = objective(denoiser(x, t, **model_kwargs), torch.zeros_like(t))
-            (grad,) = torch.autograd.grad(value, x)
-        return scale * _where_rows(guided, grad, torch.zeros_like(grad))
+            read = x if self.denoiser is None else self.denoiser(x, t, **model_kwargs)
+            (grad,) = torch.autograd.grad(self._value(read, t), x)
+        return self.scale * _where_rows(guided, grad, torch.zeros_like(grad))
 
-    return cond_fn
+    def reads_output_of(self, model: Model, t: torch.Tensor) -> bool:
+        """Whether the hook reads ``model``'s x_0 estimate (a :class:`ModelEstimate` of it) at some row of ``t`` [B]."""
+        estimate = self.denoiser
+        return isinstance(estimate, ModelEstimate) and estimate.model is model and bool(in_interval(t, self.interval).any())
+
+    def from_model_output(self, x: torch.Tensor, output: torch.Tensor, t: torch.Tensor, model: Model, **model_kwargs: Any) -> torch.Tensor:
+        """The hook's value at x_t = ``x`` [B, C, H, W] (a tensor that requires grad) given ``output``,
+        ``model(x, t, **model_kwargs)`` computed with its graph: a hook that reads ``model``'s estimate
+        (:meth:`reads_output_of`) forms it from ``output``, any other hook is called as usual. The
+        graph is kept for the next hook."""
+        if not self.reads_output_of(model, t):
+            return self(x.detach(), t, **model_kwargs)
+        guided = in_interval(t, self.interval)
+        read = self.denoiser.diffusion.x0_of_output(output, x, t)
+        (grad,) = torch.autograd.grad(self._value(read, t), x, retain_graph=True)
+        return self.scale * _where_rows(guided, grad, torch.zeros_like(grad))
+
+    def _value(self, read: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.objective(read, t if self.denoiser is None else torch.zeros_like(t))
+
+
+class GuidanceSum:
+    """One guidance hook adding up the gradients of ``hooks`` (:class:`GuidanceHook` or plain
+    ``cond_fn(x_t, t, **model_kwargs)`` functions), sharing one model forward among those that read
+    the sampler's model (see :class:`ModelEstimate`)."""
+
+    def __init__(self, hooks: Sequence[Callable[..., torch.Tensor]]) -> None:
+        self.hooks = list(hooks)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
+        return sum(hook(x_t, t, **model_kwargs) for hook in self.hooks)
+
+    def reads_output_of(self, model: Model, t: torch.Tensor) -> bool:
+        return any(reads_output_of(hook, model, t) for hook in self.hooks)
+
+    def from_model_output(self, x: torch.Tensor, output: torch.Tensor, t: torch.Tensor, model: Model, **model_kwargs: Any) -> torch.Tensor:
+        return sum(
+            hook.from_model_output(x, output, t, model, **model_kwargs) if hasattr(hook, "from_model_output") else hook(x.detach(), t, **model_kwargs)
+            for hook in self.hooks
+        )
+
+
+def reads_output_of(cond_fn: Callable[..., torch.Tensor], model: Model, t: torch.Tensor) -> bool:
+    """Whether guidance hook ``cond_fn`` reads ``model``'s x_0 estimate at some row of ``t`` [B], so that
+    the caller may evaluate ``model`` once with a graph and call ``cond_fn.from_model_output``."""
+    check = getattr(cond_fn, "reads_output_of", None)
+    return bool(check is not None and check(model, t))
 
 
 def classifier_cond_fn(
@@ -251,7 +315,7 @@ def classifier_cond_fn(
     max_t: int | None = None,
     interval: Interval | None = None,
     denoiser: Denoiser | None = None,
-) -> Callable[..., torch.Tensor]:
+) -> GuidanceHook:
     """The classifier-guidance hook ``cond_fn(x_t, t, **model_kwargs) -> [B, C, H, W]``.
 
     ``classifier(x_t, t)`` returns attribute -> logits [B, K]; ``labels`` maps attribute -> LongTensor [B],
@@ -262,14 +326,14 @@ def classifier_cond_fn(
     get a zero gradient: guidance starting later in the trajectory leaves the high-noise steps (where a
     classifier reads little but size and colour) unguided.
 
-    With ``denoiser`` (``(x_t, t, **model_kwargs) -> x_0 estimate``, such as
-    :meth:`~guided_diffusion.diffusion.GaussianDiffusion.estimate_x0` with the sampler's model) the
-    classifier reads the model's x_0 estimate as a clean image (at t = 0) instead of x_t at t, and the
-    gradient reaches x_t through the model: ``scale * grad_{x_t} log p(y | x0_hat(x_t), 0)``, the
-    forward guidance of Bansal et al. 2023 ("Universal guidance for diffusion models"). At high noise,
-    where the classifier reads x_t near chance, x0_hat already shows the outline the sampler is
-    heading for, and the gradient steers it; each guided step costs a forward and a backward of the
-    model more.
+    With ``denoiser`` (``(x_t, t, **model_kwargs) -> x_0 estimate``, such as a :class:`ModelEstimate`
+    of the sampler's model) the classifier reads the model's x_0 estimate as a clean image (at t = 0)
+    instead of x_t at t, and the gradient reaches x_t through the model: ``scale * grad_{x_t} log p(y |
+    x0_hat(x_t), 0)``, the forward guidance of Bansal et al. 2023 ("Universal guidance for diffusion
+    models"). At high noise, where the classifier reads x_t near chance, x0_hat already shows the
+    outline the sampler is heading for, and the gradient steers it; each guided step costs a backward
+    of the model more (and a forward more, unless the denoiser is a :class:`ModelEstimate` of the
+    model the sampler calls, whose forward it then shares).
     """
     if max_t is not None:
         if interval is not None:
@@ -293,7 +357,7 @@ def classifier_cond_fn(
             total = total + log_probs.gather(1, y.view(-1, 1).to(log_probs.device)).sum()
         return total
 
-    return _gradient_hook(log_probability, scale, interval, denoiser)
+    return GuidanceHook(log_probability, scale, interval, denoiser)
 
 
 def clip_cond_fn(
@@ -303,7 +367,7 @@ def clip_cond_fn(
     interval: Interval | None = None,
     negatives: Sequence[str] | None = None,
     denoiser: Denoiser | None = None,
-) -> Callable[..., torch.Tensor]:
+) -> GuidanceHook:
     """The CLIP-guidance hook ``cond_fn(x_t, t, **model_kwargs) -> [B, C, H, W]`` for a noise-aware CLIP
     (:class:`~guided_diffusion.models.clip.NoiseAwareCLIP`) and one prompt per image.
 
@@ -340,4 +404,4 @@ def clip_cond_fn(
         others = (logit_scale * image @ away.to(image.dtype).T).masked_fill(own_caption.to(image.device), float("-inf"))  # [B, K]
         return torch.log_softmax(torch.cat([own[:, None], others], dim=1), dim=1)[:, 0].sum()
 
-    return _gradient_hook(objective, scale, interval, denoiser)
+    return GuidanceHook(objective, scale, interval, denoiser)

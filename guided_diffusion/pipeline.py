@@ -34,7 +34,7 @@ from .compilation import check_compile_backend
 from .config import read_yaml
 from .diffusion import DiffusionConfig, GaussianDiffusion
 from .errors import ConfigError, RequestError
-from .guidance import CADS, ClassifierFreeGuidance, ConditionAnnealing, classifier_cond_fn, clip_cond_fn
+from .guidance import CADS, ClassifierFreeGuidance, ConditionAnnealing, GuidanceHook, GuidanceSum, ModelEstimate, classifier_cond_fn, clip_cond_fn
 from .images import to_numpy, to_pil, to_unit
 from .models.classifier import ClassifierConfig, NoiseAwareClassifier
 from .models.clip import CLIPConfig, NoiseAwareCLIP
@@ -92,11 +92,11 @@ def checked_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def _summed(cond_fns: list[Callable[..., torch.Tensor]]) -> Callable[..., torch.Tensor] | None:
+def _summed(cond_fns: list[GuidanceHook]) -> Callable[..., torch.Tensor] | None:
     """One guidance hook adding up the gradients of ``cond_fns`` (None for none; the one for one)."""
     if len(cond_fns) < 2:
         return cond_fns[0] if cond_fns else None
-    return lambda x_t, t, **kwargs: sum(fn(x_t, t, **kwargs) for fn in cond_fns)
+    return GuidanceSum(cond_fns)
 
 
 def _checked_prompts(prompts: Sequence[str]) -> list[str]:
@@ -401,8 +401,8 @@ class GuidedDiffusionPipeline:
         (see :func:`~guided_diffusion.guidance.clip_cond_fn`).
         ``guidance_reads`` says what the classifier and the CLIP read (None: the sampling config's):
         ``"x_t"``, the noisy image at its timestep (Dhariwal & Nichol, GLIDE), or ``"x0"``, the model's
-        estimate of the clean image, read at t = 0 with the gradient taken through the model (Bansal et al. 2023; one more forward and
-        backward of the model per guided step; see :func:`~guided_diffusion.guidance.classifier_cond_fn`).
+        estimate of the clean image, read at t = 0 with the gradient taken through the model (Bansal et al. 2023; a
+        backward of the model per guided step, sharing the step's forward; see :func:`~guided_diffusion.guidance.classifier_cond_fn`).
         ``seed`` (or ``generator``) makes the result reproducible on the same device; ``generator`` may
         also be a list with one generator per image (prompt-major), where consecutive images that share
         one generator draw their noise together, as that generator alone would for them. ``callback(step,
@@ -420,11 +420,6 @@ class GuidedDiffusionPipeline:
         x = self._sample(request, autoguidance, generator, callback, progress)
         images: Images = {"pt": to_unit, "np": to_numpy, "pil": to_pil}[request.output_type](x)
         return GuidedDiffusionPipelineOutput(images) if return_dict else (images,)
-
-    def _x0_reader(self, model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        """``(x_t, t, **model_kwargs) -> x_0 estimate [B, C, H, W]`` of ``model`` (the guided model the
-        sampler calls), for guidance that reads it (``guidance_reads="x0"``)."""
-        return lambda x_t, t, **model_kwargs: self.diffusion.estimate_x0(model, x_t, t, model_kwargs)
 
     def _sample(
         self,
@@ -451,7 +446,7 @@ class GuidedDiffusionPipeline:
                 uncond = {"text_features": empty_features.expand_as(features), "text_mask": empty_mask.expand_as(mask)}
                 model = ClassifierFreeGuidance(self.unet, scale, uncond, request.guidance_interval)
             # before CADS, whose noise draws belong to the sampler's own calls
-            denoiser = self._x0_reader(model) if request.guidance_reads == "x0" else None
+            denoiser = ModelEstimate(self.diffusion, model) if request.guidance_reads == "x0" else None
             if request.cads is not None:
                 model = ConditionAnnealing(model, request.cads, num_timesteps, generator)
             cond_fns = []

@@ -199,6 +199,61 @@ def test_guidance_reading_x0_is_the_gradient_through_the_denoiser():
     assert torch.all(grad[0] == 0) and torch.all(grad[3] == 0)  # outside the interval
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "heun"])
+def test_guidance_reading_the_samplers_own_estimate_shares_its_forward(sampler):
+    """A hook whose denoiser is a ModelEstimate of the very model the sampler calls gets that call's
+    output with its graph: the samples are those of a separate denoiser, with one model forward per
+    evaluation instead of two. A sum of hooks shares the one forward too, a hook outside its interval
+    costs no graph, and any other model (here, the estimate of a copy) keeps its own forward."""
+    from guided_diffusion.guidance import GuidanceSum, ModelEstimate
+    from guided_diffusion.samplers import model_evaluations, sample
+
+    torch.manual_seed(0)
+    clip = tiny_clip()
+    weights = torch.randn(3, 3, dtype=F64) / 3
+    calls = []
+
+    def model(x_t, t, text_features):
+        calls.append(torch.is_grad_enabled())
+        return torch.tanh(torch.einsum("oc,bchw->bohw", weights, x_t)) * text_features + t.view(-1, 1, 1, 1).to(x_t.dtype) / 2000
+
+    d = GaussianDiffusion(get_beta_schedule("linear", 1000), prediction="v")
+    prompts = ["a red circle", "a blue square"]
+    separate = lambda x_t, t, **kw: d.estimate_x0(model, x_t, t, kw)  # noqa: E731: the same numbers, its own forward
+    noise = torch.randn(2, 3, 16, 16, dtype=F64)
+    steps, kwargs = 4, {"text_features": torch.full((2, 1, 1, 1), 0.8, dtype=F64)}
+
+    def run(*hooks):
+        calls.clear()
+        cond_fn = hooks[0] if len(hooks) == 1 else GuidanceSum(hooks)
+        return sample(model, d, (2, 3, 16, 16), sampler=sampler, steps=steps, model_kwargs=kwargs, cond_fn=cond_fn,
+                      noise=noise, dtype=F64, generator=torch.Generator().manual_seed(1))
+
+    evaluations = model_evaluations(sampler, steps)
+    own = run(clip_cond_fn(clip, prompts, scale=30.0, denoiser=ModelEstimate(d, model)))
+    assert calls == [True] * evaluations  # one forward per evaluation, with its graph
+    apart = run(clip_cond_fn(clip, prompts, scale=30.0, denoiser=separate))
+    assert calls == [False, True] * evaluations
+    torch.testing.assert_close(own, apart, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(own, run(clip_cond_fn(clip, prompts, scale=0.0, denoiser=separate)))  # the guidance acts
+
+    both = run(clip_cond_fn(clip, prompts, scale=30.0, denoiser=ModelEstimate(d, model)),
+               clip_cond_fn(clip, prompts[::-1], scale=10.0, denoiser=ModelEstimate(d, model)))
+    assert calls == [True] * evaluations
+    torch.testing.assert_close(both, run(clip_cond_fn(clip, prompts, scale=30.0, denoiser=separate),
+                                         clip_cond_fn(clip, prompts[::-1], scale=10.0, denoiser=separate)), rtol=1e-12, atol=1e-12)
+    mixed = run(clip_cond_fn(clip, prompts, scale=30.0, denoiser=ModelEstimate(d, model)), clip_cond_fn(clip, prompts[::-1], scale=10.0))
+    torch.testing.assert_close(mixed, run(clip_cond_fn(clip, prompts, scale=30.0, denoiser=separate), clip_cond_fn(clip, prompts[::-1], scale=10.0)),
+                               rtol=1e-12, atol=1e-12)
+
+    never = run(clip_cond_fn(clip, prompts, scale=30.0, denoiser=ModelEstimate(d, model), interval=(1, 2)))
+    assert calls == [False] * evaluations and torch.equal(never, run(clip_cond_fn(clip, prompts, scale=0.0)))
+    copy = lambda x_t, t, **kw: model(x_t, t, **kw)  # noqa: E731
+    other = run(clip_cond_fn(clip, prompts, scale=30.0, denoiser=ModelEstimate(d, copy)))
+    assert calls == [False, True] * evaluations
+    torch.testing.assert_close(other, own, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_the_x0_estimate_at_any_timestep_is_the_denoisers(prediction):
     """estimate_x0 at original timesteps (fractional ones too) gives the x_0 of ``denoise`` at the noise
