@@ -17,7 +17,7 @@ from PIL import Image
 
 from guided_diffusion import GuidedDiffusionPipeline
 from guided_diffusion.evaluate import main
-from guided_diffusion.evaluation import classification_accuracy_score
+from guided_diffusion.evaluation import classification_accuracy_score, train_cas_classifier
 from guided_diffusion.models.classifier import ClassifierConfig, NoiseAwareClassifier
 
 from .conftest import TINY_CONFIG
@@ -43,6 +43,24 @@ def quadrant_images(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tens
         top, left = 8 * (c // 2), 8 * (c % 2)
         images[i, :, top + 1 : top + 7, left + 1 : left + 7] += 1.5
     return images.clamp(-1, 1), labels
+
+
+def test_cas_classifier_weights_do_not_depend_on_the_thread_count() -> None:
+    """oneDNN splits a convolution's weight gradient across threads: trained on 2 threads, the weights
+    would differ from 1 thread's in their last bits, and grow apart over the epochs."""
+    images, labels = quadrant_images(64, seed=3)
+    images = torch.nn.functional.interpolate(images, size=32)
+    threads = torch.get_num_threads()
+    try:
+        weights = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            model = train_cas_classifier(images, labels, 4, epochs=2, batch_size=64, seed=0)
+            weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+            assert torch.get_num_threads() == count
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(weights[0], weights[1])
 
 
 def test_cas_of_real_images_matches_the_reference_and_shuffled_labels_fall_to_chance() -> None:

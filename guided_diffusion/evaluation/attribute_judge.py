@@ -6,9 +6,10 @@ resembles, in whichever style that one happens to be. :func:`train_attribute_jud
 :class:`~guided_diffusion.evaluation.cas.CASNet` on real images with their labels, holding out every
 image of a seeded share of the *groups* (for emoji: the emoji names, both styles), and measures its
 accuracy on them: how well it reads the attribute of a picture it never saw, which is what a generated
-image is. That accuracy goes into every report that uses the judge. It is deliberately not the
-pipeline's noise-aware classifier: images steered by that classifier's gradients would then be judged
-by the network they were steered to please.
+image is. That accuracy goes into every report that uses the judge. Like every CAS network it trains on
+one thread on the CPU, so the same images get the same verdicts whatever the thread count. It is
+deliberately not the pipeline's noise-aware classifier: images steered by that classifier's gradients
+would then be judged by the network they were steered to please.
 """
 
 from __future__ import annotations

@@ -1,17 +1,22 @@
 """Classification Accuracy Score (CAS, Ravuri & Vinyals 2019): the accuracy on real held-out images of a
 classifier trained only on a model's class-conditional samples.
 
-The classifier is :class:`CASNet`, a small CNN trained from scratch by :func:`train_cas_classifier`
-for a fixed number of epochs (Adam, cross-entropy, no augmentation). Training is seeded: two training
-sets of the same size get the same initial weights and the same batch order, so what differs between
-two scores is the data alone. Trained on as many real training images per class, the same recipe gives
-the real-data reference; the gap between the two is what the samples lack, in fidelity to their class or
-in its variety. It is deliberately not the pipeline's noise-aware classifier: samples steered by that
-classifier's gradients would then be scored by the network they were steered to please.
+The classifier is :class:`CASNet`, a small CNN trained from scratch by :func:`train_cas_classifier` for
+a fixed number of epochs (Adam, cross-entropy, no augmentation). Training is seeded: two training sets
+of the same size get the same initial weights and the same batch order, so what differs between two
+scores is the data alone. On the CPU it runs on one thread, whatever the process's thread count: oneDNN
+splits a convolution's weight-gradient sum across threads, so trained on 2 threads the weights (and
+every score read by them) differ from those trained on 1. Trained on as many real training images per
+class, the same recipe gives the real-data reference; the gap between the two is what the samples lack,
+in fidelity to their class or in its variety. It is deliberately not the pipeline's noise-aware
+classifier: samples steered by that classifier's gradients would then be scored by the network they were
+steered to please.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +68,8 @@ def train_cas_classifier(
 ) -> CASNet:
     """A :class:`CASNet` trained for ``epochs`` on ``images [N, C, H, W]`` (in [-1, 1]) with class
     indices ``labels [N]``; initial weights and batch order come from ``seed`` alone (the global random
-    state is left as it was)."""
+    state is left as it was), and on the CPU the weights do not depend on the thread count (it trains on
+    one thread and restores the count)."""
     if images.shape[0] != labels.shape[0] or labels.numel() == 0:
         raise ValueError(f"need one label per image and at least one image (got {images.shape[0]} images, {labels.shape[0]} labels)")
     if epochs < 1:
@@ -74,13 +80,25 @@ def train_cas_classifier(
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     order = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc=description, unit="epoch", leave=False):
-        for batch in torch.randperm(labels.shape[0], generator=order).split(batch_size):
-            loss = F.cross_entropy(model(images[batch].float().to(device)), labels[batch].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    with one_thread() if torch.device(device).type == "cpu" else nullcontext():
+        for _ in tqdm(range(epochs), desc=description, unit="epoch", leave=False):
+            for batch in torch.randperm(labels.shape[0], generator=order).split(batch_size):
+                loss = F.cross_entropy(model(images[batch].float().to(device)), labels[batch].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
     return model.eval()
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the body on one intra-op thread, restoring the thread count after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
