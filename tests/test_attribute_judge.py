@@ -46,7 +46,10 @@ def test_the_judge_reads_the_attribute_of_groups_it_never_saw() -> None:
     assert judge.classes == ["big", "small"]
     fresh, fresh_labels, _ = discs(palette(6, seed=1), seed=1)  # colours no real image had
     assert judge.read(fresh) == [["big", "small"][i] for i in fresh_labels.tolist()]
-    assert judge.summary() == {"held_out_accuracy": 1.0, "held_out_images": 16, "held_out_groups": 4, "epochs": 30}
+    assert judge.summary() == {
+        "held_out_accuracy": 1.0, "held_out_accuracy_by_class": {"big": 1.0, "small": 1.0},
+        "held_out_images": 16, "held_out_groups": 4, "epochs": 30,
+    }
 
 
 def test_a_label_the_pictures_do_not_show_is_not_read_on_unseen_groups() -> None:
@@ -58,6 +61,25 @@ def test_a_label_the_pictures_do_not_show_is_not_read_on_unseen_groups() -> None
     judge = train_attribute_judge(images, labels, groups, ["heads", "tails"], epochs=30, held_out_fraction=0.5, seed=0)
     assert judge.held_out_images == 80
     assert judge.held_out_accuracy < 0.75
+    # by class: the share of each label's unseen images read as it, which weight into the overall figure
+    held = [g in held_out_groups(groups, 0.5, seed=0) for g in groups]
+    truth = labels[torch.tensor(held)].tolist()
+    read = judge.read(images[torch.tensor(held)])
+    for i, name in enumerate(["heads", "tails"]):
+        mine = [r for r, t in zip(read, truth) if t == i]
+        assert judge.held_out_accuracy_by_class[name] == pytest.approx(np.mean([r == name for r in mine]))
+    counts = [truth.count(i) for i in range(2)]
+    assert judge.held_out_accuracy == pytest.approx(
+        sum(c * judge.held_out_accuracy_by_class[n] for c, n in zip(counts, ["heads", "tails"])) / 80
+    )
+
+
+def test_a_class_with_no_unseen_images_has_no_accuracy_of_its_own() -> None:
+    images, labels, groups = discs(palette(6, seed=4), seed=4)
+    labels[[g in held_out_groups(groups, 0.5, seed=0) for g in groups]] = 0  # every unseen image is "big"
+    judge = train_attribute_judge(images, labels, groups, list(SIZES), epochs=1, held_out_fraction=0.5, seed=0)
+    assert list(judge.held_out_accuracy_by_class) == ["big"]
+    assert judge.held_out_accuracy_by_class["big"] == judge.held_out_accuracy
 
 
 def test_held_out_groups_are_seeded_and_never_empty_or_everything() -> None:

@@ -113,6 +113,9 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     judge = sweep["judge"]
     assert judge["held_out_groups"] == 1 and judge["held_out_images"] == 2 and judge["epochs"] == 20  # 1 of 9 emoji, both styles
     assert judge["held_out_accuracy"] in (0.0, 0.5, 1.0) and 0.0 <= judge["nearest_image_accuracy"] <= 1.0
+    by_style = judge["held_out_accuracy_by_class"]  # the unseen emoji in both styles, one image each
+    assert set(by_style) == {"google", "twitter"} and all(rate in (0.0, 1.0) for rate in by_style.values())
+    assert sum(by_style.values()) / 2 == judge["held_out_accuracy"]
     assert report["bits_per_dim"]["n"] == 2 and report["bits_per_dim"]["mean"] > 0
     rows = report["guidance_scales"]
     assert [row["guidance_scale"] for row in rows] == [3.0, 0.0]
@@ -125,6 +128,7 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     assert "| 0 | " in text and "seen (trained on): top-1 / top-5" in text
     assert "| held out | 4 | 8 |" in text and "guided at t <= 20 only" in text and "Bits/dim on 2 held-out pairs" in text
     assert "| style hit rate, nearest real image |" in text and "trained on the real images of all but 1 emoji (20 epochs)" in text
+    assert f"({100 * by_style['google']:.1f}% of the google ones, {100 * by_style['twitter']:.1f}% of the twitter ones)" in text
     assert (tmp_path / "samples.png").is_file()
     assert "# Emoji evaluation" in capsys.readouterr().out
 

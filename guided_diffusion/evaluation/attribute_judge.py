@@ -29,11 +29,14 @@ JUDGE_HELD_OUT_FRACTION = 0.1
 @dataclass
 class AttributeJudge:
     """A trained judge: ``classes`` (index -> name), the ``model``, and its accuracy on the real images
-    of the ``held_out_groups`` it was not trained on (``held_out_images`` of them)."""
+    of the ``held_out_groups`` it was not trained on (``held_out_images`` of them), overall and by class
+    (``held_out_accuracy_by_class``: class name -> the share of that class's held-out images read as
+    it, for each class that has some: how often a real image of that class gets its due)."""
 
     model: CASNet
     classes: list[str]
     held_out_accuracy: float
+    held_out_accuracy_by_class: dict[str, float]
     held_out_images: int
     held_out_groups: int
     epochs: int
@@ -42,10 +45,11 @@ class AttributeJudge:
         """The class name read off each of ``images [N, C, H, W]`` in [-1, 1]."""
         return [self.classes[i] for i in predict(self.model, images).tolist()]
 
-    def summary(self) -> dict[str, float | int]:
+    def summary(self) -> dict[str, float | int | dict[str, float]]:
         """What a report records about the judge."""
         return {
             "held_out_accuracy": self.held_out_accuracy,
+            "held_out_accuracy_by_class": self.held_out_accuracy_by_class,
             "held_out_images": self.held_out_images,
             "held_out_groups": self.held_out_groups,
             "epochs": self.epochs,
@@ -83,11 +87,15 @@ def train_attribute_judge(
     model = train_cas_classifier(
         images[~test], labels[~test], len(classes), epochs=epochs, seed=seed, device=device, description="attribute judge"
     )
-    right = predict(model, images[test]) == labels[test].cpu()
+    truth = labels[test].cpu()
+    right = predict(model, images[test]) == truth
     return AttributeJudge(
         model=model,
         classes=list(classes),
         held_out_accuracy=float(right.double().mean()),
+        held_out_accuracy_by_class={
+            name: float(right[truth == i].double().mean()) for i, name in enumerate(classes) if (truth == i).any()
+        },
         held_out_images=int(test.sum()),
         held_out_groups=len(held),
         epochs=epochs,

@@ -270,7 +270,9 @@ def render_emoji_report(report: dict[str, Any]) -> str:
             "",
             f"The style hit rate is read by a small CNN trained on the real images of all but {j['held_out_groups']} emoji "
             f"({j['epochs']} epochs); on those {j['held_out_images']} unseen images it reads the style right "
-            f"{percent(j['held_out_accuracy'])} of the time. The nearest real image, with the image's own emoji left "
+            f"{percent(j['held_out_accuracy'])} of the time ("
+            + ", ".join(f"{percent(rate)} of the {style} ones" for style, rate in j["held_out_accuracy_by_class"].items())
+            + "). The nearest real image, with the image's own emoji left "
             f"out, reads the style of real images right {percent(j['nearest_image_accuracy'])} of the time. The "
             "category is the nearest real image's.",
         ]
