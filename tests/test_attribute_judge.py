@@ -62,9 +62,10 @@ def test_a_label_the_pictures_do_not_show_is_not_read_on_unseen_groups() -> None
     assert judge.held_out_images == 80
     assert judge.held_out_accuracy < 0.75
     # by class: the share of each label's unseen images read as it, which weight into the overall figure
-    held = [g in held_out_groups(groups, 0.5, seed=0) for g in groups]
-    truth = labels[torch.tensor(held)].tolist()
-    read = judge.read(images[torch.tensor(held)])
+    unseen = held_out_groups(groups, 0.5, seed=0)
+    held = torch.tensor([g in unseen for g in groups])
+    truth = labels[held].tolist()
+    read = judge.read(images[held])
     for i, name in enumerate(["heads", "tails"]):
         mine = [r for r, t in zip(read, truth) if t == i]
         assert judge.held_out_accuracy_by_class[name] == pytest.approx(np.mean([r == name for r in mine]))
@@ -76,7 +77,8 @@ def test_a_label_the_pictures_do_not_show_is_not_read_on_unseen_groups() -> None
 
 def test_a_class_with_no_unseen_images_has_no_accuracy_of_its_own() -> None:
     images, labels, groups = discs(palette(6, seed=4), seed=4)
-    labels[[g in held_out_groups(groups, 0.5, seed=0) for g in groups]] = 0  # every unseen image is "big"
+    unseen = held_out_groups(groups, 0.5, seed=0)
+    labels[[g in unseen for g in groups]] = 0  # every unseen image is "big"
     judge = train_attribute_judge(images, labels, groups, list(SIZES), epochs=1, held_out_fraction=0.5, seed=0)
     assert list(judge.held_out_accuracy_by_class) == ["big"]
     assert judge.held_out_accuracy_by_class["big"] == judge.held_out_accuracy
