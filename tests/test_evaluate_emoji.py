@@ -129,6 +129,8 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     assert "| held out | 4 | 8 |" in text and "guided at t <= 20 only" in text and "Bits/dim on 2 held-out pairs" in text
     assert "| style hit rate, nearest real image |" in text and "trained on the real images of all but 1 emoji (20 epochs)" in text
     assert f"({100 * by_style['google']:.1f}% of the google ones, {100 * by_style['twitter']:.1f}% of the twitter ones)" in text
+    assert "; 2 images per canonical prompt" in text
+    assert "; 1 image per canonical prompt" in emoji_evaluation.render_emoji_report({**report, "images_per_prompt": 1})
     assert (tmp_path / "samples.png").is_file()
     assert "# Emoji evaluation" in capsys.readouterr().out
 

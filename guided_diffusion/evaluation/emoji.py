@@ -223,7 +223,7 @@ def render_emoji_report(report: dict[str, Any]) -> str:
         f"Sampler {s['sampler']}, {s['steps']} steps ({s.get('timestep_schedule', 'uniform')} schedule), classifier-free guidance {s['guidance_scale']}, seed {s['seed']}"
         + guidance_reads_note(s.get("guidance_reads", "x_t"))
         + (
-            f"; {report['images_per_prompt']} images per canonical prompt (\"<name>, <style> style\"). Judge: the nearest real "
+            f"; {report['images_per_prompt']} image{'s' if report['images_per_prompt'] != 1 else ''} per canonical prompt (\"<name>, <style> style\"). Judge: the nearest real "
             "emoji image (both styles, held-out pairs included) in 16x16 area-averaged pixels." if groups else "."
         ),
     ]
