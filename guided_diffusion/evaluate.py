@@ -56,6 +56,7 @@ from .datasets.shapes import (
 from .errors import RequestError, exits_on_user_errors
 from .evaluation.diversity import normalized_entropy
 from .evaluation.likelihood import bits_per_dim
+from .evaluation.report import counted
 from .evaluation.sampling import EvalSampling, guidance_reads_note, per_guidance_scale
 from .images import enlarge, from_pil, from_uint8, image_grid
 from .pipeline import GuidedDiffusionPipeline
@@ -308,7 +309,7 @@ def render_markdown(report: Report, attribute: str) -> str:
             + ("" if report.classifier_max_t is None else f", at t <= {report.classifier_max_t} only"),
             "",
             f"Hit rate: share of samples whose {attribute} is the target (chance: {_pct(1 / len(CLASSES[attribute]))}). "
-            f"Entropy: of each other attribute over its classes among the {per_target} images per target, normalised "
+            f"Entropy: of each other attribute over its classes among the {counted(per_target, 'image')} per target, normalised "
             "to 1 for uniform. The last row is the ceiling: the training split's images of each target class, as many.",
             "",
             "| classifier scale | hit rate | " + " | ".join(f"{o} entropy" for o in others) + " |",

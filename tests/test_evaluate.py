@@ -104,6 +104,7 @@ def test_evaluate_writes_a_complete_report(tiny32, tmp_path, monkeypatch):
     text = (tmp_path / "report.md").read_text()
     assert "| seen | 6 |" in text and "## Classifier guidance on `shape`" in text and "Bits/dim on 2" in text
     assert all(r["images"] == 2 for r in report.classifier) and "| training data | 100.0% |" in text
+    assert "among the 2 images per target" in text
     late = evaluate(
         pipe, tmp_path / "late", model_name="tiny32", sampling=EvalSampling(sampler="ddim", steps=2, guidance_scale=3.0, batch_size=16, seed=0), num_prompts=1, images_per_prompt=1,
         classifier_scales=(10,), images_per_target=2, classifier_max_t=20, bpd_images=0,

@@ -180,7 +180,9 @@ def test_gd_eval_on_labelled_data_writes_a_complete_report(labelled_run: tuple[i
     assert (out / "samples.png").is_file()
     text = (out / "report.md").read_text()
     for part in ("Bits/dim on 2 rows of split `test`", "| training split (seen) `train` | 3 | 6 | 8 |", "| held-out split `test` | 3 | 6 | 6 |",
-                 "## Classification Accuracy Score", "| generated, classifier guidance x5, t <= 20 |", "| real training images | |"):
+                 "## Classification Accuracy Score", "| generated, classifier guidance x5, t <= 20 |", "| real training images | |",
+                 "the captions of random rows of each split, 2 images each.", "trained only on 2 generated images per class",
+                 "2 images per class, guided at t <= 20 only"):
         assert part in text
     assert stdout.startswith("# Evaluation of")
 
@@ -230,3 +232,4 @@ def test_gd_eval_on_a_captioned_imagefolder_without_a_test_split(tiny_labelled_m
     assert report["samples"] == 2
     text = (out / "report.md").read_text()
     assert "no held-out split: split 'test' could not be opened" in text and "Not measured: the pipeline has no classifier" in text
+    assert "the captions of random rows of each split, 1 image each." in text

@@ -29,7 +29,7 @@ from ..serialization import TRAINING_DATA_NAME
 from .attribute_judge import AttributeJudge, train_attribute_judge
 from .diversity import normalized_entropy
 from .likelihood import bits_per_dim
-from .report import percent, save_samples, write_report
+from .report import counted, percent, save_samples, write_report
 from .sampling import EvalSampling, check_counts, generate, guidance_reads_note, per_guidance_scale
 
 def read_training_pairs(folder: Path) -> dict[str, list[list[str]]]:
@@ -223,7 +223,7 @@ def render_emoji_report(report: dict[str, Any]) -> str:
         f"Sampler {s['sampler']}, {s['steps']} steps ({s.get('timestep_schedule', 'uniform')} schedule), classifier-free guidance {s['guidance_scale']}, seed {s['seed']}"
         + guidance_reads_note(s.get("guidance_reads", "x_t"))
         + (
-            f"; {report['images_per_prompt']} image{'s' if report['images_per_prompt'] != 1 else ''} per canonical prompt (\"<name>, <style> style\"). Judge: the nearest real "
+            f"; {counted(report['images_per_prompt'], 'image')} per canonical prompt (\"<name>, <style> style\"). Judge: the nearest real "
             "emoji image (both styles, held-out pairs included) in 16x16 area-averaged pixels." if groups else "."
         ),
     ]
@@ -254,7 +254,7 @@ def render_emoji_report(report: dict[str, Any]) -> str:
         limit = "every step" if g["max_t"] is None else f"t <= {g['max_t']} only"
         lines += [
             "",
-            f"## Classifier guidance on style (empty prompt, {g['images_per_target']} images per style, guided at {limit})",
+            f"## Classifier guidance on style (empty prompt, {counted(g['images_per_target'], 'image')} per style, guided at {limit})",
             "",
             "| scale | " + " | ".join(f"{row['scale']:g}" for row in g["rows"]) + " | training data |",
             "|---|" + "---:|" * (len(g["rows"]) + 1),

@@ -50,7 +50,7 @@ from ..errors import RequestError
 from ..pipeline import GuidedDiffusionPipeline
 from .cas import CAS_CLASSIFIER, CASScore, classification_accuracy_score
 from .likelihood import bits_per_dim
-from .report import percent, save_samples, write_report
+from .report import counted, percent, save_samples, write_report
 from .retrieval import nearest, pixel_features, retrieval_fidelity
 from .sampling import EvalSampling, check_counts, generate, guidance_reads_note
 
@@ -562,7 +562,7 @@ def render_generic_report(report: dict[str, Any]) -> str:
             "",
             "## Prompt fidelity by retrieval",
             "",
-            f"Prompts: the captions of random rows of each split, {report['images_per_prompt']} images each. A top-1 "
+            f"Prompts: the captions of random rows of each split, {counted(report['images_per_prompt'], 'image')} each. A top-1 "
             f"(top-{RETRIEVAL_K}) hit: the nearest real image (one of the {RETRIEVAL_K} nearest), in {FEATURE_SIZE}x"
             f"{FEATURE_SIZE} area-averaged pixels among a gallery of that split's rows that holds the prompted ones, "
             "carries the prompt's caption"
@@ -589,7 +589,7 @@ def render_generic_report(report: dict[str, Any]) -> str:
         else:
             guided = c.get("guided", {})
             lines += [
-                f"A classifier trained only on {c['images_per_class']} generated images per class (each prompted with the "
+                f"A classifier trained only on {counted(c['images_per_class'], 'generated image')} per class (each prompted with the "
                 f"caption of a random training row of the class; {c['train_images']} in all), for {c['epochs']} epochs, "
                 f"tested on {c['test_images']} real images of split `{c['test_split']}` (Ravuri & Vinyals 2019). The "
                 f"reference: the same classifier trained on those real training rows. Chance: {percent(c['chance'])}. "
@@ -619,7 +619,7 @@ def render_generic_report(report: dict[str, Any]) -> str:
         else:
             limit = "every step" if g["max_t"] is None else f"t <= {g['max_t']} only"
             lines += [
-                f"{g['images_per_target']} images per class, guided at {limit}. Hit rate: the share whose nearest real "
+                f"{counted(g['images_per_target'], 'image')} per class, guided at {limit}. Hit rate: the share whose nearest real "
                 f"training image has the target label (chance {percent(g['chance'])}). Diversity: the mean pairwise distance "
                 f"between a class's images in {FEATURE_SIZE}x{FEATURE_SIZE} pixels, averaged over the classes; the last row "
                 "holds as many real training images of each class.",

@@ -1,4 +1,4 @@
-"""Writing an evaluation's report: percentages as the tables show them, the sample sheet, and the files."""
+"""Writing an evaluation's report: percentages and counts as the tables and prose show them, the sample sheet, and the files."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ from ..images import captioned_grid, to_pil
 def percent(value: float) -> str:
     """``0.123`` -> ``"12.3%"``; NaN (nothing to measure) -> ``"n/a"``."""
     return "n/a" if value != value else f"{value:.1%}"
+
+
+def counted(n: int, noun: str) -> str:
+    """``(1, "image")`` -> ``"1 image"``; ``(2, "image")`` -> ``"2 images"``: a count as a report's prose says it."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def save_samples(images: torch.Tensor, captions: Sequence[str], path: Path) -> None:
