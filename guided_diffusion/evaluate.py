@@ -56,7 +56,7 @@ from .datasets.shapes import (
 from .errors import RequestError, exits_on_user_errors
 from .evaluation.diversity import normalized_entropy
 from .evaluation.likelihood import bits_per_dim
-from .evaluation.report import counted
+from .evaluation.report import counted, percent
 from .evaluation.sampling import EvalSampling, guidance_reads_note, per_guidance_scale
 from .images import enlarge, from_pil, from_uint8, image_grid
 from .pipeline import GuidedDiffusionPipeline
@@ -274,10 +274,6 @@ def plot_samplers(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 def render_markdown(report: Report, attribute: str) -> str:
     """The report as markdown (images referenced relative to the report's folder)."""
     s = report.sampling
@@ -295,10 +291,10 @@ def render_markdown(report: Report, attribute: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, scores in report.adherence.items():
-        lines.append(f"| {name} | {scores['n']:.0f} | " + " | ".join(_pct(scores[a]) for a in (*ATTRIBUTES, "all")) + " |")
+        lines.append(f"| {name} | {scores['n']:.0f} | " + " | ".join(percent(scores[a]) for a in (*ATTRIBUTES, "all")) + " |")
     if report.guidance_scales:
         lines += ["", "## Classifier-free guidance scale (seen pairs)", "", "| guidance scale | all four (seen) |", "|---|---|"]
-        lines += [f"| {r['guidance_scale']} | {_pct(r['all'])} |" for r in report.guidance_scales]
+        lines += [f"| {r['guidance_scale']} | {percent(r['all'])} |" for r in report.guidance_scales]
     if report.classifier:
         scales = sorted({r["scale"] for r in report.classifier})
         per_target = report.classifier[0]["images"]
@@ -308,7 +304,7 @@ def render_markdown(report: Report, attribute: str) -> str:
             f"## Classifier guidance on `{attribute}` with the empty prompt"
             + ("" if report.classifier_max_t is None else f", at t <= {report.classifier_max_t} only"),
             "",
-            f"Hit rate: share of samples whose {attribute} is the target (chance: {_pct(1 / len(CLASSES[attribute]))}). "
+            f"Hit rate: share of samples whose {attribute} is the target (chance: {percent(1 / len(CLASSES[attribute]))}). "
             f"Entropy: of each other attribute over its classes among the {counted(per_target, 'image')} per target, normalised "
             "to 1 for uniform. The last row is the ceiling: the training split's images of each target class, as many.",
             "",
@@ -318,7 +314,7 @@ def render_markdown(report: Report, attribute: str) -> str:
         for scale in scales:
             mine = [r for r in report.classifier if r["scale"] == scale]
             lines.append(
-                f"| {scale:g} | {_pct(np.mean([r['hit_rate'] for r in mine]))} | "
+                f"| {scale:g} | {percent(np.mean([r['hit_rate'] for r in mine]))} | "
                 + " | ".join(f"{np.mean([r[f'entropy_{o}'] for r in mine]):.2f}" for o in others)
                 + " |"
             )
@@ -334,7 +330,7 @@ def render_markdown(report: Report, attribute: str) -> str:
             "| sampler | timestep schedule | steps | NFE | all four | seconds |", "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['sampler']} | {r['timestep_schedule']} | {r['steps']} | {r['nfe']} | {_pct(r['all'])} | {r['seconds']:.0f} |"
+            f"| {r['sampler']} | {r['timestep_schedule']} | {r['steps']} | {r['nfe']} | {percent(r['all'])} | {r['seconds']:.0f} |"
             for r in report.samplers
         ]
         lines += ["", "![samplers](samplers.png)"]
