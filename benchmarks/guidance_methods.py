@@ -55,6 +55,7 @@ import torch  # noqa: E402
 from guidance_tasks import EmojiTask, ShapesTask  # noqa: E402
 
 from guided_diffusion import GuidedDiffusionPipeline  # noqa: E402
+from guided_diffusion.evaluation.report import percent  # noqa: E402
 from guided_diffusion.models.clip import NoiseAwareCLIP  # noqa: E402
 from guided_diffusion.serialization import TRAINING_DATA_NAME  # noqa: E402
 
@@ -123,7 +124,7 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---:|" + "---:|" * len(columns),
     ]
     for r in report["rows"]:
-        cells = [f"{100 * r[key]:.1f}%" if key not in DIVERSITIES else f"{r[key]:.3f}" for key in columns]
+        cells = [percent(r[key]) if key not in DIVERSITIES else f"{r[key]:.3f}" for key in columns]
         lines.append(f"| {r['method']} | {r['scale']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -29,6 +29,7 @@ import torch
 
 from guided_diffusion import GuidedDiffusionPipeline
 from guided_diffusion.evaluate import plot_samplers, sampler_table
+from guided_diffusion.evaluation.report import percent
 from guided_diffusion.evaluation.sampling import EvalSampling
 
 BASELINE = {"sampler": "ddpm", "num_inference_steps": 25, "timestep_schedule": "uniform"}
@@ -99,8 +100,8 @@ def main() -> None:
         ]
         for r in rows:
             lines.append(
-                f"| {r['sampler']} | {r['timestep_schedule']} | {r['steps']} | {r['nfe']} | {100 * r['all']:.1f}% | "
-                f"{100 * r['shape']:.1f}% | {100 * r['color']:.1f}% | {100 * r['size']:.1f}% | {100 * r['position']:.1f}% | {r['seconds']:.0f} |"
+                f"| {r['sampler']} | {r['timestep_schedule']} | {r['steps']} | {r['nfe']} | {percent(r['all'])} | "
+                f"{percent(r['shape'])} | {percent(r['color'])} | {percent(r['size'])} | {percent(r['position'])} | {r['seconds']:.0f} |"
             )
         lat = result["latency"]
         lines += [
