@@ -17,6 +17,7 @@ from guided_diffusion.evaluate import (
     attribute_accuracy,
     build_parser,
     canonical_targets,
+    classifier_scales,
     evaluate,
     main,
     normalized_entropy,
@@ -145,3 +146,13 @@ def test_every_gd_eval_flag_is_read_by_some_evaluation():
     refused everywhere, a stale name would hide a flag that is read."""
     listed = set(SHARED_FLAGS).union(*EVALUATION_FLAGS.values())
     assert listed == set(vars(build_parser().parse_args([])))
+
+
+def test_classifier_scales_default_per_evaluation_and_an_empty_flag_sweeps_none():
+    parser = build_parser()
+    unset = parser.parse_args([])
+    assert classifier_scales(unset, "shapes32") == classifier_scales(unset, "generic") == (0, 1, 3, 10, 12, 15, 20)
+    assert classifier_scales(unset, "emoji") == (0, 5, 20, 100, 200)
+    for dataset in ("shapes32", "emoji", "generic"):
+        assert classifier_scales(parser.parse_args(["--classifier-scales", "2", "7.5"]), dataset) == (2.0, 7.5)
+        assert classifier_scales(parser.parse_args(["--classifier-scales"]), dataset) == ()
