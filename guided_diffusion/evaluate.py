@@ -448,26 +448,19 @@ def eval_sampling(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> Ev
     return EvalSampling.of(pipe, **{name: getattr(args, name) for name in flags})
 
 
-DEFAULT_CLASSIFIER_SCALES = {  # each evaluation's classifier-guidance sweep without --classifier-scales
-    "shapes32": (0, 1, 3, 10, 12, 15, 20),
-    "emoji": (0, 5, 20, 100, 200),  # emoji32's style hit rate still rises past scale 20 (its model card)
-    "generic": (0, 1, 3, 10, 12, 15, 20),
-}
+def classifier_scales_option(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
+    """``{"classifier_scales": ...}`` when ``--classifier-scales`` is given (without values: none, no
+    sweep), else ``{}``, so that the evaluation's own default sweep applies."""
+    return {} if args.classifier_scales is None else {"classifier_scales": tuple(args.classifier_scales)}
 
 
-def classifier_scales(args: argparse.Namespace, dataset: str) -> tuple[float, ...]:
-    """The classifier scales to sweep: ``--classifier-scales`` (given without values: none), else the
-    ``dataset`` evaluation's default, ``DEFAULT_CLASSIFIER_SCALES``."""
-    return DEFAULT_CLASSIFIER_SCALES[dataset] if args.classifier_scales is None else tuple(args.classifier_scales)
-
-
-def common_options(pipe: GuidedDiffusionPipeline, args: argparse.Namespace, dataset: str) -> dict[str, Any]:
-    """The keyword arguments every evaluation takes from ``gd-eval``'s flags, for the ``dataset`` evaluation."""
+def common_options(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments every evaluation takes from ``gd-eval``'s flags."""
     return {
         "model_name": str(args.model),
         "sampling": eval_sampling(pipe, args),
         "images_per_prompt": args.images_per_prompt,
-        "classifier_scales": classifier_scales(args, dataset),
+        **classifier_scales_option(args),
         "images_per_target": args.images_per_target,
         "bpd_images": args.bpd_images,
     }
@@ -478,7 +471,7 @@ def emoji_main(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> int:
     from .evaluation.emoji import evaluate_emoji, render_emoji_report
 
     report = evaluate_emoji(
-        pipe, args.out, **common_options(pipe, args, "emoji"), num_seen=args.num_seen, num_held_out=args.num_held_out,
+        pipe, args.out, **common_options(pipe, args), num_seen=args.num_seen, num_held_out=args.num_held_out,
         classifier_max_t=args.classifier_max_t, guidance_scales=args.guidance_scales, emoji_root=args.emoji_root,
     )
     print(render_emoji_report(report))
@@ -494,7 +487,7 @@ def generic_main(pipe: GuidedDiffusionPipeline, args: argparse.Namespace) -> int
     config = DataConfig(**{name: getattr(args, name) for name in columns})
     data = open_eval_data(config, eval_split=args.eval_split, resolution=pipe.unet.config.image_size, seed=args.seed)
     flags = ("num_prompts", "gallery_size", "cas_images_per_class", "cas_epochs", "cas_test_images", "cas_classifier_scale", "classifier_max_t")
-    report = evaluate_generic(pipe, args.out, **common_options(pipe, args, "generic"), data=data, **{name: getattr(args, name) for name in flags})
+    report = evaluate_generic(pipe, args.out, **common_options(pipe, args), data=data, **{name: getattr(args, name) for name in flags})
     print(render_generic_report(report))
     return 0
 
@@ -534,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier-attribute", default="shape")
     parser.add_argument(
         "--classifier-scales", type=float, nargs="*", default=None,
-        help="classifier scales of the guidance sweep (none: no sweep); default: shapes32 and generic 0 1 3 10 12 15 20, emoji 0 5 20 100 200",
+        help="classifier scales of the guidance sweep (given without values: no sweep; default: the evaluation's own sweep)",
     )
     parser.add_argument("--images-per-target", type=int, default=96)
     parser.add_argument("--classifier-max-t", type=int, default=None, help="guide only at timesteps t <= this")
@@ -573,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if pipe.unet.config.image_size != 32:
         raise RequestError(f"gd-eval judges 32x32 Shapes32 samples; this model makes {pipe.unet.config.image_size}x{pipe.unet.config.image_size}")
     report = evaluate(
-        pipe, args.out, **common_options(pipe, args, "shapes32"), num_prompts=args.num_prompts, guidance_scales=args.guidance_scales,
+        pipe, args.out, **common_options(pipe, args), num_prompts=args.num_prompts, guidance_scales=args.guidance_scales,
         classifier_attribute=args.classifier_attribute, classifier_max_t=args.classifier_max_t, samplers=args.samplers,
         sampler_steps=args.sampler_steps, sampler_nfe=args.sampler_nfe,
     )

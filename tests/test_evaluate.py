@@ -1,5 +1,6 @@
 """The Shapes32 evaluation: scoring against real data, entropy, and an end-to-end report."""
 
+import inspect
 import json
 import math
 
@@ -17,7 +18,7 @@ from guided_diffusion.evaluate import (
     attribute_accuracy,
     build_parser,
     canonical_targets,
-    classifier_scales,
+    classifier_scales_option,
     evaluate,
     main,
     normalized_entropy,
@@ -149,10 +150,15 @@ def test_every_gd_eval_flag_is_read_by_some_evaluation():
 
 
 def test_classifier_scales_default_per_evaluation_and_an_empty_flag_sweeps_none():
+    from guided_diffusion.evaluation.emoji import evaluate_emoji
+    from guided_diffusion.evaluation.generic import evaluate_generic
+
+    def default(function) -> tuple:
+        return inspect.signature(function).parameters["classifier_scales"].default
+
     parser = build_parser()
-    unset = parser.parse_args([])
-    assert classifier_scales(unset, "shapes32") == classifier_scales(unset, "generic") == (0, 1, 3, 10, 12, 15, 20)
-    assert classifier_scales(unset, "emoji") == (0, 5, 20, 100, 200)
-    for dataset in ("shapes32", "emoji", "generic"):
-        assert classifier_scales(parser.parse_args(["--classifier-scales", "2", "7.5"]), dataset) == (2.0, 7.5)
-        assert classifier_scales(parser.parse_args(["--classifier-scales"]), dataset) == ()
+    assert classifier_scales_option(parser.parse_args([])) == {}  # the evaluation's own default applies
+    assert default(evaluate) == default(evaluate_generic) == (0, 1, 3, 10, 12, 15, 20)
+    assert default(evaluate_emoji) == (0, 5, 20, 100, 200)
+    assert classifier_scales_option(parser.parse_args(["--classifier-scales", "2", "7.5"])) == {"classifier_scales": (2.0, 7.5)}
+    assert classifier_scales_option(parser.parse_args(["--classifier-scales"])) == {"classifier_scales": ()}
