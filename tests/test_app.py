@@ -565,6 +565,8 @@ def test_generate_api_takes_eta_thresholding_a_clip_interval_and_an_autoguidance
         ({"guidance_scale": -1}, "guidance_scale must be between 0 and 20"),
         ({"classifier_scale": 3.0, "classifier_attribute": "size"}, "unknown classifier attribute 'size'; valid attributes:"),
         ({"classifier_scale": 3.0, "classifier_attribute": "shape", "classifier_label": "hexagon"}, "unknown shape 'hexagon'; valid:"),
+        ({"classifier_scale": 1001.0, "classifier_attribute": "shape", "classifier_label": "circle"},
+         "classifier_scale must be between 0 and 1000"),
         ({"seed": -1}, "seed must be between 0 and"),
         ({"prompt": "a red circle " * 100}, "the limit is 1000"),
         ({"model": "emoji64"}, "unknown model 'emoji64'; choose one of guided, tiny-emoji"),

@@ -25,7 +25,7 @@ from .models import DemoModels
 MAX_IMAGES = 16
 MAX_PROMPT_CHARS = 1000
 MAX_GUIDANCE_SCALE = 20.0
-MAX_CLASSIFIER_SCALE = 100.0
+MAX_CLASSIFIER_SCALE = 1000.0  # emoji32's style guidance wants 800 with ddim (its card)
 MAX_CLIP_GUIDANCE_SCALE = 1000.0
 MAX_ETA = 10.0
 MAX_SEED = 2**32 - 1

@@ -150,7 +150,7 @@ def evaluate_emoji(
     num_seen: int,
     num_held_out: int | None,
     images_per_prompt: int,
-    classifier_scales: Sequence[float] = (0, 5, 20, 100, 200),  # emoji32's style guidance gains past 20
+    classifier_scales: Sequence[float] = (0, 5, 20, 200, 800),  # emoji32's style guidance gains up to 800 with ddim
     images_per_target: int,
     classifier_max_t: int | None,
     bpd_images: int,
