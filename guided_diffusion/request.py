@@ -39,7 +39,8 @@ class SamplingConfig(Config):
     the classifier-free ``guidance_scale``, ``eta`` for the samplers that take it (None: each
     sampler's own default), the CLIP ``clip_guidance_scale`` (0: off) and what classifier and CLIP
     guidance read, ``guidance_reads`` (one of :data:`GUIDANCE_READS`: the noisy ``"x_t"`` or the model's
-    ``"x0"`` estimate; see the pipeline's call)."""
+    ``"x0"`` estimate; see the pipeline's call), and ``classifier_scale_max``, the top of the classifier
+    scales the demo offers and accepts for this model (a model's card says which scales help)."""
 
     section = "sampling"
 
@@ -50,6 +51,7 @@ class SamplingConfig(Config):
     eta: float | None = None
     clip_guidance_scale: float = 0.0
     guidance_reads: str = "x_t"
+    classifier_scale_max: float = 100.0
 
     def __post_init__(self) -> None:
         try:
@@ -65,6 +67,8 @@ class SamplingConfig(Config):
                 raise ConfigError(f"sampling.{name} must be a finite number, got {getattr(self, name)}")
         if self.clip_guidance_scale < 0:
             raise ConfigError(f"sampling.clip_guidance_scale must not be negative, got {self.clip_guidance_scale}")
+        if not (math.isfinite(self.classifier_scale_max) and self.classifier_scale_max > 0):
+            raise ConfigError(f"sampling.classifier_scale_max must be a finite number above 0, got {self.classifier_scale_max}")
 
     def sampler_settings(self, sampler: str) -> dict[str, float]:
         """This config's options for ``sampler``: ``{"eta": eta}`` when ``eta`` is set and ``sampler``

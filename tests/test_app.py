@@ -35,7 +35,7 @@ LABELS = {"shape": ["circle", "square", "triangle"], "color": ["red", "green", "
 SHAPES_PROMPTS = ["a small blue triangle in the top right", "a large red circle in the center", "a green square"]
 EMOJI_LABELS = {"style": ["flat", "outlined"], "category": ["faces", "animals", "food"]}
 EMOJI_PROMPTS = ["a grinning face", "a cat face", "a slice of pizza"]
-EMOJI_SAMPLING = {"sampler": "dpm++", "steps": 20, "guidance_scale": 2.0}
+EMOJI_SAMPLING = {"sampler": "dpm++", "steps": 20, "guidance_scale": 2.0, "classifier_scale_max": 500.0}
 API_PARAMETERS = [
     "prompt", "num_images", "steps", "sampler", "guidance_scale",
     "classifier_attribute", "classifier_label", "classifier_scale", "seed", "model", "timestep_schedule",
@@ -211,6 +211,8 @@ def test_page_settings_follow_the_model(pipe, guided_dir, emoji_dir):
     assert guided["classifier_attribute"] == {"choices": ["shape", "color"], "value": "shape"}
     assert emoji["classifier_attribute"] == {"choices": ["style", "category"], "value": "style"}
     assert emoji["classifier_label"] == {"choices": ["flat", "outlined"], "value": "flat"}
+    assert guided["classifier_scale"] == {"maximum": 100.0, "value": 0.0}  # the sampling config's default range
+    assert emoji["classifier_scale"] == {"maximum": 500.0, "value": 0.0}  # the model's own
     assert plain["classifier_guidance"] == {"visible": False} and plain["classifier_attribute"]["choices"] == []
     assert (emoji["sampler"], emoji["steps"], emoji["guidance_scale"]) == ({"value": "dpm++"}, {"maximum": 500, "value": 20}, {"value": 2.0})
     assert "A tiny emoji model" in emoji["training"]["value"] and "style (flat, outlined)" in emoji["summary"]["value"]
@@ -241,6 +243,7 @@ def test_picking_a_model_switches_the_page(pipe, guided_dir, emoji_dir):
     assert [value for _, value in guides.choices] == ["", "guided", "plain"] and guides.value == ""  # none, or another model
     assert not shown[block_by(shown, elem_id="eta")].visible  # dpm++ takes no eta
     assert shown[block_by(shown, label="CLIP guidance from t")].maximum == 499
+    assert shown[block_by(shown, label="Classifier scale (0 off)")].maximum == 500
 
     hidden = switch("plain", None, 100)
     assert not hidden[block_by(hidden, elem_id="classifier-guidance")].visible
@@ -565,8 +568,10 @@ def test_generate_api_takes_eta_thresholding_a_clip_interval_and_an_autoguidance
         ({"guidance_scale": -1}, "guidance_scale must be between 0 and 20"),
         ({"classifier_scale": 3.0, "classifier_attribute": "size"}, "unknown classifier attribute 'size'; valid attributes:"),
         ({"classifier_scale": 3.0, "classifier_attribute": "shape", "classifier_label": "hexagon"}, "unknown shape 'hexagon'; valid:"),
-        ({"classifier_scale": 1001.0, "classifier_attribute": "shape", "classifier_label": "circle"},
-         "classifier_scale must be between 0 and 1000"),
+        ({"classifier_scale": 101.0, "classifier_attribute": "shape", "classifier_label": "circle"},
+         "classifier_scale must be between 0 and 100, got 101"),
+        ({"model": "tiny-emoji", "classifier_scale": 501.0, "classifier_attribute": "style", "classifier_label": "flat"},
+         "classifier_scale must be between 0 and 500, got 501"),
         ({"seed": -1}, "seed must be between 0 and"),
         ({"prompt": "a red circle " * 100}, "the limit is 1000"),
         ({"model": "emoji64"}, "unknown model 'emoji64'; choose one of guided, tiny-emoji"),

@@ -14,7 +14,7 @@ from PIL import Image
 
 from guided_diffusion import GuidedDiffusionPipeline
 from guided_diffusion.config import read_yaml
-from guided_diffusion.errors import RequestError
+from guided_diffusion.errors import ConfigError, RequestError
 from guided_diffusion.evaluation.sampling import EvalSampling
 from guided_diffusion.request import SamplingConfig
 from guided_diffusion.serialization import CheckpointError
@@ -215,6 +215,13 @@ def test_a_configs_eta_goes_to_the_samplers_that_take_it_and_no_other():
     assert SamplingConfig(sampler="ddim").sampler_settings("ddim") == {}
     assert EvalSampling(sampler="ddim", eta=0.3).kwargs()["eta"] == 0.3
     assert "eta" not in EvalSampling(sampler="heun", eta=0.3).kwargs()
+
+
+@pytest.mark.parametrize("bad", [0.0, -5.0, float("inf"), float("nan")])
+def test_a_configs_classifier_scale_range_must_be_a_positive_number(bad):
+    assert SamplingConfig(classifier_scale_max=800.0).classifier_scale_max == 800.0
+    with pytest.raises(ConfigError, match=f"sampling.classifier_scale_max must be a finite number above 0, got {bad}"):
+        SamplingConfig(classifier_scale_max=bad)
 
 
 def require_inductor_toolchain() -> None:

@@ -25,7 +25,6 @@ from .models import DemoModels
 MAX_IMAGES = 16
 MAX_PROMPT_CHARS = 1000
 MAX_GUIDANCE_SCALE = 20.0
-MAX_CLASSIFIER_SCALE = 1000.0  # emoji32's style guidance wants 800 with ddim (its card)
 MAX_CLIP_GUIDANCE_SCALE = 1000.0
 MAX_ETA = 10.0
 MAX_SEED = 2**32 - 1
@@ -175,7 +174,7 @@ def check_request(
         steps = whole_number("steps", steps, 1, last + 1)
     if guidance_scale is not None:
         guidance_scale = number("guidance_scale", guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
-    classifier_scale = number("classifier_scale", classifier_scale, 0.0, MAX_CLASSIFIER_SCALE)
+    classifier_scale = number("classifier_scale", classifier_scale, 0.0, pipe.sampling_config.classifier_scale_max)
     if clip_guidance_scale is not None:
         clip_guidance_scale = number("clip_guidance_scale", clip_guidance_scale, 0.0, MAX_CLIP_GUIDANCE_SCALE)
     seed = secrets.randbelow(MAX_SEED + 1) if seed is None else whole_number("seed", seed, 0, MAX_SEED)

@@ -33,7 +33,6 @@ from ..schedule import BETA_SCHEDULES
 from .forward import example_images, image_to_tensor, noised_grid, schedule_figure, schedule_processes, schedule_table
 from .batching import DEFAULT_MAX_BATCH_IMAGES, SamplingBatcher, SamplingDone
 from .generation import (
-    MAX_CLASSIFIER_SCALE,
     MAX_CLIP_GUIDANCE_SCALE,
     MAX_ETA,
     MAX_GUIDANCE_SCALE,
@@ -95,7 +94,7 @@ def model_settings(pipe: GuidedDiffusionPipeline, name: str, model_names: Sequen
     page is built with the default model's and updated with another model's when it is picked.
 
     The classifier-guidance controls show ``pipe``'s classifier attributes and classes (hidden without
-    a classifier, with the scale back at 0); the sampler controls its sampling config (eta shown for
+    a classifier, with the scale back at 0 and the slider up to its ``classifier_scale_max``); the sampler controls its sampling config (eta shown for
     the samplers that take it, empty: the model's default; what guidance reads, its default); the autoguidance picker offers the other
     models of ``model_names`` (the picker's) and none; the Model tab its card under ``name``, the name
     the picker shows.
@@ -124,7 +123,7 @@ def model_settings(pipe: GuidedDiffusionPipeline, name: str, model_names: Sequen
         "classifier_guidance": {"visible": pipe.classifier is not None},
         "classifier_attribute": {"choices": list(labels), "value": attribute},
         "classifier_label": {"choices": labels.get(attribute or "", []), "value": labels[attribute][0] if attribute else None},
-        "classifier_scale": {"value": 0.0},
+        "classifier_scale": {"maximum": sampling.classifier_scale_max, "value": 0.0},
         "clip_guidance": {"visible": pipe.clip is not None},
         "clip_guidance_scale": {"value": sampling.clip_guidance_scale},
         "guidance_reads": {"value": sampling.guidance_reads},
@@ -355,9 +354,7 @@ def build_demo(
                             allow_custom_value=True,  # choices follow the attribute; the value is checked on use
                             **settings["classifier_label"],
                         )
-                        classifier_scale = gr.Slider(
-                            0, MAX_CLASSIFIER_SCALE, step=0.5, label="Classifier scale (0 off)", **settings["classifier_scale"]
-                        )
+                        classifier_scale = gr.Slider(0, step=0.5, label="Classifier scale (0 off)", **settings["classifier_scale"])
                     with gr.Group(elem_id="clip-guidance", **settings["clip_guidance"]) as clip_guidance:
                         gr.Markdown("**CLIP guidance** (the model's noise-aware CLIP; any prompt, the empty one included)")
                         clip_guidance_prompt = gr.Textbox(value=None, label="Guide towards (empty: the prompt)")
