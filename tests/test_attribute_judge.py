@@ -48,7 +48,7 @@ def test_the_judge_reads_the_attribute_of_groups_it_never_saw() -> None:
     assert judge.read(fresh) == [["big", "small"][i] for i in fresh_labels.tolist()]
     assert judge.summary() == {
         "held_out_accuracy": 1.0, "held_out_accuracy_by_class": {"big": 1.0, "small": 1.0},
-        "held_out_images": 16, "held_out_groups": 4, "epochs": 30,
+        "held_out_images": 16, "held_out_groups": 4, "epochs": 30, "seed": 0,
     }
 
 

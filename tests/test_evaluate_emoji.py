@@ -4,6 +4,7 @@ tiny fake emoji package."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,20 @@ def test_the_spread_of_images_is_their_mean_distance_over_that_between_real_emoj
         judge.spread(images[:1])
 
 
+def test_the_datas_category_entropy_at_a_sample_size_is_the_mean_over_random_draws(fake_root: Path) -> None:
+    judge = EmojiJudge(make_emoji("all", root=fake_root, resolution=16))
+    judge.styles, judge.categories = ["google"] * 4 + ["twitter"] * 3, ["a", "a", "b", "b", "a", "b", "c"]
+    # all of them: google splits a / b evenly (log 2 / log 3), twitter is uniform over a, b, c (1)
+    assert emoji_evaluation.data_category_entropy(judge, ["google", "twitter"]) == pytest.approx((math.log(2) / math.log(3) + 1) / 2)
+    assert emoji_evaluation.data_category_entropy(judge, ["google"], 4) == pytest.approx(math.log(2) / math.log(3))  # every image
+    assert emoji_evaluation.data_category_entropy(judge, ["twitter"], 10) == pytest.approx(1.0)  # fewer than asked: all of them
+    assert emoji_evaluation.data_category_entropy(judge, ["google", "twitter"], 1) == 0.0  # one image has one category
+    # two of google's four: a different pair 4 times in 6, each then with entropy log 2 / log 3
+    two = emoji_evaluation.data_category_entropy(judge, ["google"], 2, draws=4000)
+    assert two == pytest.approx(4 / 6 * math.log(2) / math.log(3), abs=0.02)
+    assert two == emoji_evaluation.data_category_entropy(judge, ["google"], 2, draws=4000)  # seeded
+
+
 @pytest.fixture(scope="module")
 def tiny_emoji_model(fake_root: Path, tmp_path_factory) -> Path:
     """A tiny untrained 16x16 pipeline over 40 timesteps with a style/category classifier and the fake
@@ -93,12 +108,13 @@ def tiny_emoji_model(fake_root: Path, tmp_path_factory) -> Path:
 
 
 def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Path, fake_root: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    scored = []
-    score_pairs = emoji_evaluation.score_pairs
+    scored, judge_seeds = [], []
+    score_pairs, train_judge = emoji_evaluation.score_pairs, emoji_evaluation.train_attribute_judge
     monkeypatch.setattr(emoji_evaluation, "score_pairs", lambda *args, **kw: scored.append(kw["description"]) or score_pairs(*args, **kw))
+    monkeypatch.setattr(emoji_evaluation, "train_attribute_judge", lambda *args, **kw: judge_seeds.append(kw["seed"]) or train_judge(*args, **kw))
     status = main([
         "--model", str(tiny_emoji_model), "--out", str(tmp_path), "--emoji-root", str(fake_root), "--device", "cpu",
-        "--sampler", "ddim", "--steps", "2", "--num-seen", "5", "--images-per-prompt", "2",
+        "--sampler", "ddim", "--steps", "2", "--num-seen", "5", "--images-per-prompt", "2", "--seed", "3",
         "--classifier-scales", "0", "5", "--images-per-target", "3", "--classifier-max-t", "20", "--bpd-images", "2",
         "--guidance-scales", "3", "0",
     ])
@@ -112,6 +128,7 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     assert all(0.0 <= row[key] <= 1.0 for row in sweep["rows"] for key in ("hit_rate", "nearest_image_hit_rate"))
     judge = sweep["judge"]
     assert judge["held_out_groups"] == 1 and judge["held_out_images"] == 2 and judge["epochs"] == 20  # 1 of 9 emoji, both styles
+    assert report["sampling"]["seed"] == 3 and judge["seed"] == judge_seeds[0] == emoji_evaluation.STYLE_JUDGE_SEED  # one judge for every sampling seed
     assert judge["held_out_accuracy"] in (0.0, 0.5, 1.0) and 0.0 <= judge["nearest_image_accuracy"] <= 1.0
     by_style = judge["held_out_accuracy_by_class"]  # the unseen emoji in both styles, one image each
     assert set(by_style) == {"google", "twitter"} and all(rate in (0.0, 1.0) for rate in by_style.values())
@@ -127,7 +144,9 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     text = (tmp_path / "report.md").read_text()
     assert "| 0 | " in text and "seen (trained on): top-1 / top-5" in text
     assert "| held out | 4 | 8 |" in text and "guided at t <= 20 only" in text and "Bits/dim on 2 held-out pairs" in text
-    assert "| style hit rate, nearest real image |" in text and "trained on the real images of all but 1 emoji (20 epochs)" in text
+    assert sweep["data_category_entropy_sampled"] == emoji_evaluation.data_category_entropy(EmojiJudge(make_emoji("all", root=fake_root)), ["google", "twitter"], 3)
+    assert f"| {sweep['data_category_entropy_sampled']:.2f} |" in text and "that of 3 real images per style drawn at random" in text
+    assert "| style hit rate, nearest real image |" in text and "trained on the real images of all but 1 emoji (20 epochs, seed 0 whatever the sampling seed)" in text
     assert f"({100 * by_style['google']:.1f}% of the google ones, {100 * by_style['twitter']:.1f}% of the twitter ones)" in text
     assert "; 2 images per canonical prompt" in text
     assert "; 1 image per canonical prompt" in emoji_evaluation.render_emoji_report({**report, "images_per_prompt": 1})

@@ -40,6 +40,7 @@ class AttributeJudge:
     held_out_images: int
     held_out_groups: int
     epochs: int
+    seed: int
 
     def read(self, images: torch.Tensor) -> list[str]:
         """The class name read off each of ``images [N, C, H, W]`` in [-1, 1]."""
@@ -53,6 +54,7 @@ class AttributeJudge:
             "held_out_images": self.held_out_images,
             "held_out_groups": self.held_out_groups,
             "epochs": self.epochs,
+            "seed": self.seed,
         }
 
 
@@ -99,4 +101,5 @@ def train_attribute_judge(
         held_out_images=int(test.sum()),
         held_out_groups=len(held),
         epochs=epochs,
+        seed=seed,
     )
