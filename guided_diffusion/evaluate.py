@@ -57,7 +57,7 @@ from .errors import RequestError, exits_on_user_errors
 from .evaluation.diversity import normalized_entropy
 from .evaluation.likelihood import bits_per_dim
 from .evaluation.report import counted, percent
-from .evaluation.sampling import EvalSampling, guidance_reads_note, per_guidance_scale
+from .evaluation.sampling import EvalSampling, check_counts, guidance_reads_note, per_guidance_scale
 from .images import enlarge, from_pil, from_uint8, image_grid
 from .pipeline import GuidedDiffusionPipeline
 from .request import GUIDANCE_READS
@@ -282,16 +282,19 @@ def render_markdown(report: Report, attribute: str) -> str:
         "",
         f"Sampler `{s.sampler}`, {s.steps} steps ({s.timestep_schedule} schedule), classifier-free guidance scale {s.guidance_scale}, seed {s.seed}{guidance_reads_note(s.guidance_reads)}. "
         f"Samples judged by `guided_diffusion.datasets.shapes.describe`. Took {report.seconds / 60:.1f} min.",
-        "",
-        "![samples](samples.png)",
-        "",
-        "## Prompt adherence (canonical prompts)",
-        "",
-        "| colour-shape pairs | images | shape | color | size | position | all four |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for name, scores in report.adherence.items():
-        lines.append(f"| {name} | {scores['n']:.0f} | " + " | ".join(percent(scores[a]) for a in (*ATTRIBUTES, "all")) + " |")
+    if report.adherence:
+        lines += [
+            "",
+            "![samples](samples.png)",
+            "",
+            "## Prompt adherence (canonical prompts)",
+            "",
+            "| colour-shape pairs | images | shape | color | size | position | all four |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, scores in report.adherence.items():
+            lines.append(f"| {name} | {scores['n']:.0f} | " + " | ".join(percent(scores[a]) for a in (*ATTRIBUTES, "all")) + " |")
     if report.guidance_scales:
         lines += ["", "## Classifier-free guidance scale (seen pairs)", "", "| guidance scale | all four (seen) |", "|---|---|"]
         lines += [f"| {r['guidance_scale']} | {percent(r['all'])} |" for r in report.guidance_scales]
@@ -355,25 +358,32 @@ def evaluate(
     sampler_steps: Sequence[int] = (5, 10, 20, 50, 100, 1000),
     sampler_nfe: Sequence[int] = (),
 ) -> Report:
-    """Run the evaluation and write ``report.md``, ``report.json``, ``samples.png`` and plots into ``out_dir``."""
+    """Run the evaluation and write ``report.md``, ``report.json``, ``samples.png`` and plots into
+    ``out_dir``. A count of 0 (``num_prompts``, ``bpd_images``) or no ``classifier_scales`` leaves that
+    part out; the sampler table scores canonical prompts, so it needs some."""
+    check_counts(0, num_prompts=num_prompts, bpd_images=bpd_images)
+    check_counts(1, images_per_prompt=images_per_prompt, images_per_target=images_per_target)
+    if samplers and not num_prompts:
+        raise RequestError("the sampler table scores canonical prompts: give num_prompts (--num-prompts) above 0")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report = Report(model=model_name, sampling=sampling)
     grid_images, grid_prompts = [], []
-    for name, heldout in (("seen", False), ("held out", True)):
+    for name, heldout in (("seen", False), ("held out", True)) if num_prompts else ():
         scores, images, prompts = prompt_adherence(
             pipe, heldout=heldout, num_prompts=num_prompts, images_per_prompt=images_per_prompt, sampling=sampling
         )
         report.adherence[name] = {**scores, "n": len(prompts)}
         grid_images.append(images[: 4 * images_per_prompt])
         grid_prompts += prompts[: 4 * images_per_prompt]
-    report.guidance_scales = per_guidance_scale(  # the seen prompts at each scale
-        guidance_scales,
-        sampling,
-        {k: v for k, v in report.adherence["seen"].items() if k != "n"},
-        lambda at: prompt_adherence(pipe, heldout=False, num_prompts=num_prompts, images_per_prompt=images_per_prompt, sampling=at)[0],
-    )
+    if report.adherence:
+        report.guidance_scales = per_guidance_scale(  # the seen prompts at each scale
+            guidance_scales,
+            sampling,
+            {k: v for k, v in report.adherence["seen"].items() if k != "n"},
+            lambda at: prompt_adherence(pipe, heldout=False, num_prompts=num_prompts, images_per_prompt=images_per_prompt, sampling=at)[0],
+        )
     if pipe.classifier is not None and classifier_scales:
         report.classifier = classifier_guidance_sweep(
             pipe,
@@ -394,8 +404,9 @@ def evaluate(
             sampling=sampling,
         )
         plot_samplers(report.samplers, out / "samplers.png")
-    enlarge(image_grid(from_uint8(np.concatenate(grid_images)), images_per_prompt * 2), 3).save(out / "samples.png")
-    (out / "prompts.txt").write_text("".join(f"{i}: {p}\n" for i, p in enumerate(dict.fromkeys(grid_prompts))))
+    if grid_images:
+        enlarge(image_grid(from_uint8(np.concatenate(grid_images)), images_per_prompt * 2), 3).save(out / "samples.png")
+        (out / "prompts.txt").write_text("".join(f"{i}: {p}\n" for i, p in enumerate(dict.fromkeys(grid_prompts))))
     report.seconds = time.perf_counter() - started
     (out / "report.md").write_text(render_markdown(report, classifier_attribute))
     (out / "report.json").write_text(json.dumps({**report.__dict__, "sampling": report.sampling.__dict__}, indent=2) + "\n")

@@ -10,6 +10,7 @@ import torch
 
 from guided_diffusion import GuidedDiffusionPipeline
 from guided_diffusion.datasets.shapes import FEATURES, HELDOUT_PAIRS, describe_batch, make_shapes32
+from guided_diffusion.errors import RequestError
 from guided_diffusion.evaluation.sampling import EvalSampling
 from guided_diffusion import evaluate as evaluate_module
 from guided_diffusion.evaluate import (
@@ -114,6 +115,22 @@ def test_evaluate_writes_a_complete_report(tiny32, tmp_path, monkeypatch):
     assert "with the empty prompt, at t <= 20 only" in (tmp_path / "late" / "report.md").read_text()
     assert json.loads((tmp_path / "late" / "report.json").read_text())["classifier_max_t"] == 20 and len(late.classifier) == 3
     assert json.loads((tmp_path / "report.json").read_text())["adherence"]["held out"]["n"] == 6
+
+
+def test_evaluate_leaves_out_what_is_counted_zero(tiny32, tmp_path):
+    pipe = GuidedDiffusionPipeline.from_pretrained(tiny32)
+    sampling = EvalSampling(sampler="ddim", steps=2, guidance_scale=3.0, batch_size=16, seed=0)
+    report = evaluate(pipe, tmp_path, model_name="tiny32", sampling=sampling, num_prompts=0, guidance_scales=(1.0,),
+                      classifier_scales=(10,), images_per_target=2, bpd_images=0)
+    assert report.adherence == {} and report.guidance_scales == [] and report.bpd is None and len(report.classifier) == 3
+    text = (tmp_path / "report.md").read_text()
+    assert "## Classifier guidance on `shape`" in text and "Prompt adherence" not in text and "samples.png" not in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier_guidance.png", "report.json", "report.md"]
+    with pytest.raises(RequestError, match="the sampler table scores canonical prompts: give num_prompts"):
+        evaluate(pipe, tmp_path / "none", model_name="tiny32", sampling=sampling, num_prompts=0, samplers=("ddim",), bpd_images=0)
+    with pytest.raises(RequestError, match="num_prompts must not be negative, got -1"):
+        evaluate(pipe, tmp_path / "none", model_name="tiny32", sampling=sampling, num_prompts=-1)
+    assert not (tmp_path / "none").exists()  # refused before any work
 
 
 def test_training_data_reference_matches_the_held_out_pairs():
