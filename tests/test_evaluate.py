@@ -176,6 +176,6 @@ def test_classifier_scales_default_per_evaluation_and_an_empty_flag_sweeps_none(
     parser = build_parser()
     assert classifier_scales_option(parser.parse_args([])) == {}  # the evaluation's own default applies
     assert default(evaluate) == default(evaluate_generic) == (0, 1, 3, 10, 12, 15, 20)
-    assert default(evaluate_emoji) == (0, 5, 20, 200, 800)
+    assert default(evaluate_emoji) == (0, 5, 20, 200, 800, 1200)
     assert classifier_scales_option(parser.parse_args(["--classifier-scales", "2", "7.5"])) == {"classifier_scales": (2.0, 7.5)}
     assert classifier_scales_option(parser.parse_args(["--classifier-scales"])) == {"classifier_scales": ()}

@@ -126,6 +126,9 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     sweep = report["style_guidance"]
     assert [row["scale"] for row in sweep["rows"]] == [0, 5] and sweep["max_t"] == 20
     assert all(0.0 <= row[key] <= 1.0 for row in sweep["rows"] for key in ("hit_rate", "nearest_image_hit_rate"))
+    for row in sweep["rows"]:
+        by_target = row["category_entropy_by_target"]
+        assert set(by_target) == {"google", "twitter"} and row["category_entropy"] == pytest.approx(sum(by_target.values()) / 2)
     judge = sweep["judge"]
     assert judge["held_out_groups"] == 1 and judge["held_out_images"] == 2 and judge["epochs"] == 20  # 1 of 9 emoji, both styles
     assert report["sampling"]["seed"] == 3 and judge["seed"] == judge_seeds[0] == emoji_evaluation.STYLE_JUDGE_SEED  # one judge for every sampling seed
@@ -146,6 +149,7 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     assert "| held out | 4 | 8 |" in text and "guided at t <= 20 only" in text and "Bits/dim on 2 held-out pairs" in text
     assert sweep["data_category_entropy_sampled"] == emoji_evaluation.data_category_entropy(EmojiJudge(make_emoji("all", root=fake_root)), ["google", "twitter"], 3)
     assert f"| {sweep['data_category_entropy_sampled']:.2f} |" in text and "that of 3 real images per style drawn at random" in text
+    assert text.count("| ... towards google |") == text.count("| ... towards twitter |") == 2  # hit rate and category entropy
     assert "| style hit rate, nearest real image |" in text and "trained on the real images of all but 1 emoji (20 epochs, seed 0 whatever the sampling seed)" in text
     assert f"({100 * by_style['google']:.1f}% of the google ones, {100 * by_style['twitter']:.1f}% of the twitter ones)" in text
     assert "; 2 images per canonical prompt" in text

@@ -354,7 +354,7 @@ def test_every_shipped_config_has_known_sections_and_a_misspelt_section_is_refus
         assert set(read_run_yaml(path)) <= set(runs), path
     emoji = parse_run_config(["--config", "configs/emoji32.yaml"], "test")
     sampling, shipped = SamplingConfig.from_dict(emoji.model["sampling"]), GuidedDiffusionPipeline.from_pretrained("emoji32").sampling_config
-    assert (sampling.sampler, sampling.guidance_reads, sampling.classifier_scale_max) == (shipped.sampler, shipped.guidance_reads, shipped.classifier_scale_max) == ("ddim", "x0", 1000.0)
+    assert (sampling.sampler, sampling.guidance_reads, sampling.classifier_scale_max) == (shipped.sampler, shipped.guidance_reads, shipped.classifier_scale_max) == ("ddim", "x0", 2000.0)
     (tmp_path / "typo.yaml").write_text(f"base: {Path('configs/tiny.yaml').resolve()}\nsampleing: {{steps: 4}}\n")
     with pytest.raises(ConfigError, match=rf"unknown section 'sampleing' in .*typo\.yaml; valid sections: {', '.join(runs)}$"):
         parse_run_config(["--config", str(tmp_path / "typo.yaml")], "test")

@@ -79,7 +79,8 @@ def style_guidance_sweep(
     ``style_judge`` reads the style of each image; the nearest real image (``judge``) says its category,
     and its style too, for comparison. Rows (means over the target styles): scale, ``hit_rate`` (style
     judge), ``hit_rate_by_target`` (style -> its hit rate), ``nearest_image_hit_rate``, normalised
-    ``category_entropy``."""
+    ``category_entropy`` and ``category_entropy_by_target``. Each (scale, target) draws the same seeds,
+    so one target's row at one scale and another's at another are what per-target scales give."""
     categories = sorted(set(judge.categories))
     rows = []
     for scale in scales:
@@ -99,6 +100,7 @@ def style_guidance_sweep(
             "hit_rate_by_target": {target: float(hit) for target, hit in zip(pipe.classifier.labels["style"], hits)},
             "nearest_image_hit_rate": float(np.mean(nearest_hits)),
             "category_entropy": float(np.mean(entropies)),
+            "category_entropy_by_target": {target: float(e) for target, e in zip(pipe.classifier.labels["style"], entropies)},
         })
     return rows
 
@@ -164,7 +166,7 @@ def evaluate_emoji(
     num_seen: int,
     num_held_out: int | None,
     images_per_prompt: int,
-    classifier_scales: Sequence[float] = (0, 5, 20, 200, 800),  # emoji32's style guidance gains up to 800 with ddim
+    classifier_scales: Sequence[float] = (0, 5, 20, 200, 800, 1200),  # emoji32: twitter wants 200, google 800-1200 with ddim
     images_per_target: int,
     classifier_max_t: int | None,
     bpd_images: int,
@@ -282,6 +284,11 @@ def render_emoji_report(report: dict[str, Any]) -> str:
             + " | 100% |",
             "| category entropy | " + " | ".join(f"{row['category_entropy']:.2f}" for row in g["rows"])
             + f" | {g['data_category_entropy_sampled']:.2f} |",
+            *(
+                f"| ... towards {target} | " + " | ".join(f"{row['category_entropy_by_target'][target]:.2f}" for row in g["rows"])
+                + f" | {g['data_category_entropy_sampled']:.2f} |"
+                for target in (g["rows"][0].get("category_entropy_by_target", {}) if g["rows"] else {})
+            ),
             "",
             f"The training data's category entropy is that of {counted(g['images_per_target'], 'real image')} per style drawn at "
             f"random (the mean of {DATA_ENTROPY_DRAWS} draws; of all of them: {g['data_category_entropy']:.2f}): a sample "
