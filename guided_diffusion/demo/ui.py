@@ -94,9 +94,10 @@ def model_settings(pipe: GuidedDiffusionPipeline, name: str, model_names: Sequen
     page is built with the default model's and updated with another model's when it is picked.
 
     The classifier-guidance controls show ``pipe``'s classifier attributes and classes (hidden without
-    a classifier, with the scale back at 0 and the slider up to its ``classifier_scale_max``); the sampler controls its sampling config (eta shown for
-    the samplers that take it, empty: the model's default; what guidance reads, its default); the autoguidance picker offers the other
-    models of ``model_names`` (the picker's) and none; the Model tab its card under ``name``, the name
+    a classifier, with the scale back at 0 and the slider up to the sampling config's
+    ``classifier_scale_max``); the sampler controls its sampling config (eta shown for the samplers
+    that take it, empty: the model's default; what guidance reads, its default); the autoguidance
+    picker offers the other models of ``model_names`` (the picker's) and none; the Model tab its card under ``name``, the name
     the picker shows.
     """
     size = pipe.unet.config.image_size

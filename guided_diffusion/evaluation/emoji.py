@@ -35,6 +35,7 @@ from .sampling import EvalSampling, check_counts, generate, guidance_reads_note,
 STYLE_JUDGE_SEED = 0  # the style judge is one instrument: runs with other sampling seeds are read by it too
 DATA_ENTROPY_DRAWS = 1000  # random draws of real images that the data's entropy at a sweep's sample size averages
 
+
 def read_training_pairs(folder: Path) -> dict[str, list[list[str]]]:
     """The ``train_pairs`` and ``held_out_pairs`` of the model in ``folder``."""
     path = folder / TRAINING_DATA_NAME
