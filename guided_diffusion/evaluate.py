@@ -369,15 +369,17 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report = Report(model=model_name, sampling=sampling)
-    grid_images, grid_prompts = [], []
-    for name, heldout in (("seen", False), ("held out", True)) if num_prompts else ():
-        scores, images, prompts = prompt_adherence(
-            pipe, heldout=heldout, num_prompts=num_prompts, images_per_prompt=images_per_prompt, sampling=sampling
-        )
-        report.adherence[name] = {**scores, "n": len(prompts)}
-        grid_images.append(images[: 4 * images_per_prompt])
-        grid_prompts += prompts[: 4 * images_per_prompt]
-    if report.adherence:
+    if num_prompts:
+        grid_images, grid_prompts = [], []
+        for name, heldout in (("seen", False), ("held out", True)):
+            scores, images, prompts = prompt_adherence(
+                pipe, heldout=heldout, num_prompts=num_prompts, images_per_prompt=images_per_prompt, sampling=sampling
+            )
+            report.adherence[name] = {**scores, "n": len(prompts)}
+            grid_images.append(images[: 4 * images_per_prompt])
+            grid_prompts += prompts[: 4 * images_per_prompt]
+        enlarge(image_grid(from_uint8(np.concatenate(grid_images)), images_per_prompt * 2), 3).save(out / "samples.png")
+        (out / "prompts.txt").write_text("".join(f"{i}: {p}\n" for i, p in enumerate(dict.fromkeys(grid_prompts))))
         report.guidance_scales = per_guidance_scale(  # the seen prompts at each scale
             guidance_scales,
             sampling,
@@ -404,9 +406,6 @@ def evaluate(
             sampling=sampling,
         )
         plot_samplers(report.samplers, out / "samplers.png")
-    if grid_images:
-        enlarge(image_grid(from_uint8(np.concatenate(grid_images)), images_per_prompt * 2), 3).save(out / "samples.png")
-        (out / "prompts.txt").write_text("".join(f"{i}: {p}\n" for i, p in enumerate(dict.fromkeys(grid_prompts))))
     report.seconds = time.perf_counter() - started
     (out / "report.md").write_text(render_markdown(report, classifier_attribute))
     (out / "report.json").write_text(json.dumps({**report.__dict__, "sampling": report.sampling.__dict__}, indent=2) + "\n")

@@ -77,15 +77,16 @@ def test_the_spread_of_images_is_their_mean_distance_over_that_between_real_emoj
 def test_the_datas_category_entropy_at_a_sample_size_is_the_mean_over_random_draws(fake_root: Path) -> None:
     judge = EmojiJudge(make_emoji("all", root=fake_root, resolution=16))
     judge.styles, judge.categories = ["google"] * 4 + ["twitter"] * 3, ["a", "a", "b", "b", "a", "b", "c"]
+    entropy = emoji_evaluation.data_category_entropy
     # all of them: google splits a / b evenly (log 2 / log 3), twitter is uniform over a, b, c (1)
-    assert emoji_evaluation.data_category_entropy(judge, ["google", "twitter"]) == pytest.approx((math.log(2) / math.log(3) + 1) / 2)
-    assert emoji_evaluation.data_category_entropy(judge, ["google"], 4) == pytest.approx(math.log(2) / math.log(3))  # every image
-    assert emoji_evaluation.data_category_entropy(judge, ["twitter"], 10) == pytest.approx(1.0)  # fewer than asked: all of them
-    assert emoji_evaluation.data_category_entropy(judge, ["google", "twitter"], 1) == 0.0  # one image has one category
+    assert entropy(judge, ["google", "twitter"]) == pytest.approx({"google": math.log(2) / math.log(3), "twitter": 1.0})
+    assert entropy(judge, ["google"], 4) == pytest.approx({"google": math.log(2) / math.log(3)})  # every image
+    assert entropy(judge, ["twitter"], 10) == pytest.approx({"twitter": 1.0})  # fewer than asked: all of them
+    assert entropy(judge, ["google", "twitter"], 1) == {"google": 0.0, "twitter": 0.0}  # one image has one category
     # two of google's four: a different pair 4 times in 6, each then with entropy log 2 / log 3
-    two = emoji_evaluation.data_category_entropy(judge, ["google"], 2, draws=4000)
+    two = entropy(judge, ["google"], 2, draws=4000)["google"]
     assert two == pytest.approx(4 / 6 * math.log(2) / math.log(3), abs=0.02)
-    assert two == emoji_evaluation.data_category_entropy(judge, ["google"], 2, draws=4000)  # seeded
+    assert entropy(judge, ["twitter", "google"], 2, draws=4000)["google"] == two  # seeded by the style, whatever the others
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +148,13 @@ def test_gd_eval_on_an_emoji_model_writes_a_complete_report(tiny_emoji_model: Pa
     text = (tmp_path / "report.md").read_text()
     assert "| 0 | " in text and "seen (trained on): top-1 / top-5" in text
     assert "| held out | 4 | 8 |" in text and "guided at t <= 20 only" in text and "Bits/dim on 2 held-out pairs" in text
-    assert sweep["data_category_entropy_sampled"] == emoji_evaluation.data_category_entropy(EmojiJudge(make_emoji("all", root=fake_root)), ["google", "twitter"], 3)
-    assert f"| {sweep['data_category_entropy_sampled']:.2f} |" in text and "that of 3 real images per style drawn at random" in text
+    reference = sweep["data_category_entropy_sampled"]
+    assert reference == emoji_evaluation.data_category_entropy(EmojiJudge(make_emoji("all", root=fake_root)), ["google", "twitter"], 3)
+    assert f"| {(reference['google'] + reference['twitter']) / 2:.2f} |" in text and "that of 3 real images per style drawn at random" in text
     assert text.count("| ... towards google |") == text.count("| ... towards twitter |") == 2  # hit rate and category entropy
+    for target in ("google", "twitter"):  # each target's row ends with its own style's reference
+        entropy_row = [line for line in text.splitlines() if line.startswith(f"| ... towards {target} |")][1]
+        assert entropy_row.endswith(f" | {reference[target]:.2f} |")
     assert "| style hit rate, nearest real image |" in text and "trained on the real images of all but 1 emoji (20 epochs, seed 0 whatever the sampling seed)" in text
     assert f"({100 * by_style['google']:.1f}% of the google ones, {100 * by_style['twitter']:.1f}% of the twitter ones)" in text
     assert "; 2 images per canonical prompt" in text

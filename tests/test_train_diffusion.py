@@ -19,8 +19,9 @@ from safetensors.torch import load_file
 
 from guided_diffusion.config import read_yaml
 from guided_diffusion.errors import ConfigError
-from guided_diffusion.pipeline import GuidedDiffusionPipeline
+from guided_diffusion.pipeline import PIPELINE_INDEX, PRETRAINED_DIR, GuidedDiffusionPipeline
 from guided_diffusion.request import SamplingConfig
+from guided_diffusion.serialization import load_json
 from guided_diffusion.text import build_text_encoder
 from train.conditioning import CachedTextFeatures, TextConditionedUNet, TextConditioning
 from train.config import MODEL_SECTIONS, DiffusionTrainingConfig, TrainingConfig, parse_run_config, read_run_yaml
@@ -353,7 +354,8 @@ def test_every_shipped_config_has_known_sections_and_a_misspelt_section_is_refus
     for path in sorted(Path("configs").glob("*.yaml")):
         assert set(read_run_yaml(path)) <= set(runs), path
     emoji = parse_run_config(["--config", "configs/emoji32.yaml"], "test")
-    sampling, shipped = SamplingConfig.from_dict(emoji.model["sampling"]), GuidedDiffusionPipeline.from_pretrained("emoji32").sampling_config
+    sampling = SamplingConfig.from_dict(emoji.model["sampling"])
+    shipped = SamplingConfig.from_dict(load_json(PRETRAINED_DIR / "emoji32" / PIPELINE_INDEX)["sampling"])
     assert (sampling.sampler, sampling.guidance_reads, sampling.classifier_scale_max) == (shipped.sampler, shipped.guidance_reads, shipped.classifier_scale_max) == ("ddim", "x0", 2000.0)
     (tmp_path / "typo.yaml").write_text(f"base: {Path('configs/tiny.yaml').resolve()}\nsampleing: {{steps: 4}}\n")
     with pytest.raises(ConfigError, match=rf"unknown section 'sampleing' in .*typo\.yaml; valid sections: {', '.join(runs)}$"):

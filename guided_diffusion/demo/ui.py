@@ -97,8 +97,8 @@ def model_settings(pipe: GuidedDiffusionPipeline, name: str, model_names: Sequen
     a classifier, with the scale back at 0 and the slider up to the sampling config's
     ``classifier_scale_max``); the sampler controls its sampling config (eta shown for the samplers
     that take it, empty: the model's default; what guidance reads, its default); the autoguidance
-    picker offers the other models of ``model_names`` (the picker's) and none; the Model tab its card under ``name``, the name
-    the picker shows.
+    picker offers the other models of ``model_names`` (the picker's) and none; the Model tab its card
+    under ``name``, the name the picker shows.
     """
     size = pipe.unet.config.image_size
     last = pipe.diffusion.num_timesteps - 1

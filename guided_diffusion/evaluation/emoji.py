@@ -30,7 +30,7 @@ from .attribute_judge import AttributeJudge, train_attribute_judge
 from .diversity import normalized_entropy
 from .likelihood import bits_per_dim
 from .report import counted, percent, save_samples, write_report
-from .sampling import EvalSampling, check_counts, generate, guidance_reads_note, per_guidance_scale
+from .sampling import EvalSampling, check_counts, generate, guidance_reads_note, per_guidance_scale, purpose_rng
 
 STYLE_JUDGE_SEED = 0  # the style judge is one instrument: runs with other sampling seeds are read by it too
 DATA_ENTROPY_DRAWS = 1000  # random draws of real images that the data's entropy at a sweep's sample size averages
@@ -140,22 +140,25 @@ def guidance_scale_row(
 
 def data_category_entropy(
     judge: EmojiJudge, attribute_values: Sequence[str], sample_size: int | None = None, *, draws: int = DATA_ENTROPY_DRAWS, seed: int = 0,
-) -> float:
-    """The category entropy of the real images of each style, averaged over the styles: of all of them
-    (``sample_size`` None), or the mean over ``draws`` seeded random draws of ``sample_size`` of them
-    without replacement (all of them where a style has fewer). The entropy of a small sample reads low,
-    by about (K - 1) / (2 N log K) for K categories and N images, so a sweep of N images per style is held
-    to the data's entropy at N, as shapes32's sweep is."""
+) -> dict[str, float]:
+    """Style -> the category entropy of that style's real images: of all of them (``sample_size``
+    None), or the mean over ``draws`` random draws of ``sample_size`` of them without replacement (all
+    of them where a style has fewer), each style's draws seeded by ``seed`` and its name. The entropy of
+    a small sample reads low, by about (K - 1) / (2 N log K) for K categories and N images, so a sweep of
+    N images per style is held to the data's entropy at N, as shapes32's sweep is."""
     categories = sorted(set(judge.categories))
-    by_style = [[c for c, s in zip(judge.categories, judge.styles) if s == style] for style in attribute_values]
-    if sample_size is None:
-        return float(np.mean([normalized_entropy(found, categories) for found in by_style]))
-    rng = np.random.default_rng(seed)
-    return float(np.mean([
-        normalized_entropy([found[i] for i in rng.choice(len(found), min(sample_size, len(found)), replace=False)], categories)
-        for found in by_style
-        for _ in range(draws)
-    ]))
+    entropies = {}
+    for style in attribute_values:
+        found = [c for c, s in zip(judge.categories, judge.styles) if s == style]
+        if sample_size is None:
+            entropies[style] = normalized_entropy(found, categories)
+            continue
+        rng = purpose_rng(seed, f"data category entropy/{style}")
+        entropies[style] = float(np.mean([
+            normalized_entropy([found[i] for i in rng.choice(len(found), min(sample_size, len(found)), replace=False)], categories)
+            for _ in range(draws)
+        ]))
+    return entropies
 
 
 def evaluate_emoji(
@@ -203,6 +206,7 @@ def evaluate_emoji(
             guidance_scales, sampling, own_row, lambda at: guidance_scale_row(pipe, judge, groups, images_per_prompt, at)
         )
     if pipe.classifier is not None and "style" in pipe.classifier.labels and classifier_scales:
+        styles = pipe.classifier.labels["style"]
         style_judge = train_attribute_judge(
             judge.images, torch.tensor(every["style"]), judge.names, every.features["style"].names,
             seed=STYLE_JUDGE_SEED, device=pipe.device,
@@ -210,8 +214,8 @@ def evaluate_emoji(
         report["style_guidance"] = {
             "max_t": classifier_max_t,
             "images_per_target": images_per_target,
-            "data_category_entropy": data_category_entropy(judge, pipe.classifier.labels["style"]),
-            "data_category_entropy_sampled": data_category_entropy(judge, pipe.classifier.labels["style"], images_per_target),
+            "data_category_entropy": data_category_entropy(judge, styles),
+            "data_category_entropy_sampled": data_category_entropy(judge, styles, images_per_target),
             "judge": {**style_judge.summary(), "nearest_image_accuracy": judge.style_accuracy_of_unseen_emoji()},
             "rows": style_guidance_sweep(
                 pipe, judge, style_judge, scales=classifier_scales, images_per_target=images_per_target,
@@ -270,6 +274,8 @@ def render_emoji_report(report: dict[str, Any]) -> str:
     if "style_guidance" in report:
         g, j = report["style_guidance"], report["style_guidance"]["judge"]
         limit = "every step" if g["max_t"] is None else f"t <= {g['max_t']} only"
+        reference = g["data_category_entropy_sampled"]  # style -> the data's entropy at the sweep's count
+        mean_reference, mean_whole = np.mean(list(reference.values())), np.mean(list(g["data_category_entropy"].values()))
         lines += [
             "",
             f"## Classifier guidance on style (empty prompt, {counted(g['images_per_target'], 'image')} per style, guided at {limit})",
@@ -279,20 +285,20 @@ def render_emoji_report(report: dict[str, Any]) -> str:
             "| style hit rate | " + " | ".join(percent(row["hit_rate"]) for row in g["rows"]) + " | 100% |",
             *(
                 f"| ... towards {target} | " + " | ".join(percent(row["hit_rate_by_target"][target]) for row in g["rows"]) + " | 100% |"
-                for target in (g["rows"][0].get("hit_rate_by_target", {}) if g["rows"] else {})
+                for target in reference
             ),
             "| style hit rate, nearest real image | " + " | ".join(percent(row["nearest_image_hit_rate"]) for row in g["rows"])
             + " | 100% |",
             "| category entropy | " + " | ".join(f"{row['category_entropy']:.2f}" for row in g["rows"])
-            + f" | {g['data_category_entropy_sampled']:.2f} |",
+            + f" | {mean_reference:.2f} |",
             *(
                 f"| ... towards {target} | " + " | ".join(f"{row['category_entropy_by_target'][target]:.2f}" for row in g["rows"])
-                + f" | {g['data_category_entropy_sampled']:.2f} |"
-                for target in (g["rows"][0].get("category_entropy_by_target", {}) if g["rows"] else {})
+                + f" | {reference[target]:.2f} |"
+                for target in reference
             ),
             "",
             f"The training data's category entropy is that of {counted(g['images_per_target'], 'real image')} per style drawn at "
-            f"random (the mean of {DATA_ENTROPY_DRAWS} draws; of all of them: {g['data_category_entropy']:.2f}): a sample "
+            f"random (the mean of {DATA_ENTROPY_DRAWS} draws; of all of them: {mean_whole:.2f}): a sample "
             "this small reads lower than the whole, so the guided images are held to the same count.",
             "",
             f"The style hit rate is read by a small CNN trained on the real images of all but {j['held_out_groups']} emoji "

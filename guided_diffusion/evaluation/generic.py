@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,19 +51,13 @@ from .cas import CAS_CLASSIFIER, CASScore, classification_accuracy_score
 from .likelihood import bits_per_dim
 from .report import counted, percent, save_samples, write_report
 from .retrieval import nearest, pixel_features, retrieval_fidelity
-from .sampling import EvalSampling, check_counts, generate, guidance_reads_note
+from .sampling import EvalSampling, check_counts, generate, guidance_reads_note, purpose_rng
 
 DEFAULT_EVAL_SPLIT = "test"
 NO_EVAL_SPLIT = "none"
 FEATURE_SIZE = 16
 RETRIEVAL_K = 5
 GRID_PER_GROUP = 8
-
-
-def _rng(seed: int, purpose: str) -> np.random.Generator:
-    """The random stream of one choice of the evaluation, drawn from the seed and what it is for (so
-    that changing one metric's options leaves the others' draws alone)."""
-    return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
 
 
 def _listing(names: Sequence[str], limit: int = 20) -> str:
@@ -212,7 +205,7 @@ def open_eval_data(config: DataConfig, *, eval_split: str | None, resolution: in
 
 def prompt_rows(split: EvalSplit, num_prompts: int, seed: int) -> np.ndarray:
     """``num_prompts`` random rows of ``split`` (all of them when it has fewer), in drawn order."""
-    return _rng(seed, f"prompts/{split.name}").choice(split.num_rows, min(num_prompts, split.num_rows), replace=False)
+    return purpose_rng(seed, f"prompts/{split.name}").choice(split.num_rows, min(num_prompts, split.num_rows), replace=False)
 
 
 @dataclass
@@ -231,7 +224,7 @@ def read_gallery(split: EvalSplit, required: np.ndarray, size: int, seed: int) -
     """The ``required`` rows of ``split`` and random others, ``size`` rows in all (never fewer than the
     required ones), in row order."""
     others = np.setdiff1d(np.arange(split.num_rows), required)
-    extra = _rng(seed, f"gallery/{split.name}").choice(others, min(len(others), max(0, size - len(required))), replace=False)
+    extra = purpose_rng(seed, f"gallery/{split.name}").choice(others, min(len(others), max(0, size - len(required))), replace=False)
     rows, images, captions = split.read(np.sort(np.concatenate([required, extra])), f"reading the {split.name} gallery")
     return Gallery(split.name, rows, images, captions, None if split.labels is None else split.labels[rows])
 
@@ -276,7 +269,7 @@ def split_retrieval(
 
 def split_bits_per_dim(pipe: GuidedDiffusionPipeline, split: EvalSplit, *, num_images: int, batch_size: int, seed: int) -> dict[str, Any]:
     """Bits/dim of ``num_images`` random rows of ``split`` under their captions (mean, std, n, split)."""
-    rows = _rng(seed, f"bpd/{split.name}").choice(split.num_rows, min(num_images, split.num_rows), replace=False)
+    rows = purpose_rng(seed, f"bpd/{split.name}").choice(split.num_rows, min(num_images, split.num_rows), replace=False)
     _, images, captions = split.read(rows, f"reading {split.name} rows for bits/dim")
     return {"split": split.name, **bits_per_dim(pipe, images, captions, batch_size=batch_size, seed=seed)}
 
@@ -325,7 +318,7 @@ def cas_evaluation(
     train, test = data.train, data.held_out
     if train.labels is None or test is None or test.labels is None:
         raise RequestError("the CAS needs a label column and a held-out split")
-    rng = _rng(sampling.seed, "cas/train")
+    rng = purpose_rng(sampling.seed, "cas/train")
     chosen = [rng.permutation(np.flatnonzero(train.labels == c))[:images_per_class] for c in range(len(data.classes))]
     rows, real_images, captions = train.read(np.concatenate(chosen), "CAS: reading real training images")
     labels = torch.from_numpy(train.labels[rows])
@@ -347,7 +340,7 @@ def cas_evaluation(
                 classifier_labels={data.label_column: name}, classifier_max_t=classifier_max_t,
             ))
             shown.append((guided[-1][0], f"CAS {name}, guided x{classifier_scale:g}: {prompts[0]}"))
-    test_rows = _rng(sampling.seed, "cas/test").choice(test.num_rows, min(test_images, test.num_rows), replace=False)
+    test_rows = purpose_rng(sampling.seed, "cas/test").choice(test.num_rows, min(test_images, test.num_rows), replace=False)
     kept, test_set, _ = test.read(test_rows, f"CAS: reading real {test.name} images")
     test_labels = torch.from_numpy(test.labels[kept])
 
@@ -404,7 +397,7 @@ def guidance_diversity_sweep(
     column, train = data.label_column, data.train
     if column is None or train.labels is None or gallery.labels is None:
         raise RequestError("the classifier-guidance sweep needs a label column")
-    rng = _rng(sampling.seed, "sweep/real")
+    rng = purpose_rng(sampling.seed, "sweep/real")
     chosen = np.concatenate([
         rng.permutation(np.flatnonzero(train.labels == c))[:images_per_target] for c in range(len(data.classes))
     ])

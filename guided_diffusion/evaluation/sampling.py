@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -21,6 +23,12 @@ def check_counts(at_least: int, **counts: int) -> None:
         if value < at_least:
             bound = "not be negative" if at_least == 0 else f"be at least {at_least}"
             raise RequestError(f"{name} must {bound}, got {value}")
+
+
+def purpose_rng(seed: int, purpose: str) -> np.random.Generator:
+    """The random stream of one choice of an evaluation, drawn from the seed and what it is for (so
+    that changing one metric's options leaves the others' draws alone)."""
+    return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
 
 
 @dataclass
