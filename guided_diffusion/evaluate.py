@@ -57,7 +57,7 @@ from .errors import RequestError, exits_on_user_errors
 from .evaluation.diversity import normalized_entropy
 from .evaluation.likelihood import bits_per_dim
 from .evaluation.report import counted, percent
-from .evaluation.sampling import EvalSampling, check_counts, guidance_reads_note, per_guidance_scale
+from .evaluation.sampling import CLASSIFIER_SCALE_SWEEP, EvalSampling, check_counts, guidance_reads_note, per_guidance_scale
 from .images import enlarge, from_pil, from_uint8, image_grid
 from .pipeline import GuidedDiffusionPipeline
 from .request import GUIDANCE_READS
@@ -350,7 +350,7 @@ def evaluate(
     images_per_prompt: int = 4,
     guidance_scales: Sequence[float] = (),
     classifier_attribute: str = "shape",
-    classifier_scales: Sequence[float] = (0, 1, 3, 10, 12, 15, 20),
+    classifier_scales: Sequence[float] = CLASSIFIER_SCALE_SWEEP,
     images_per_target: int = 96,
     classifier_max_t: int | None = None,
     bpd_images: int = 64,

@@ -51,7 +51,7 @@ from .cas import CAS_CLASSIFIER, CASScore, classification_accuracy_score
 from .likelihood import bits_per_dim
 from .report import counted, percent, save_samples, write_report
 from .retrieval import nearest, pixel_features, retrieval_fidelity
-from .sampling import EvalSampling, check_counts, generate, guidance_reads_note, purpose_rng
+from .sampling import CLASSIFIER_SCALE_SWEEP, EvalSampling, check_counts, generate, guidance_reads_note, purpose_rng
 
 DEFAULT_EVAL_SPLIT = "test"
 NO_EVAL_SPLIT = "none"
@@ -454,7 +454,7 @@ def evaluate_generic(
     cas_epochs: int = 20,
     cas_test_images: int = 10_000,
     cas_classifier_scale: float = 10.0,
-    classifier_scales: Sequence[float] = (0, 1, 3, 10, 12, 15, 20),
+    classifier_scales: Sequence[float] = CLASSIFIER_SCALE_SWEEP,
     images_per_target: int = 96,
     classifier_max_t: int | None = None,
 ) -> dict[str, Any]:

@@ -16,6 +16,10 @@ from ..errors import RequestError
 from ..pipeline import GuidedDiffusionPipeline
 from ..request import SamplingConfig
 
+CLASSIFIER_SCALE_SWEEP = (0, 1, 3, 10, 12, 15, 20)
+"""The classifier-guidance scales an evaluation sweeps unless told otherwise (shapes32's range; a
+model whose classifier wants other scales names them, as the emoji evaluation does)."""
+
 
 def check_counts(at_least: int, **counts: int) -> None:
     """Refuse the first of ``counts`` (name -> value) below ``at_least`` with one line that names it."""
