@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from samplers import cpu_name  # noqa: E402  (benchmarks/samplers.py)
 
-from guided_diffusion.datasets.emoji import make_emoji  # noqa: E402
+from guided_diffusion.datasets.emoji import EMOJI_STYLES, make_emoji  # noqa: E402
 from guided_diffusion.datasets.emoji_judge import EmojiJudge  # noqa: E402
 from guided_diffusion.evaluation.emoji import read_training_pairs  # noqa: E402
 from guided_diffusion.pipeline import resolve_pipeline_folder  # noqa: E402
@@ -47,7 +47,7 @@ Restyler = Callable[[torch.Tensor, list[str]], torch.Tensor]  # (seen features [
 
 def other_style(judge: EmojiJudge, name: str, style: str) -> str:
     """The style ``name`` has a picture in besides ``style`` (the emoji data has two styles)."""
-    return next(s for s in sorted(set(judge.styles)) if s != style and (name, s) in judge.index)
+    return next(s for s in EMOJI_STYLES if s != style and (name, s) in judge.index)
 
 
 def seen_features(judge: EmojiJudge, pairs: Pairs) -> torch.Tensor:
@@ -74,7 +74,7 @@ def twin_rate(judge: EmojiJudge) -> dict[str, float]:
     distances = torch.cdist(judge.features, judge.features)
     distances.fill_diagonal_(float("inf"))
     order = distances.topk(5, largest=False).indices.tolist()
-    rows = [i for i, (n, s) in enumerate(zip(judge.names, judge.styles)) if any((n, t) in judge.index for t in set(judge.styles) - {s})]
+    rows = [i for i, (n, s) in enumerate(zip(judge.names, judge.styles)) if any((n, t) in judge.index for t in EMOJI_STYLES if t != s)]
     top1 = sum(judge.names[order[i][0]] == judge.names[i] for i in rows) / len(rows)
     top5 = sum(any(judge.names[j] == judge.names[i] for j in order[i]) for i in rows) / len(rows)
     return {"pictures": len(rows), "top1": top1, "top5": top5}
@@ -82,10 +82,9 @@ def twin_rate(judge: EmojiJudge) -> dict[str, float]:
 
 def training_arrays(judge: EmojiJudge, names: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per target style: (features of each emoji's other-style picture, of its target-style picture), ``[N, D]`` each."""
-    styles = sorted(set(judge.styles))
     return {
         s: (judge.features[[judge.index[(n, other_style(judge, n, s))] for n in names]], judge.features[[judge.index[(n, s)] for n in names]])
-        for s in styles
+        for s in EMOJI_STYLES
     }
 
 
@@ -194,7 +193,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     check = sorted(rng.sample(two_style, min(262, len(two_style) // 5)))
     fitted = [n for n in two_style if n not in set(check)]
-    asked = [(n, rng.choice(sorted(set(judge.styles)))) for n in check + fitted[: len(check)]]
+    asked = [(n, rng.choice(EMOJI_STYLES)) for n in check + fitted[: len(check)]]
     unseen, own = asked[: len(check)], asked[len(check):]
     for share in (0.25, 0.5, 1.0):
         names = fitted[: int(len(fitted) * share)]
