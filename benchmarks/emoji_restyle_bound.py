@@ -36,10 +36,10 @@ import torch.nn.functional as F
 
 from samplers import cpu_name  # noqa: E402  (benchmarks/samplers.py)
 
+from guided_diffusion import GuidedDiffusionPipeline  # noqa: E402
 from guided_diffusion.datasets.emoji import EMOJI_STYLES, make_emoji  # noqa: E402
 from guided_diffusion.datasets.emoji_judge import EmojiJudge  # noqa: E402
 from guided_diffusion.evaluation.emoji import read_training_pairs  # noqa: E402
-from guided_diffusion.pipeline import resolve_pipeline_folder  # noqa: E402
 
 Pairs = Sequence[tuple[str, str]]  # (name, asked style)
 Restyler = Callable[[torch.Tensor, list[str]], torch.Tensor]  # (seen features [N, D], asked styles) -> [N, D]
@@ -166,9 +166,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
-    folder = resolve_pipeline_folder(args.model)
-    pairs = read_training_pairs(folder)
-    resolution = json.loads((folder / "unet" / "config.json").read_text())["image_size"]
+    pipe = GuidedDiffusionPipeline.from_pretrained(args.model)
+    pairs = read_training_pairs(pipe.folder)
+    resolution = pipe.unet.config.image_size
     judge = EmojiJudge(make_emoji("all", root=args.emoji_root, resolution=resolution))
     held = [(n, s) for n, s, _ in pairs["held_out_pairs"]]
     held_names = {n for n, _ in held}
@@ -192,9 +192,9 @@ def main() -> None:
 
     rng = random.Random(args.seed)
     check = sorted(rng.sample(two_style, min(262, len(two_style) // 5)))
-    fitted = [n for n in two_style if n not in set(check)]
-    asked = [(n, rng.choice(EMOJI_STYLES)) for n in check + fitted[: len(check)]]
-    unseen, own = asked[: len(check)], asked[len(check):]
+    fitted = sorted(set(two_style) - set(check))
+    unseen = [(n, rng.choice(EMOJI_STYLES)) for n in check]
+    own = [(n, rng.choice(EMOJI_STYLES)) for n in fitted[: len(check)]]
     for share in (0.25, 0.5, 1.0):
         names = fitted[: int(len(fitted) * share)]
         restyler = mlp(judge, training_arrays(judge, names), args.hidden, args.steps, args.seed)

@@ -150,12 +150,12 @@ def data_category_entropy(
     entropies = {}
     for style in attribute_values:
         found = [c for c, s in zip(judge.categories, judge.styles) if s == style]
-        if sample_size is None:
+        if sample_size is None or sample_size >= len(found):  # every draw would be all of them
             entropies[style] = normalized_entropy(found, categories)
             continue
         rng = purpose_rng(seed, f"data category entropy/{style}")
         entropies[style] = float(np.mean([
-            normalized_entropy([found[i] for i in rng.choice(len(found), min(sample_size, len(found)), replace=False)], categories)
+            normalized_entropy([found[i] for i in rng.choice(len(found), sample_size, replace=False)], categories)
             for _ in range(draws)
         ]))
     return entropies
